@@ -1,0 +1,4 @@
+"""Triton kernels, each beside its torch reference, its test and its benchmark.
+
+Installed as `lookahead_cache.kernels`.
+"""

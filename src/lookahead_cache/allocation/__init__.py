@@ -1,0 +1,28 @@
+"""Budget allocators: how many tokens each layer and KV head keeps. One file each, registered by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Allocator
+from .pyramid import PyramidAllocator
+from .uniform import UniformAllocator
+
+ALLOCATIONS: dict[str, type[Allocator]] = {
+    "uniform": UniformAllocator,
+    "pyramid": PyramidAllocator,
+}
+
+
+def get_allocator(allocation: str | Allocator, **kwargs: Any) -> Allocator:
+    """Build an allocator from its registered name, or return a given :class:`Allocator` instance as is."""
+    if isinstance(allocation, Allocator):
+        if kwargs:
+            raise ValueError("allocation_kwargs are only used with an allocation name, not with an Allocator instance.")
+        return allocation
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"Unknown allocation {allocation!r}. Available allocations: {', '.join(ALLOCATIONS)}.")
+    return ALLOCATIONS[allocation](**kwargs)
+
+
+__all__ = ["ALLOCATIONS", "Allocator", "get_allocator", "PyramidAllocator", "UniformAllocator"]

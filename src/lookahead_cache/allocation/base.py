@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+
+class Allocator(ABC):
+    """Says how many prompt tokens each KV head of a layer keeps.
+
+    The cache calls :meth:`allocate` once per layer at the end of its prefill, so an allocator may look at that
+    layer's scores (per-head allocation) but not at later layers'.
+    """
+
+    @abstractmethod
+    def allocate(
+        self, scores: torch.Tensor, row_budgets: torch.Tensor, protected: int, layer_idx: int, num_layers: int
+    ) -> torch.Tensor:
+        """Return the number of tokens to keep, `[batch, kv_heads]` (int64).
+
+        Args:
+            scores: `[batch, kv_heads, prompt_len]` scores of this layer.
+            row_budgets: `[batch]` tokens per KV head that each row keeps on average over layers and heads.
+            protected: Sink + window tokens every head keeps; an allocation never goes below it.
+            layer_idx: Index of this layer among the `num_layers` compressed layers.
+            num_layers: Number of compressed layers of the model.
+        """

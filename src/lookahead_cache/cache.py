@@ -1,0 +1,304 @@
+"""LookaheadCache: a transformers Cache that evicts prompt tokens at the end of prefill."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.cache_utils import Cache, DynamicSlidingWindowLayer, get_layer_types_and_kwargs
+from transformers.utils import logging
+
+from .allocation import Allocator, get_allocator
+from .config import DEFAULT_BUDGET, DEFAULT_SINK, DEFAULT_WINDOW, LookaheadCacheConfig
+from .layers import EvictingLayer
+from .prefill import LayerPrefill, padding_from_mask
+from .scorers import Scorer, get_scorer
+from .selection import select_tokens
+
+logger = logging.get_logger(__name__)
+
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+_WAITING, _PREFILLING, _DONE = "waiting", "prefilling", "done"
+
+
+class LookaheadCache(Cache):
+    """A `Cache` that keeps, in every layer and KV head, only `budget` prompt tokens after prefill.
+
+    Pass it to `generate` as you would a `DynamicCache`::
+
+        out = model.generate(**inputs, past_key_values=LookaheadCache(budget=256, scorer="snapkv"))
+
+    The first forward through the cache is the prefill. Each attention layer runs on the full prompt, so the
+    first generated token is exactly what it would be without eviction; right after a layer's attention, its
+    prompt tokens are scored, the best ones kept and the rest freed, so prefill never holds more than one
+    uncompressed layer. Later forwards (decoding, or a new turn continuing the same cache) append tokens
+    without further eviction. Sliding-window layers (e.g. Gemma 3's local layers) keep their window as in
+    `DynamicCache` and are not compressed.
+
+    The cache finds the model's attention modules through the `past_key_values` argument they receive: a
+    process-wide forward hook watches for this cache until its prefill ends, then per-module hooks supply
+    the attention masks of the compressed layers. No model code is modified.
+
+    Args:
+        budget: Prompt tokens kept per layer and KV head on average (int), or a fraction of each prompt in
+            (0, 1] (float). Sink and window tokens count towards it. Defaults to 512 tokens: prompts up to 512
+            tokens are kept whole, longer ones are compressed to 512 tokens per head.
+        scorer: Scorer name (`lookahead`, `snapkv`, `streaming`, `knorm`, `random`) or a `Scorer` instance.
+        allocation: Allocation name (`uniform`, `pyramid`) or an `Allocator` instance.
+        sink: First prompt tokens always kept.
+        window: Last prompt tokens always kept.
+        scorer_kwargs: Arguments of the named scorer.
+        allocation_kwargs: Arguments of the named allocator.
+    """
+
+    def __init__(
+        self,
+        budget: int | float = DEFAULT_BUDGET,
+        scorer: str | Scorer = "lookahead",
+        allocation: str | Allocator = "uniform",
+        *,
+        sink: int = DEFAULT_SINK,
+        window: int = DEFAULT_WINDOW,
+        scorer_kwargs: dict[str, Any] | None = None,
+        allocation_kwargs: dict[str, Any] | None = None,
+    ):
+        self.cache_config = LookaheadCacheConfig(
+            budget=budget,
+            scorer=scorer if isinstance(scorer, str) else type(scorer).__name__,
+            allocation=allocation if isinstance(allocation, str) else type(allocation).__name__,
+            sink=sink,
+            window=window,
+            scorer_kwargs=dict(scorer_kwargs or {}),
+            allocation_kwargs=dict(allocation_kwargs or {}),
+        )
+        self.scorer = get_scorer(scorer, **self.cache_config.scorer_kwargs)
+        self.allocator = get_allocator(allocation, **self.cache_config.allocation_kwargs)
+        super().__init__(layer_class_to_replicate=EvictingLayer)
+        self.peak_nbytes = 0
+        self._state = _WAITING
+        self._pending_layer: int | None = None
+        self._layer_types: list[str] | None = None
+        self._layer_kwargs: list[dict] | None = None
+        self._compressed_layers: list[int] = []
+        self._module_hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._watch = _watch_for_modules(self)
+        weakref.finalize(self, _remove_handles, self._module_hooks, self._watch)
+
+    @classmethod
+    def from_config(cls, config: LookaheadCacheConfig) -> LookaheadCache:
+        return cls(
+            budget=config.budget,
+            scorer=config.scorer,
+            allocation=config.allocation,
+            sink=config.sink,
+            window=config.window,
+            scorer_kwargs=config.scorer_kwargs,
+            allocation_kwargs=config.allocation_kwargs,
+        )
+
+    def fresh(self) -> LookaheadCache:
+        """An empty cache with the same settings (and the same scorer and allocator objects)."""
+        config = self.cache_config
+        return type(self)(
+            budget=config.budget,
+            scorer=self.scorer,
+            allocation=self.allocator,
+            sink=config.sink,
+            window=config.window,
+        )
+
+    def __repr__(self) -> str:
+        config = self.cache_config
+        return (
+            f"{type(self).__name__}(budget={config.budget}, scorer={config.scorer!r}, "
+            f"allocation={config.allocation!r}, sink={config.sink}, window={config.window}, state={self._state!r})"
+        )
+
+    # ----- Cache API -------------------------------------------------------------------------------------
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if self._state == _WAITING:
+            self._state = _PREFILLING
+        if self._state == _PREFILLING:
+            if self._pending_layer is not None:
+                raise self._attention_not_found(self._pending_layer)
+            self._pending_layer = layer_idx
+        keys, values = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        if self._state == _PREFILLING:
+            self.peak_nbytes = max(self.peak_nbytes, self.nbytes())
+        return keys, values
+
+    @property
+    def is_compressed(self) -> bool:
+        """True once the prefill has ended and its eviction has run."""
+        return self._state == _DONE
+
+    def kept_tokens(self) -> torch.Tensor:
+        """Stored tokens that attention reads, `[num_layers, batch, kv_heads]` (padding slots excluded)."""
+        counts = []
+        for layer in self.layers:
+            if isinstance(layer, EvictingLayer):
+                counts.append(layer.kept_tokens())
+            else:
+                batch, kv_heads, slots, _ = layer.keys.shape
+                counts.append(torch.full((batch, kv_heads), slots, dtype=torch.long))
+        if not counts:
+            return torch.zeros(0, 0, 0, dtype=torch.long)
+        return torch.stack(counts)
+
+    def nbytes(self) -> int:
+        """Bytes held by the stored keys and values of every layer."""
+        return sum(
+            layer.keys.nbytes + layer.values.nbytes
+            for layer in self.layers
+            if layer.is_initialized and layer.keys is not None
+        )
+
+    # ----- end of prefill --------------------------------------------------------------------------------
+
+    def _on_module_done(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Called after every module that received this cache, until the prefill is over."""
+        if self._pending_layer is not None:
+            # The innermost module that received the cache and returned after `update` is the attention module.
+            layer_idx, self._pending_layer = self._pending_layer, None
+            self._end_prefill_of_layer(layer_idx, module, args, kwargs)
+        elif isinstance(module, PreTrainedModel) and self._state == _PREFILLING:
+            missing = [i for i, layer in enumerate(self.layers) if isinstance(layer, EvictingLayer) and not layer.is_compressed]
+            if missing:
+                raise self._attention_not_found(missing[0])
+            self._state = _DONE
+            self._watch.remove()
+            self.peak_nbytes = max(self.peak_nbytes, self.nbytes())
+
+    def _attention_not_found(self, layer_idx: int) -> RuntimeError:
+        return RuntimeError(
+            f"LookaheadCache could not find the attention module of layer {layer_idx}: it stored keys but no module "
+            "that received the cache as the `past_key_values` keyword argument returned afterwards. LookaheadCache "
+            "supports transformers models whose attention modules take `past_key_values=` (Llama, Qwen2/3, "
+            "Mistral, Gemma 3 and other models written in the transformers v5 style)."
+        )
+
+    def _bind(self, module: nn.Module) -> None:
+        config = module.config
+        implementation = getattr(config, "_attn_implementation", None)
+        if implementation not in SUPPORTED_ATTENTION:
+            raise ValueError(
+                f"LookaheadCache supports attn_implementation 'sdpa' and 'eager', but the model uses "
+                f"{implementation!r}. Load it with `attn_implementation='sdpa'`."
+            )
+        self._layer_types, self._layer_kwargs = get_layer_types_and_kwargs(config)
+        unsupported = sorted(set(self._layer_types) - {"full_attention", "sliding_attention"})
+        if unsupported:
+            raise ValueError(
+                f"LookaheadCache supports full and sliding-window attention layers; this model also has {unsupported}."
+            )
+        self._compressed_layers = [i for i, kind in enumerate(self._layer_types) if kind == "full_attention"]
+        if not self._compressed_layers:
+            logger.warning("Every attention layer of this model uses a sliding window: LookaheadCache evicts nothing.")
+
+    def _end_prefill_of_layer(self, layer_idx: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._layer_types is None:
+            self._bind(module)
+        self._module_hooks.append(module.register_forward_pre_hook(_physical_mask_hook(self, layer_idx), with_kwargs=True))
+        layer = self.layers[layer_idx]
+        if self._layer_types[layer_idx] == "sliding_attention":
+            sliding = DynamicSlidingWindowLayer(**self._layer_kwargs[layer_idx])
+            sliding.update(layer.keys, layer.values)
+            self.layers[layer_idx] = sliding
+            return
+
+        hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        batch, _, length, _ = layer.keys.shape
+        prefill = LayerPrefill(
+            module=module,
+            layer_idx=layer_idx,
+            keys=layer.keys,
+            values=layer.values,
+            hidden_states=hidden_states,
+            position_embeddings=kwargs.get("position_embeddings"),
+            valid=padding_from_mask(kwargs.get("attention_mask"), batch, length, layer.keys.device),
+        )
+        scores = self.scorer.score(prefill)
+        if scores.shape != (batch, layer.keys.shape[1], length):
+            raise ValueError(
+                f"{type(self.scorer).__name__}.score returned shape {tuple(scores.shape)}, expected "
+                f"(batch, kv_heads, prompt_len) = {(batch, layer.keys.shape[1], length)}."
+            )
+        real_lengths = prefill.real_lengths
+        row_budgets = torch.tensor(
+            [self.cache_config.row_budget(int(n)) for n in real_lengths.tolist()], device=scores.device
+        )
+        counts = self.allocator.allocate(
+            scores,
+            row_budgets,
+            self.cache_config.protected,
+            self._compressed_layers.index(layer_idx),
+            len(self._compressed_layers),
+        )
+        positions, slot_valid = select_tokens(
+            scores, prefill.valid, counts, sink=self.cache_config.sink, window=self.cache_config.window
+        )
+        layer.compress(positions, slot_valid)
+        self.peak_nbytes = max(self.peak_nbytes, self.nbytes())
+
+    def _physical_mask(self, layer: EvictingLayer, module: nn.Module, attention_mask, query_length: int):
+        """The attention mask of a compressed layer: its own padding slots, then the new tokens' mask."""
+        slot_valid = layer.slot_valid()
+        if slot_valid is None and attention_mask is None and query_length == 1:
+            return None
+        batch, _, slots, _ = layer.keys.shape
+        device = layer.keys.device
+        if attention_mask is None:
+            new = torch.ones(query_length, query_length, dtype=torch.bool, device=device).tril()[None, None]
+        else:
+            new = attention_mask[..., -query_length:]
+            new = new if new.dtype == torch.bool else new == 0
+        past = torch.ones(batch, 1, 1, slots, dtype=torch.bool, device=device) if slot_valid is None else slot_valid[:, :, None]
+        heads = max(past.shape[1], new.shape[1])
+        mask = torch.cat(
+            [past.expand(batch, heads, query_length, slots), new.expand(batch, heads, query_length, query_length)], dim=-1
+        )
+        if heads > 1:
+            mask = mask.repeat_interleave(module.num_key_value_groups, dim=1)
+        if module.config._attn_implementation == "eager":
+            dtype = attention_mask.dtype if attention_mask is not None and attention_mask.is_floating_point() else layer.keys.dtype
+            return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, torch.finfo(dtype).min)
+        return mask
+
+
+def _watch_for_modules(cache: LookaheadCache) -> torch.utils.hooks.RemovableHandle:
+    """A process-wide forward hook that reports to `cache` every module called with it, until its prefill ends."""
+    cache_ref = weakref.ref(cache)
+
+    def hook(module, args, kwargs, output):
+        cache = cache_ref()
+        if cache is not None and kwargs.get("past_key_values") is cache:
+            cache._on_module_done(module, args, kwargs)
+
+    return nn.modules.module.register_module_forward_hook(hook, with_kwargs=True)
+
+
+def _physical_mask_hook(cache: LookaheadCache, layer_idx: int):
+    cache_ref = weakref.ref(cache)
+
+    def hook(module, args, kwargs):
+        cache = cache_ref()
+        if cache is None or kwargs.get("past_key_values") is not cache:
+            return None
+        layer = cache.layers[layer_idx]
+        if not (isinstance(layer, EvictingLayer) and layer.is_compressed):
+            return None
+        hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        kwargs["attention_mask"] = cache._physical_mask(layer, module, kwargs.get("attention_mask"), hidden_states.shape[1])
+        return args, kwargs
+
+    return hook
+
+
+def _remove_handles(module_hooks: list, watch: torch.utils.hooks.RemovableHandle) -> None:
+    watch.remove()
+    for handle in module_hooks:
+        handle.remove()

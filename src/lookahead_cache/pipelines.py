@@ -1,0 +1,26 @@
+"""A text-generation pipeline that gives every input its own LookaheadCache."""
+
+from __future__ import annotations
+
+from transformers import TextGenerationPipeline
+
+from .cache import LookaheadCache
+
+
+class LookaheadTextGenerationPipeline(TextGenerationPipeline):
+    """`TextGenerationPipeline` where a `past_key_values=LookaheadCache(...)` argument is a template.
+
+    The stock pipeline forwards generate kwargs as they are, so a single cache object would be shared by every
+    input of a call and the second input would continue the first one's cache. Here each forward gets
+    `template.fresh()`, an empty cache with the same settings::
+
+        pipe = pipeline("text-generation", model=model, tokenizer=tokenizer,
+                        pipeline_class=LookaheadTextGenerationPipeline)
+        pipe(prompts, past_key_values=LookaheadCache(budget=256, scorer="snapkv"), max_new_tokens=32)
+    """
+
+    def _forward(self, model_inputs, **generate_kwargs):
+        template = generate_kwargs.get("past_key_values")
+        if isinstance(template, LookaheadCache):
+            generate_kwargs["past_key_values"] = template.fresh()
+        return super()._forward(model_inputs, **generate_kwargs)

@@ -1,0 +1,100 @@
+"""What a scorer sees of one attention layer at the end of prefill."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LayerPrefill:
+    """The prompt of one attention layer, right after its attention ran on the full prompt.
+
+    Attributes:
+        module: The attention module (it owns `q_proj`, `scaling`, ...).
+        layer_idx: Index of the layer in the cache.
+        keys: Post-RoPE prompt keys, `[batch, kv_heads, prompt_len, head_dim]`.
+        values: Prompt values, same shape.
+        hidden_states: Input of the attention module, `[batch, prompt_len, hidden]`.
+        position_embeddings: The `(cos, sin)` pair the module applied, or None for models without RoPE.
+        valid: `[batch, prompt_len]`, False on padding.
+    """
+
+    module: nn.Module
+    layer_idx: int
+    keys: torch.Tensor
+    values: torch.Tensor
+    hidden_states: torch.Tensor
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None
+    valid: torch.Tensor
+
+    @property
+    def prompt_length(self) -> int:
+        return self.keys.shape[-2]
+
+    @property
+    def scaling(self) -> float:
+        scaling = getattr(self.module, "scaling", None)
+        return scaling if scaling is not None else self.keys.shape[-1] ** -0.5
+
+    @cached_property
+    def real_lengths(self) -> torch.Tensor:
+        return self.valid.sum(-1)
+
+    def queries(self, start: int, end: int | None = None) -> torch.Tensor:
+        """Post-RoPE queries of prompt positions `start:end`, `[batch, q_heads, n, head_dim]`.
+
+        They are recomputed from the attention input the way the module computes them, so no model code
+        is modified to expose them.
+        """
+        module = self.module
+        q_proj = getattr(module, "q_proj", None)
+        if q_proj is None:
+            raise ValueError(
+                f"{type(module).__name__} (layer {self.layer_idx}) has no `q_proj`, so its queries cannot be "
+                "recomputed. Use a scorer that needs no queries (knorm, streaming, random)."
+            )
+        hidden = self.hidden_states[:, start:end]
+        head_dim = self.keys.shape[-1]
+        queries = q_proj(hidden).view(*hidden.shape[:-1], -1, head_dim).transpose(1, 2)
+        q_norm = getattr(module, "q_norm", None)
+        if q_norm is not None:
+            queries = q_norm(queries)
+        if self.position_embeddings is not None:
+            cos, sin = self.position_embeddings
+            apply_rotary = _rotary_function(module)
+            queries, _ = apply_rotary(queries, queries, cos[:, start:end], sin[:, start:end])
+        return queries
+
+
+def _rotary_function(module: nn.Module):
+    modeling = sys.modules[type(module).__module__]
+    apply_rotary = getattr(modeling, "apply_rotary_pos_emb", None)
+    if apply_rotary is None:
+        raise ValueError(
+            f"{type(module).__name__} comes from {modeling.__name__}, which defines no `apply_rotary_pos_emb`; "
+            "its queries cannot be recomputed. Use a scorer that needs no queries (knorm, streaming, random)."
+        )
+    return apply_rotary
+
+
+def padding_from_mask(attention_mask: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
+    """Which prompt tokens are real, read from the 4D mask the model built for its prefill.
+
+    The last query of a left-padded prompt is always real and attends to every real key, so its row of the
+    mask is exactly the padding mask.
+    """
+    if attention_mask is None:
+        return torch.ones(batch, length, dtype=torch.bool, device=device)
+    if attention_mask.dim() != 4:
+        raise ValueError(
+            f"Expected the 4D attention mask transformers builds for eager/sdpa attention, got shape "
+            f"{tuple(attention_mask.shape)}."
+        )
+    last_row = attention_mask[:, 0, -1, -length:]
+    valid = last_row if last_row.dtype == torch.bool else last_row == 0
+    return valid.expand(batch, length).clone()

@@ -1,0 +1,34 @@
+"""Token scorers: how much each prompt token matters to each KV head. One file each, registered by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Scorer
+from .knorm import KnormScorer
+from .lookahead import LookaheadScorer
+from .random import RandomScorer
+from .snapkv import SnapKVScorer
+from .streaming import StreamingScorer
+
+SCORERS: dict[str, type[Scorer]] = {
+    "lookahead": LookaheadScorer,
+    "snapkv": SnapKVScorer,
+    "streaming": StreamingScorer,
+    "knorm": KnormScorer,
+    "random": RandomScorer,
+}
+
+
+def get_scorer(scorer: str | Scorer, **kwargs: Any) -> Scorer:
+    """Build a scorer from its registered name, or return a given :class:`Scorer` instance as is."""
+    if isinstance(scorer, Scorer):
+        if kwargs:
+            raise ValueError("scorer_kwargs are only used with a scorer name, not with a Scorer instance.")
+        return scorer
+    if scorer not in SCORERS:
+        raise ValueError(f"Unknown scorer {scorer!r}. Available scorers: {', '.join(SCORERS)}.")
+    return SCORERS[scorer](**kwargs)
+
+
+__all__ = ["SCORERS", "Scorer", "get_scorer", *(cls.__name__ for cls in SCORERS.values())]

@@ -1,0 +1,62 @@
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+COMMON = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+TINY_CONFIGS = {
+    "llama": lambda: LlamaConfig(**COMMON),
+    "qwen2": lambda: Qwen2Config(**COMMON),
+    "qwen3": lambda: Qwen3Config(**COMMON, head_dim=16),
+    "mistral": lambda: MistralConfig(**COMMON, sliding_window=None),
+    "gemma3": lambda: Gemma3TextConfig(
+        **COMMON, head_dim=16, sliding_window=8, layer_types=["sliding_attention", "full_attention", "sliding_attention"]
+    ),
+}
+ARCHITECTURES = list(TINY_CONFIGS)
+
+
+def tiny_model(architecture: str = "llama", attn_implementation: str = "sdpa", seed: int = 0):
+    """A random-weight model; its weights are scaled up so that attention is peaked, like a trained model's."""
+    torch.manual_seed(seed)
+    config = TINY_CONFIGS[architecture]()
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                parameter.mul_(4.0)
+    # Random weights hit the end-of-sequence token by chance; the tests compare fixed-length outputs.
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = config.pad_token_id
+    return model.eval()
+
+
+def prompt_ids(length: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 128, (batch, length), generator=generator)
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    pytest.importorskip("gguf")
+    from lookahead_cache import load_default_model
+
+    return load_default_model()
