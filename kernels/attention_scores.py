@@ -45,6 +45,11 @@ try:
 except ImportError:  # CPU-only installs (macOS, Windows, slim images) ship without Triton.
     triton = None
 
+# triton.jit picks the interpreter when a function is defined, and tl.sum / tl.max
+# are jit functions themselves: interpreting only works if TRITON_INTERPRET was set
+# before anything (transformers, torch._dynamo) first imported triton.language.
+_INTERPRETED = triton is not None and triton.knobs.runtime.interpret and not isinstance(tl.sum, triton.JITFunction)
+
 __all__ = ["attention_scores", "attention_scores_reference", "attention_scores_triton"]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -158,7 +163,7 @@ def _reference(
     batch, q_heads, num_queries, head_dim = queries.shape
     kv_heads, num_keys = keys.shape[1], keys.shape[2]
     group = q_heads // kv_heads
-    out = torch.zeros(batch, kv_heads, num_keys, dtype=torch.float32, device=queries.device)
+    out = torch.empty(batch, kv_heads, num_keys, dtype=torch.float32, device=queries.device)
     key_index = torch.arange(num_keys, device=queries.device)
     # One sequence at a time bounds the float32 logits to [Hq, Nq, T] (64 MiB for
     # 32 heads x 64 queries x 8k keys) instead of B times that.
@@ -176,9 +181,9 @@ def _reference(
         # Rows without a visible key come out of softmax as NaN; all their entries are
         # invisible, so the same masked_fill that zeroes masked keys also clears them.
         probs = torch.softmax(logits, dim=-1).masked_fill_(~visible, 0.0)
-        contributing_rows = group * int(visible.any(dim=-1).sum())
-        if contributing_rows:
-            out[b] = probs.sum(dim=(1, 2)) / contributing_rows
+        # With no contributing row the sum is all zeros, so clamping the count avoids 0 / 0 without a host sync.
+        contributing_rows = (group * visible.any(dim=-1).sum()).clamp(min=1)
+        out[b] = probs.sum(dim=(1, 2)) / contributing_rows
     return out
 
 
@@ -199,13 +204,14 @@ if triton is not None:
         BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     ):
         # The group's (query head, query) pairs are flattened into one row axis so
-        # that tiny Nq (decode-time lookahead) still fills a tensor-core tile.
+        # that a handful of queries still fills a tensor-core tile.
         row_in = rows < group * num_queries
         head = kv_head * group + rows // num_queries
         query = rows % num_queries
         offs_d = tl.arange(0, BLOCK_D)
+        q_rows = q_ptr + b * stride_qb + head * stride_qh + query * stride_qn
         q = tl.load(
-            q_ptr + b * stride_qb + head[:, None] * stride_qh + query[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+            q_rows[:, None] + offs_d[None, :] * stride_qd,
             mask=row_in[:, None] & (offs_d[None, :] < head_dim),
             other=0.0,
         )
@@ -361,10 +367,6 @@ if triton is not None:
         acc = acc / tl.maximum(tl.sum(live_rows, 0), 1.0)
         tl.store(out_ptr + (b * kv_heads + kv_head) * num_keys + offs_n, acc, mask=offs_n < num_keys)
 
-    # triton.jit picks the interpreter when the kernels are defined, so dispatch
-    # must follow that choice rather than the environment at call time.
-    _INTERPRETED = triton.knobs.runtime.interpret
-
 
 def _triton(
     queries: torch.Tensor,
@@ -398,16 +400,16 @@ def _triton(
     blocks_per_split = triton.cdiv(key_blocks, splits)
     splits = triton.cdiv(key_blocks, blocks_per_split)
 
-    # Unused pointer arguments still need a tensor; constexpr flags keep it unread.
-    dummy = out
+    # Absent masks still need a pointer argument; their constexpr flags keep it unread.
+    positions_arg = out
     if query_positions is not None:
         # Positions >= T already mean "every key": clamping lets the kernel use int32.
-        query_positions = query_positions.clamp(-1, num_keys).to(torch.int32).contiguous()
+        positions_arg = query_positions.clamp(-1, num_keys).to(torch.int32).contiguous()
     # Triton has no portable bool pointer; the bytes of a bool tensor are 0/1.
-    key_valid_u8 = key_valid.view(torch.uint8) if key_valid is not None else None
-    query_valid_u8 = query_valid.view(torch.uint8) if query_valid is not None else None
-    kv_strides = key_valid_u8.stride() if key_valid_u8 is not None else (0, 0)
-    qv_strides = query_valid_u8.stride() if query_valid_u8 is not None else (0, 0)
+    key_valid_arg = out if key_valid is None else key_valid.view(torch.uint8)
+    query_valid_arg = out if query_valid is None else query_valid.view(torch.uint8)
+    key_valid_strides = (0, 0) if key_valid is None else key_valid.stride()
+    query_valid_strides = (0, 0) if query_valid is None else query_valid.stride()
     # The interpreter multiplies bfloat16 dot operands as raw uint16 bits
     # (triton-lang/triton#11584); upcasting is exact since bf16 products fit in fp32.
     upcast = _INTERPRETED and queries.dtype == torch.bfloat16
@@ -417,12 +419,8 @@ def _triton(
     m_part = torch.empty(num_rows * splits, dtype=torch.float32, device=queries.device)
     l_part = torch.empty_like(m_part)
     _split_softmax_stats_kernel[(batch * kv_heads, splits, row_tiles)](
-        queries, keys,
-        query_positions if query_positions is not None else dummy,
-        key_valid_u8 if key_valid_u8 is not None else dummy,
-        query_valid_u8 if query_valid_u8 is not None else dummy,
-        m_part, l_part,
-        *queries.stride(), *keys.stride(), *kv_strides, *qv_strides,
+        queries, keys, positions_arg, key_valid_arg, query_valid_arg, m_part, l_part,
+        *queries.stride(), *keys.stride(), *key_valid_strides, *query_valid_strides,
         q_heads, kv_heads, num_queries, num_keys, head_dim, group,
         qk_scale, blocks_per_split, splits,
         HAS_POSITIONS=query_positions is not None,
@@ -436,16 +434,13 @@ def _triton(
         row_max = torch.empty(num_rows, dtype=torch.float32, device=queries.device)
         row_sum = torch.empty_like(row_max)
         block_s = triton.next_power_of_2(splits)
-        block_r = max(1, 4096 // block_s)
+        block_r = 4096 // block_s
         _merge_splits_kernel[(triton.cdiv(num_rows, block_r),)](
             m_part, l_part, row_max, row_sum, num_rows, splits, BLOCK_R=block_r, BLOCK_S=block_s,
         )
     _group_mean_probs_kernel[(batch * kv_heads, key_blocks)](
-        queries, keys,
-        query_positions if query_positions is not None else dummy,
-        key_valid_u8 if key_valid_u8 is not None else dummy,
-        row_max, row_sum, out,
-        *queries.stride(), *keys.stride(), *kv_strides,
+        queries, keys, positions_arg, key_valid_arg, row_max, row_sum, out,
+        *queries.stride(), *keys.stride(), *key_valid_strides,
         q_heads, kv_heads, num_queries, num_keys, head_dim, group, qk_scale,
         HAS_POSITIONS=query_positions is not None,
         HAS_KEY_VALID=key_valid is not None,
@@ -483,13 +478,20 @@ def attention_scores_triton(
 ) -> torch.Tensor:
     """Attention scores from the fused Triton kernel (see the module docstring).
 
-    Needs CUDA tensors, or ``TRITON_INTERPRET=1`` set before Triton is first imported.
+    Needs CUDA tensors, or ``TRITON_INTERPRET=1`` set before Triton is first imported
+    (which transformers and ``torch._dynamo`` do early).
     """
     _validate_inputs(queries, keys, query_positions, key_valid, query_valid)
     if triton is None:
         raise RuntimeError(
             "attention_scores_triton needs Triton, which is not installed; install it (pip install triton) "
             "or call attention_scores, which falls back to the torch reference."
+        )
+    if not (queries.is_cuda or _INTERPRETED):
+        raise RuntimeError(
+            f"attention_scores_triton got {queries.device.type} tensors, which need the Triton interpreter: "
+            "set TRITON_INTERPRET=1 in the environment before anything imports triton (transformers and "
+            "torch._dynamo do), or pass CUDA tensors."
         )
     return _triton(queries, keys, scaling, query_positions, key_valid, query_valid)
 
@@ -517,6 +519,6 @@ def attention_scores(
     ``TRITON_INTERPRET=1``), the torch reference otherwise.
     """
     _validate_inputs(queries, keys, query_positions, key_valid, query_valid)
-    if triton is not None and (queries.is_cuda or _INTERPRETED):
+    if (triton is not None and queries.is_cuda) or _INTERPRETED:
         return _triton(queries, keys, scaling, query_positions, key_valid, query_valid)
     return _reference(queries, keys, scaling, query_positions, key_valid, query_valid)

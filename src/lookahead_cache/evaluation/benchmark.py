@@ -1,0 +1,270 @@
+"""`lookahead-cache bench`: prefill cost, decode speed and memory of LookaheadCache against a full DynamicCache.
+
+Every prompt length is measured for the full cache and each scorer in one process, the configurations
+interleaved run by run after one warm-up each, so that they share the machine's state (threads, clocks,
+allocator) and their ratios are fair. Prefill times are medians over runs; the decode time is the median
+over every decode step of every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.utils import logging
+
+from ..cache import LookaheadCache
+from ..cli import budget_value, positive_int
+from ..default_model import DEFAULT_MODEL_FILE, default_model_path, load_default_model
+from .documents import haystack_ids
+from .timing import TimedGeneration, timed_generation
+
+logger = logging.get_logger(__name__)
+
+HELP = "Measure prefill overhead, decode speed and memory of LookaheadCache against a full DynamicCache."
+FULL = "full"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+WARM_UP_TOKENS = 4
+MIB = 2**20
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lengths", type=positive_int, nargs="+", default=[2048, 4096], help="Prompt lengths in tokens."
+    )
+    parser.add_argument(
+        "--budget", type=budget_value, default=256, help="LookaheadCache budget (tokens, or a fraction in (0, 1])."
+    )
+    parser.add_argument(
+        "--scorers", nargs="+", default=["snapkv", "streaming"], help="LookaheadCache scorers to compare."
+    )
+    parser.add_argument("--decode-tokens", type=positive_int, default=32, help="Timed decode steps after the prefill.")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="Measured runs per configuration, after one warm-up."
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="Seed of the prompt text (or token ids) and random weights."
+    )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="Use a random-weight model with the default model's config instead of its GGUF weights (quick runs; "
+        "the prompt is then random token ids).",
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Torch device.")
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", *DTYPES],
+        default="auto",
+        help="Model dtype; auto is bfloat16 on CUDA, float32 otherwise.",
+    )
+    parser.add_argument("--out", type=Path, help="Write the results as JSON to this file.")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad settings before the model is loaded; the cache itself validates budget and scorer names."""
+    if len(set(args.scorers)) != len(args.scorers):
+        raise ValueError(f"--scorers lists a scorer twice: {' '.join(args.scorers)}.")
+    for scorer in args.scorers:
+        LookaheadCache(budget=args.budget, scorer=scorer)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device} was asked for, but torch sees no CUDA device.")
+    if isinstance(args.budget, int) and args.budget >= min(args.lengths):
+        logger.warning(
+            f"--budget {args.budget} covers prompts of {min(args.lengths)} tokens: those are kept whole, "
+            "nothing is evicted."
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if args.random_weights:
+        model = random_weight_model(dtype=dtype, device=device, seed=args.seed)
+        model_name = f"random weights, config of {DEFAULT_MODEL_FILE}"
+        generator = torch.Generator().manual_seed(args.seed)
+        prompts = {n: torch.randint(model.config.vocab_size, (1, n), generator=generator) for n in args.lengths}
+    else:
+        logger.info(f"Loading {DEFAULT_MODEL_FILE} ...")
+        model, tokenizer = load_default_model(dtype=dtype, device=device)
+        model_name = DEFAULT_MODEL_FILE
+        prompts = {n: torch.tensor([haystack_ids(tokenizer, n, args.seed)]) for n in args.lengths}
+    longest = max(args.lengths)
+    if longest > model.config.max_position_embeddings:
+        logger.warning(
+            f"Prompts of {longest} tokens exceed the model's {model.config.max_position_embeddings} positions: "
+            "timings stay meaningful, generated text does not."
+        )
+
+    rows = run_benchmark(
+        model,
+        {n: ids.to(device) for n, ids in prompts.items()},
+        budget=args.budget,
+        scorers=args.scorers,
+        decode_tokens=args.decode_tokens,
+        repeats=args.repeats,
+    )
+    settings = {
+        "model": model_name,
+        "device": str(device),
+        "device_name": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+        ),
+        "dtype": str(dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "budget": args.budget,
+        "scorers": args.scorers,
+        "decode_tokens": args.decode_tokens,
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "peak_memory": (
+            "torch.cuda.max_memory_allocated during prefill, minus memory allocated before it"
+            if device.type == "cuda"
+            else "approximate: peak RSS sampled every ~1 ms during prefill, minus RSS before it"
+        ),
+    }
+    print(
+        f"{model_name} on {settings['device']} ({settings['device_name']}, {settings['dtype']}, "
+        f"{settings['threads']} threads); budget {args.budget}; medians of {args.repeats} runs after a warm-up.\n"
+    )
+    print(format_results(rows))
+    print(f"\nPeak memory: {settings['peak_memory']}.")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"settings": settings, "results": rows}, indent=2) + "\n")
+        print(f"Wrote {args.out}")
+    return 0
+
+
+def random_weight_model(
+    dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0
+) -> PreTrainedModel:
+    """A model with the default model's architecture and random weights: as fast as the real one, loads quicker."""
+    path = default_model_path()
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype)
+    return model.to(device).eval()
+
+
+def run_benchmark(
+    model: PreTrainedModel,
+    prompts: dict[int, torch.Tensor],
+    budget: int | float,
+    scorers: list[str],
+    decode_tokens: int,
+    repeats: int,
+) -> list[dict[str, Any]]:
+    """Measure the full cache and every scorer on every prompt; one result row per (prompt, cache).
+
+    Args:
+        model: The causal LM.
+        prompts: `[1, length]` token ids by length, on the model's device.
+        budget: LookaheadCache budget.
+        scorers: LookaheadCache scorer names.
+        decode_tokens: Timed decode steps per run (the token from the prefill comes on top).
+        repeats: Measured runs per configuration, after one warm-up run each.
+    """
+    configs = [FULL, *scorers]
+
+    def new_cache(config: str) -> Cache:
+        return DynamicCache() if config == FULL else LookaheadCache(budget=budget, scorer=config)
+
+    rows = []
+    progress = tqdm(total=len(prompts) * len(configs) * (repeats + 1), desc="bench", unit="run")
+    for length, input_ids in prompts.items():
+        for config in configs:
+            progress.set_postfix(length=length, cache=config, phase="warm-up")
+            timed_generation(model, input_ids, new_cache(config), WARM_UP_TOKENS)
+            progress.update()
+        runs: dict[str, list[TimedGeneration]] = {config: [] for config in configs}
+        # Interleaved, so that slow drifts of the machine (clock, other load) hit every configuration alike.
+        for _ in range(repeats):
+            for config in configs:
+                progress.set_postfix(length=length, cache=config, phase="measure")
+                runs[config].append(
+                    timed_generation(model, input_ids, new_cache(config), decode_tokens + 1, measure_memory=True)
+                )
+                progress.update()
+        rows.extend(_summarize(length, runs))
+    progress.close()
+    return rows
+
+
+def _summarize(length: int, runs: dict[str, list[TimedGeneration]]) -> list[dict[str, Any]]:
+    rows = []
+    for config, results in runs.items():
+        memory = [r.peak_prefill_memory_bytes for r in results if r.peak_prefill_memory_bytes is not None]
+        rows.append(
+            {
+                "length": length,
+                "cache": config,
+                "kept_tokens_per_head": results[0].kept_prompt_tokens,
+                "prefill_s": statistics.median(r.prefill_seconds for r in results),
+                "prefill_s_runs": [r.prefill_seconds for r in results],
+                "decode_ms_per_token": 1000 * statistics.median(s for r in results for s in r.decode_seconds),
+                "kv_bytes_after_prefill": results[0].kv_bytes_after_prefill,
+                "peak_kv_bytes": max(r.peak_kv_bytes for r in results),
+                "peak_prefill_memory_bytes": statistics.median(memory) if memory else None,
+            }
+        )
+    full = rows[0]
+    for row in rows:
+        row["prefill_overhead"] = row["prefill_s"] / full["prefill_s"] - 1
+        row["decode_speedup"] = full["decode_ms_per_token"] / row["decode_ms_per_token"]
+        row["kv_ratio"] = row["kv_bytes_after_prefill"] / full["kv_bytes_after_prefill"]
+        row["peak_kv_ratio"] = row["peak_kv_bytes"] / full["peak_kv_bytes"]
+        full_memory, memory = full["peak_prefill_memory_bytes"], row["peak_prefill_memory_bytes"]
+        row["peak_memory_ratio"] = memory / full_memory if memory is not None and full_memory else None
+    return rows
+
+
+def format_results(rows: list[dict[str, Any]]) -> str:
+    """The benchmark rows as a markdown table; ratios are against the full cache of the same prompt."""
+    header = [
+        "prompt", "cache", "kept/head", "prefill s", "overhead", "decode ms/tok", "decode speedup",
+        "KV MiB", "KV ratio", "peak KV MiB", "peak KV ratio", "peak mem MiB", "peak mem ratio",
+    ]
+    table = []
+    for row in rows:
+        memory, memory_ratio = row["peak_prefill_memory_bytes"], row["peak_memory_ratio"]
+        table.append(
+            [
+                str(row["length"]),
+                row["cache"],
+                f"{row['kept_tokens_per_head']:.0f}",
+                f"{row['prefill_s']:.3f}",
+                f"{100 * row['prefill_overhead']:+.1f}%",
+                f"{row['decode_ms_per_token']:.2f}",
+                f"{row['decode_speedup']:.2f}x",
+                f"{row['kv_bytes_after_prefill'] / MIB:.1f}",
+                f"{row['kv_ratio']:.3f}x",
+                f"{row['peak_kv_bytes'] / MIB:.1f}",
+                f"{row['peak_kv_ratio']:.3f}x",
+                "n/a" if memory is None else f"{memory / MIB:.1f}",
+                "n/a" if memory_ratio is None else f"{memory_ratio:.2f}x",
+            ]
+        )
+    return markdown_table(header, table)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table with padded columns, readable as plain text too."""
+    widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("-" * (width + 2) for width in widths) + "|", *map(line, rows)])
