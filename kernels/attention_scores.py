@@ -515,10 +515,10 @@ def attention_scores(
         key_valid: optional bool ``[B, T]``; ``False`` keys are never attended.
         query_valid: optional bool ``[B, Nq]``; ``False`` queries contribute nothing.
 
-    Runs the Triton kernel on CUDA tensors (and on any tensors under
-    ``TRITON_INTERPRET=1``), the torch reference otherwise.
+    Runs the Triton kernel on CUDA tensors and the torch reference otherwise; the interpreter is far
+    slower than the reference, so CPU tensors reach Triton only through ``attention_scores_triton``.
     """
     _validate_inputs(queries, keys, query_positions, key_valid, query_valid)
-    if (triton is not None and queries.is_cuda) or _INTERPRETED:
+    if triton is not None and queries.is_cuda:
         return _triton(queries, keys, scaling, query_positions, key_valid, query_valid)
     return _reference(queries, keys, scaling, query_positions, key_valid, query_valid)

@@ -1,6 +1,12 @@
-import pytest
-import torch
-from transformers import (
+import os
+
+# Before anything imports triton (transformers does): triton.jit picks the interpreter when a kernel is defined,
+# and the kernel tests run the Triton kernels on CPU through it.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     Gemma3TextConfig,
     LlamaConfig,

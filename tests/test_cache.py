@@ -260,3 +260,17 @@ def test_cache_releases_its_hooks_when_garbage_collected():
     del cache
     gc.collect()
     assert not any(m._forward_pre_hooks for m in model.modules())
+
+
+def test_selection_breaks_score_ties_the_same_way_with_left_padding():
+    from lookahead_cache.selection import select_tokens
+
+    # Max pooling gives plateaus of equal scores; which tied tokens are kept must not depend on the padding.
+    real = torch.tensor([0.1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.2, 0.3])
+    padded = torch.cat([torch.zeros(5), real])
+    scores = torch.stack([torch.cat([real, torch.zeros(5)]), padded])[:, None]
+    valid = torch.tensor([[True] * 8 + [False] * 5, [False] * 5 + [True] * 8])
+    positions, slot_valid = select_tokens(scores, valid, torch.tensor([[4], [4]]), sink=0, window=0)
+    assert slot_valid.all()
+    assert positions[0, 0].tolist() == [1, 2, 3, 4]
+    assert (positions[1, 0] - 5).tolist() == [1, 2, 3, 4]

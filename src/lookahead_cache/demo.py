@@ -15,6 +15,7 @@ from transformers.utils import logging
 
 from .cache import LookaheadCache
 from .cli import budget_value, positive_int
+from .config import DEFAULT_BUDGET
 from .default_model import DEFAULT_MODEL_FILE, load_default_model
 from .evaluation.benchmark import MIB, markdown_table
 from .evaluation.documents import QUESTION, build_needle_task
@@ -29,7 +30,10 @@ WARM_UP_PROMPT_TOKENS = 64
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--budget", type=budget_value, default=256, help="LookaheadCache budget (tokens, or a fraction in (0, 1])."
+        "--budget",
+        type=budget_value,
+        default=DEFAULT_BUDGET,
+        help=f"LookaheadCache budget (tokens, or a fraction in (0, 1]); default {DEFAULT_BUDGET}, as LookaheadCache().",
     )
     parser.add_argument("--scorer", default="snapkv", help="LookaheadCache scorer.")
     parser.add_argument(

@@ -31,7 +31,9 @@ def select_tokens(
     ranked = scores.float().masked_fill(protected[:, None], float("inf")).masked_fill(~valid[:, None], float("-inf"))
     counts = torch.minimum(counts.to(real_lengths.device), real_lengths)
     slots = int(counts.max())
-    top = ranked.topk(slots, dim=-1).indices
+    # A stable sort breaks ties (max pooling makes plateaus) by position within the row, so left padding, which
+    # shifts every real token alike, cannot change the choice: a padded row keeps what it would keep alone.
+    top = ranked.sort(dim=-1, descending=True, stable=True).indices[..., :slots]
     keep = torch.arange(slots, device=top.device) < counts[..., None]
     positions = top.masked_fill(~keep, -1).sort(dim=-1).values
     slot_valid = positions >= 0

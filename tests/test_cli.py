@@ -1,0 +1,91 @@
+"""The `lookahead-cache` console script: its demo and benchmark on the embedded model, and its usage errors."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lookahead_cache.cli import main
+from lookahead_cache.evaluation.benchmark import run_benchmark
+from lookahead_cache.evaluation.documents import build_needle_task, haystack_ids
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["demo", "--budget", "0"], "budget"),
+        (["demo", "--budget", "1.5"], "budget"),
+        (["demo", "--scorer", "nope"], "nope"),
+        (["bench", "--scorers", "snapkv", "snapkv"], "twice"),
+        (["bench", "--lengths", "0"], "at least 1"),
+    ],
+)
+def test_bad_arguments_are_usage_errors_naming_the_problem(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_console_script_compares_full_and_evicted_cache():
+    executable = shutil.which("lookahead-cache")
+    command = [executable] if executable else [sys.executable, "-m", "lookahead_cache.cli"]
+    result = subprocess.run(
+        [*command, "demo", "--context-tokens", "1500", "--budget", "256", "--max-new-tokens", "16"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    table = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")]
+    rows = {cells[0].strip(): [cell.strip() for cell in cells[1:]] for cells in table}
+    assert list(rows[""]) == ["DynamicCache (full)", "LookaheadCache(budget=256, scorer='snapkv')"]
+    # The full cache finds the needle; whether the evicted one does is what the demo is there to show.
+    code_row = next(cells for name, cells in rows.items() if name.startswith("code "))
+    assert code_row[0] == "yes", result.stdout
+    assert rows["prompt tokens"] == ["1500", "1500"]
+    assert rows["prompt tokens kept per KV head"][1] == "256"
+    full_mib, evicted_mib = (float(cell) for cell in rows["KV cache after generation (MiB)"])
+    assert evicted_mib < full_mib / 4
+
+
+@pytest.mark.slow
+def test_needle_task_prompt_has_the_asked_length_and_hides_the_code(default_model):
+    _, tokenizer = default_model
+    task = build_needle_task(tokenizer, 1200, seed=3)
+    ids = task.prompt_ids(tokenizer)
+    assert abs(ids.shape[-1] - 1200) <= 8
+    assert task.needle in tokenizer.decode(ids[0])
+    assert task.is_answered_by(f"It is {task.code}.") and not task.is_answered_by("I do not know.")
+    with pytest.raises(ValueError, match="exceeds"):
+        haystack_ids(tokenizer, 10**6)
+
+
+@pytest.mark.slow
+def test_benchmark_rows_compare_against_the_full_cache(default_model):
+    model, tokenizer = default_model
+    prompts = {512: torch.tensor([haystack_ids(tokenizer, 512)])}
+    rows = run_benchmark(model, prompts, budget=128, scorers=["snapkv", "streaming"], decode_tokens=3, repeats=1)
+    by_cache = {row["cache"]: row for row in rows}
+    assert list(by_cache) == ["full", "snapkv", "streaming"]
+    assert by_cache["full"]["kept_tokens_per_head"] == 512
+    assert by_cache["full"]["kv_ratio"] == 1.0
+    for scorer in ("snapkv", "streaming"):
+        row = by_cache[scorer]
+        assert row["kept_tokens_per_head"] == 128
+        assert row["kv_ratio"] == pytest.approx(128 / 512)
+        # Per-layer eviction: prefill holds the compressed layers plus one whole layer, never all 30 whole.
+        assert row["peak_kv_ratio"] == pytest.approx((29 * 128 + 512) / (30 * 512))
+        assert row["decode_ms_per_token"] > 0 and row["prefill_s"] > 0
+
+
+@pytest.mark.slow
+def test_quickstart_example_runs():
+    example = Path(__file__).parents[1] / "examples" / "quickstart.py"
+    result = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=300, check=True)
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["generate", "  prompt tokens", "pipeline", "pipeline"]
