@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -83,6 +85,7 @@ class LookaheadCache(Cache):
         self._layer_types: list[str] | None = None
         self._layer_kwargs: list[dict] | None = None
         self._compressed_layers: list[int] = []
+        self._prefilled_layers: set[int] = set()
         self._module_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._watch = _watch_for_modules(self)
         weakref.finalize(self, _remove_handles, self._module_hooks, self._watch)
@@ -109,6 +112,30 @@ class LookaheadCache(Cache):
             sink=config.sink,
             window=config.window,
         )
+
+    @classmethod
+    def from_prefill(cls, prefills: Sequence[LayerPrefill], **settings: Any) -> LookaheadCache:
+        """A cache compressed from a recorded prefill, as if it had run that prefill itself.
+
+        Evaluations compare many scorers and budgets on one prompt: recording the prefill once (see
+        `lookahead_cache.evaluation.replay.record_prefill`) and replaying each layer's eviction on the recorded
+        keys, values and attention inputs gives the same cache as a prefill of its own, at the cost of the
+        scoring alone. The recorded tensors are copied, never modified.
+
+        Args:
+            prefills: One `LayerPrefill` per layer of the model, in layer order.
+            settings: `LookaheadCache` arguments (`budget`, `scorer`, ...).
+        """
+        cache = cls(**settings)
+        cache._watch.remove()
+        if [prefill.layer_idx for prefill in prefills] != list(range(len(prefills))):
+            raise ValueError("from_prefill needs one LayerPrefill per layer, in layer order.")
+        for prefill in prefills:
+            Cache.update(cache, prefill.keys, prefill.values, prefill.layer_idx)
+            layer = cache.layers[prefill.layer_idx]
+            cache._evict_layer(replace(prefill, keys=layer.keys, values=layer.values))
+        cache._state = _DONE
+        return cache
 
     def __repr__(self) -> str:
         config = self.cache_config
@@ -166,7 +193,7 @@ class LookaheadCache(Cache):
             layer_idx, self._pending_layer = self._pending_layer, None
             self._end_prefill_of_layer(layer_idx, module, args, kwargs)
         elif isinstance(module, PreTrainedModel) and self._state == _PREFILLING:
-            missing = [i for i, layer in enumerate(self.layers) if isinstance(layer, EvictingLayer) and not layer.is_compressed]
+            missing = sorted(set(range(len(self.layers))) - self._prefilled_layers)
             if missing:
                 raise self._attention_not_found(missing[0])
             self._state = _DONE
@@ -200,16 +227,7 @@ class LookaheadCache(Cache):
             logger.warning("Every attention layer of this model uses a sliding window: LookaheadCache evicts nothing.")
 
     def _end_prefill_of_layer(self, layer_idx: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if self._layer_types is None:
-            self._bind(module)
-        self._module_hooks.append(module.register_forward_pre_hook(_physical_mask_hook(self, layer_idx), with_kwargs=True))
         layer = self.layers[layer_idx]
-        if self._layer_types[layer_idx] == "sliding_attention":
-            sliding = DynamicSlidingWindowLayer(**self._layer_kwargs[layer_idx])
-            sliding.update(layer.keys, layer.values)
-            self.layers[layer_idx] = sliding
-            return
-
         hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         batch, _, length, _ = layer.keys.shape
         prefill = LayerPrefill(
@@ -221,15 +239,33 @@ class LookaheadCache(Cache):
             position_embeddings=kwargs.get("position_embeddings"),
             valid=padding_from_mask(kwargs.get("attention_mask"), batch, length, layer.keys.device),
         )
+        self._evict_layer(prefill)
+
+    def _evict_layer(self, prefill: LayerPrefill) -> None:
+        """Compress one layer whose prompt KV is complete (sliding-window layers only keep their window)."""
+        if self._layer_types is None:
+            self._bind(prefill.module)
+        layer_idx = prefill.layer_idx
+        self._module_hooks.append(
+            prefill.module.register_forward_pre_hook(_physical_mask_hook(self, layer_idx), with_kwargs=True)
+        )
+        self._prefilled_layers.add(layer_idx)
+        layer = self.layers[layer_idx]
+        if self._layer_types[layer_idx] == "sliding_attention":
+            sliding = DynamicSlidingWindowLayer(**self._layer_kwargs[layer_idx])
+            sliding.update(layer.keys, layer.values)
+            self.layers[layer_idx] = sliding
+            return
+
         scores = self.scorer.score(prefill)
-        if scores.shape != (batch, layer.keys.shape[1], length):
+        batch, kv_heads, length, _ = layer.keys.shape
+        if scores.shape != (batch, kv_heads, length):
             raise ValueError(
                 f"{type(self.scorer).__name__}.score returned shape {tuple(scores.shape)}, expected "
-                f"(batch, kv_heads, prompt_len) = {(batch, layer.keys.shape[1], length)}."
+                f"(batch, kv_heads, prompt_len) = {(batch, kv_heads, length)}."
             )
-        real_lengths = prefill.real_lengths
         row_budgets = torch.tensor(
-            [self.cache_config.row_budget(int(n)) for n in real_lengths.tolist()], device=scores.device
+            [self.cache_config.row_budget(int(n)) for n in prefill.real_lengths.tolist()], device=scores.device
         )
         counts = self.allocator.allocate(
             scores,

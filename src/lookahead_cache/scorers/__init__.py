@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Scorer
+from .future_queries import FutureQueriesScorer
 from .knorm import KnormScorer
 from .lookahead import LookaheadScorer
 from .random import RandomScorer
@@ -17,6 +18,7 @@ SCORERS: dict[str, type[Scorer]] = {
     "streaming": StreamingScorer,
     "knorm": KnormScorer,
     "random": RandomScorer,
+    "future_queries": FutureQueriesScorer,
 }
 
 

@@ -1,0 +1,132 @@
+"""The methods an evaluation compares, each building its cache from one recorded prefill.
+
+A method is a function `(SampleRun, budget) -> Cache`, registered by name in `METHODS`; adding one is one
+function and one line. Heuristic methods only score the recorded layers; `oracle` and `laq` first obtain the
+queries of future tokens (the full-cache answer, or a drafted one) and score with those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+from transformers.cache_utils import Cache
+
+from ..cache import LookaheadCache
+from ..scorers.future_queries import FutureQueriesScorer
+from .replay import PrefillRecording, dynamic_cache_from, future_queries
+
+FULL = "full"
+# LAQ drafts this many pseudo tokens with a SnapKV-compressed cache before scoring with their queries.
+LAQ_DRAFT_TOKENS = 32
+
+
+@dataclass
+class SampleRun:
+    """One prompt of an evaluation in one mode, shared by every method run on it.
+
+    Attributes:
+        model: The causal LM.
+        prefilled_ids: `[1, n]` tokens the recorded prefill read: context and question when question-aware, the
+            context alone when question-agnostic.
+        question_ids: `[1, m]` question tokens, fed after eviction when question-agnostic; empty when aware.
+        recording: The recorded prefill of `prefilled_ids`.
+        max_new_tokens: Answer length limit.
+        eos_token_id: End-of-sequence token id(s).
+        full_answer_ids: `[1, k]` answer of the full cache, set once the `full` method ran (the oracle needs it).
+    """
+
+    model: PreTrainedModel
+    prefilled_ids: torch.Tensor
+    question_ids: torch.Tensor
+    recording: PrefillRecording
+    max_new_tokens: int
+    eos_token_id: int | list[int] | None
+    full_answer_ids: torch.Tensor | None = None
+
+    @property
+    def question_aware(self) -> bool:
+        return self.question_ids.shape[-1] == 0
+
+    @torch.no_grad()
+    def answer(self, cache: Cache, max_new_tokens: int | None = None) -> torch.Tensor:
+        """`[1, k]` greedy answer tokens, continuing `cache`, which holds the prefilled tokens.
+
+        Question-aware, the first answer token comes from the recorded logits: eviction happens after each
+        layer's attention ran on the full prompt, so that token is the same for every method.
+        """
+        limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if self.question_aware:
+            first = self.recording.next_token_logits.argmax(-1, keepdim=True)
+            if limit == 1 or _is_eos(int(first), self.eos_token_id):
+                return first
+            fed, prefix, limit = first, first, limit - 1
+        else:
+            fed, prefix = self.question_ids, self.question_ids[:, :0]
+        input_ids = torch.cat([self.prefilled_ids, fed], dim=-1)
+        output = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            past_key_values=cache,
+            max_new_tokens=limit,
+            do_sample=False,
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.model.generation_config.pad_token_id,
+        )
+        return torch.cat([prefix, output[:, input_ids.shape[-1] :]], dim=-1)
+
+    def future_scorer(self, answer_ids: torch.Tensor) -> FutureQueriesScorer:
+        """Scores by the queries of what follows the prefill: the question (if agnostic), then `answer_ids`."""
+        future = torch.cat([self.question_ids, answer_ids], dim=-1)
+        return FutureQueriesScorer(future_queries(self.model, self.recording.prefills, future))
+
+
+def _is_eos(token: int, eos_token_id: int | list[int] | None) -> bool:
+    if eos_token_id is None:
+        return False
+    return token in (eos_token_id if isinstance(eos_token_id, list) else [eos_token_id])
+
+
+def full(run: SampleRun, budget: int | float | None) -> Cache:
+    return dynamic_cache_from(run.recording.prefills)
+
+
+def scorer_method(scorer: str, allocation: str = "uniform") -> Callable[[SampleRun, int | float], Cache]:
+    def build(run: SampleRun, budget: int | float) -> Cache:
+        return LookaheadCache.from_prefill(run.recording.prefills, budget=budget, scorer=scorer, allocation=allocation)
+
+    return build
+
+
+def oracle(run: SampleRun, budget: int | float) -> Cache:
+    """Keeps what the full-cache answer attends to: the ceiling of score-based eviction."""
+    if run.full_answer_ids is None:
+        raise ValueError("The oracle method needs the full-cache answer: run the `full` method on the sample first.")
+    return LookaheadCache.from_prefill(run.recording.prefills, budget=budget, scorer=run.future_scorer(run.full_answer_ids))
+
+
+def laq(run: SampleRun, budget: int | float) -> Cache:
+    """LAQ-style: draft an answer from a SnapKV-compressed cache, then keep what the draft's queries attend to."""
+    draft_cache = LookaheadCache.from_prefill(run.recording.prefills, budget=budget, scorer="snapkv")
+    draft = run.answer(draft_cache, max_new_tokens=LAQ_DRAFT_TOKENS)
+    return LookaheadCache.from_prefill(run.recording.prefills, budget=budget, scorer=run.future_scorer(draft))
+
+
+METHODS: dict[str, Callable[[SampleRun, int | float | None], Cache]] = {
+    FULL: full,
+    "streaming": scorer_method("streaming"),
+    "knorm": scorer_method("knorm"),
+    "random": scorer_method("random"),
+    "snapkv": scorer_method("snapkv"),
+    "pyramidkv": scorer_method("snapkv", allocation="pyramid"),
+    "oracle": oracle,
+    "laq": laq,
+}
+
+
+def get_method(name: str) -> Callable[[SampleRun, int | float | None], Cache]:
+    if name not in METHODS:
+        raise ValueError(f"Unknown evaluation method {name!r}. Available: {', '.join(METHODS)}.")
+    return METHODS[name]

@@ -1,0 +1,102 @@
+"""One full prefill per prompt, replayed for every method of an evaluation.
+
+`record_prefill` runs the prompt once with a cache that evicts nothing and keeps what each layer's eviction
+would see (`LayerPrefill`: keys, values, attention input, positions). `LookaheadCache.from_prefill` then
+compresses a copy of it with any scorer and budget, and `dynamic_cache_from` rebuilds the full cache, so a sweep
+over methods and budgets pays for the prompt once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from ..cache import LookaheadCache
+from ..prefill import LayerPrefill
+
+
+class _RecordingCache(LookaheadCache):
+    """A LookaheadCache that keeps every layer whole and hands back what each layer's eviction would score."""
+
+    def __init__(self):
+        super().__init__(budget=1.0, scorer="streaming")
+        self.prefills: list[LayerPrefill] = []
+
+    def _evict_layer(self, prefill: LayerPrefill) -> None:
+        self._prefilled_layers.add(prefill.layer_idx)
+        self.prefills.append(prefill)
+
+
+@dataclass
+class PrefillRecording:
+    """A recorded prefill of one prompt.
+
+    Attributes:
+        prefills: Per layer, what eviction sees at the end of the prefill.
+        next_token_logits: `[batch, vocab]` logits of the token after the prompt (the same for every method,
+            since eviction happens after each layer's attention ran on the full prompt).
+        seconds: Wall time of the prefill forward.
+    """
+
+    prefills: list[LayerPrefill]
+    next_token_logits: torch.Tensor
+    seconds: float
+
+    @property
+    def prompt_length(self) -> int:
+        return self.prefills[0].prompt_length
+
+
+@torch.no_grad()
+def record_prefill(model: PreTrainedModel, input_ids: torch.Tensor) -> PrefillRecording:
+    """Run the prompt `input_ids` (`[1, prompt_len]`) through `model` once and record it."""
+    import time
+
+    cache = _RecordingCache()
+    start = time.perf_counter()
+    logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    seconds = time.perf_counter() - start
+    prefills = sorted(cache.prefills, key=lambda prefill: prefill.layer_idx)
+    return PrefillRecording(prefills=prefills, next_token_logits=logits[:, -1], seconds=seconds)
+
+
+def dynamic_cache_from(prefills: list[LayerPrefill]) -> DynamicCache:
+    """The full cache of a recorded prefill, as a plain `DynamicCache` (copies, the recording stays intact)."""
+    cache = DynamicCache()
+    for prefill in prefills:
+        cache.update(prefill.keys.clone(), prefill.values.clone(), prefill.layer_idx)
+    return cache
+
+
+@torch.no_grad()
+def future_queries(model: PreTrainedModel, prefills: list[LayerPrefill], future_ids: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer, the post-RoPE queries of `future_ids` (`[1, n]`) read right after the recorded prompt.
+
+    The future tokens run through the full cache of the recording; each attention module's input is captured
+    by a forward pre-hook and turned into queries the way the module computes them.
+    """
+    captured: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]] = {}
+
+    def capture(layer_idx: int):
+        def hook(module, args, kwargs):
+            hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            captured[layer_idx] = (hidden_states, kwargs.get("position_embeddings"))
+
+        return hook
+
+    handles = [
+        prefill.module.register_forward_pre_hook(capture(prefill.layer_idx), with_kwargs=True) for prefill in prefills
+    ]
+    try:
+        model(input_ids=future_ids, past_key_values=dynamic_cache_from(prefills), use_cache=True, logits_to_keep=1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    queries = []
+    for prefill in prefills:
+        hidden_states, position_embeddings = captured[prefill.layer_idx]
+        future = replace(prefill, hidden_states=hidden_states, position_embeddings=position_embeddings)
+        queries.append(future.queries(0))
+    return queries

@@ -1,0 +1,103 @@
+"""Replaying one recorded prefill for many methods gives what each method would give on its own."""
+
+import pytest
+import torch
+from conftest import ARCHITECTURES, prompt_ids, tiny_model
+from transformers import DynamicCache
+
+from lookahead_cache import LookaheadCache
+from lookahead_cache.evaluation.methods import METHODS, SampleRun, get_method
+from lookahead_cache.evaluation.replay import dynamic_cache_from, future_queries, record_prefill
+from lookahead_cache.scorers import FutureQueriesScorer, get_scorer
+
+SETTINGS = dict(budget=16, window=4, sink=2)
+
+
+def greedy(model, input_ids, cache, new_tokens=8):
+    return model.generate(
+        input_ids, attention_mask=torch.ones_like(input_ids), past_key_values=cache, max_new_tokens=new_tokens, do_sample=False
+    )
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("scorer, allocation", [("snapkv", "uniform"), ("knorm", "pyramid")])
+def test_cache_from_recorded_prefill_equals_a_cache_that_ran_the_prefill(architecture, scorer, allocation):
+    model = tiny_model(architecture)
+    input_ids = prompt_ids(60)
+    live = LookaheadCache(**SETTINGS, scorer=scorer, allocation=allocation)
+    expected = greedy(model, input_ids, live)
+
+    recording = record_prefill(model, input_ids)
+    replayed = LookaheadCache.from_prefill(recording.prefills, **SETTINGS, scorer=scorer, allocation=allocation)
+    assert torch.equal(replayed.kept_tokens(), live_kept := _kept_after_prefill(model, input_ids, scorer, allocation))
+    first = recording.next_token_logits.argmax(-1, keepdim=True)
+    assert torch.equal(greedy(model, torch.cat([input_ids, first], -1), replayed, new_tokens=7), expected)
+    assert live_kept.shape[0] == model.config.num_hidden_layers
+
+
+def _kept_after_prefill(model, input_ids, scorer, allocation):
+    cache = LookaheadCache(**SETTINGS, scorer=scorer, allocation=allocation)
+    with torch.no_grad():
+        model(input_ids, past_key_values=cache)
+    return cache.kept_tokens()
+
+
+def test_recording_leaves_the_full_cache_intact_for_every_replay():
+    model = tiny_model("llama")
+    input_ids = prompt_ids(50)
+    recording = record_prefill(model, input_ids)
+    full_logits = model(input_ids, past_key_values=DynamicCache()).logits[:, -1]
+    torch.testing.assert_close(recording.next_token_logits, full_logits)
+    first = recording.next_token_logits.argmax(-1, keepdim=True)
+    expected = greedy(model, input_ids, DynamicCache())
+    for _ in range(2):  # a second replay sees the same recording
+        LookaheadCache.from_prefill(recording.prefills, **SETTINGS, scorer="snapkv")
+        assert torch.equal(greedy(model, torch.cat([input_ids, first], -1), dynamic_cache_from(recording.prefills), 7), expected)
+
+
+def test_future_queries_score_the_attention_the_answer_pays_to_the_prompt():
+    model = tiny_model("llama", attn_implementation="eager")
+    input_ids = prompt_ids(40)
+    answer = greedy(model, input_ids, DynamicCache(), new_tokens=5)[:, 40:]
+    recording = record_prefill(model, input_ids)
+    scorer = FutureQueriesScorer(future_queries(model, recording.prefills, answer))
+
+    with torch.no_grad():
+        attentions = model(answer, past_key_values=dynamic_cache_from(recording.prefills), output_attentions=True).attentions
+    for prefill, attention in zip(recording.prefills, attentions):
+        on_prompt = attention[..., :40]
+        on_prompt = on_prompt / on_prompt.sum(-1, keepdim=True)  # the scorer's softmax spans the prompt keys only
+        groups = model.config.num_attention_heads // model.config.num_key_value_heads
+        expected = on_prompt.mean(2).view(1, -1, groups, 40).mean(2)
+        torch.testing.assert_close(scorer.score(prefill), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_future_queries_scorer_needs_queries():
+    with pytest.raises(ValueError, match="future_queries"):
+        get_scorer("future_queries")
+
+
+@pytest.mark.parametrize("question_aware", [True, False])
+def test_every_method_answers_from_one_recording(question_aware):
+    model = tiny_model("qwen3")
+    context, question = prompt_ids(70), prompt_ids(6, seed=1)
+    prefilled = torch.cat([context, question], -1) if question_aware else context
+    run = SampleRun(
+        model=model,
+        prefilled_ids=prefilled,
+        question_ids=question[:, :0] if question_aware else question,
+        recording=record_prefill(model, prefilled),
+        max_new_tokens=6,
+        eos_token_id=None,
+    )
+    expected = greedy(model, torch.cat([context, question], -1), DynamicCache(), new_tokens=6)[:, 76:]
+    run.full_answer_ids = run.answer(get_method("full")(run, None))
+    assert torch.equal(run.full_answer_ids, expected)
+    for name in METHODS:
+        if name == "full":
+            continue
+        cache = get_method(name)(run, 40)
+        assert cache.kept_tokens().float().mean() == 40, name
+        assert run.answer(cache).shape == (1, 6), name
+        if question_aware:  # the first token comes from the full prompt, whatever is evicted
+            assert run.answer(get_method(name)(run, 40))[0, 0] == expected[0, 0]
