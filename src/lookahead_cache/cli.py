@@ -24,6 +24,7 @@ from transformers.utils import logging
 COMMANDS = {
     "demo": "lookahead_cache.demo",
     "bench": "lookahead_cache.evaluation.benchmark",
+    "eval": "lookahead_cache.evaluation.suite",
 }
 
 

@@ -1,0 +1,275 @@
+"""`lookahead-cache eval`: every method side by side on the offline long-context suite.
+
+For each sample and mode the prompt is prefilled once (`record_prefill`); the full cache answers first, then
+every method and budget compresses a copy of that prefill and answers greedily. Rows go to
+`OUT/predictions.jsonl` as they are produced, so an interrupted run resumes where it stopped. The samples
+themselves go to `OUT/samples.jsonl` (token ids included), which the kvpress runner in `scripts/kvpress/` reads.
+At the end the report (`OUT/summary.md`, plots, and optionally a results page) is written from all rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import Cache
+from transformers.utils import logging
+
+from ..cache import LookaheadCache
+from ..cli import budget_value, positive_int
+from ..default_model import DEFAULT_MODEL_FILE, load_default_model
+from . import report
+from .methods import FULL, METHODS, SampleRun, get_method
+from .metrics import score
+from .replay import record_prefill
+from .tasks import TASKS, Sample, get_task
+
+logger = logging.get_logger(__name__)
+
+HELP = "Evaluate every method side by side on the offline long-context suite (RULER-style and real-text tasks)."
+DEFAULT_MODEL = "default"
+MODES = ("question-aware", "question-agnostic")
+
+
+@dataclass(frozen=True)
+class SuiteSize:
+    lengths: tuple[int, ...]
+    samples: int
+    budgets: tuple[int | float, ...]
+    modes: tuple[str, ...]
+
+
+SIZES = {
+    # Every family and method, two samples each so intervals exist: about half an hour on 2 CPU cores with the
+    # embedded 135M model.
+    "quick": SuiteSize(lengths=(2048,), samples=2, budgets=(64, 128, 256), modes=("question-aware",)),
+    "full": SuiteSize(
+        lengths=(1024, 2048, 4096, 8192), samples=20, budgets=(64, 128, 256, 512, 0.1, 0.25, 0.5), modes=MODES
+    ),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"'{DEFAULT_MODEL}' ({DEFAULT_MODEL_FILE}) or a local model directory."
+    )
+    parser.add_argument("--size", choices=sorted(SIZES), default="quick", help="Preset of lengths, samples, budgets, modes.")
+    parser.add_argument("--quick", dest="size", action="store_const", const="quick", help="Same as --size quick.")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), help=f"Methods ({', '.join(METHODS)}).")
+    parser.add_argument("--tasks", nargs="+", default=None, help="Task families (default: all registered).")
+    parser.add_argument("--budgets", type=budget_value, nargs="+", help="Budgets (tokens, or fractions in (0, 1]).")
+    parser.add_argument("--lengths", type=positive_int, nargs="+", help="Prompt lengths in tokens.")
+    parser.add_argument("--samples", type=positive_int, help="Samples per task family and length.")
+    parser.add_argument("--modes", nargs="+", choices=MODES, help="Question-aware and/or question-agnostic.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the task samples.")
+    parser.add_argument("--out", type=Path, required=True, help="Output directory (resumable).")
+    parser.add_argument("--results-page", type=Path, help="Also write the results page here (e.g. docs/results.md).")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    size = SIZES[args.size]
+    args.budgets = tuple(args.budgets or size.budgets)
+    args.lengths = tuple(args.lengths or size.lengths)
+    args.samples = args.samples or size.samples
+    args.modes = tuple(args.modes or size.modes)
+    args.tasks = tuple(args.tasks or TASKS)
+    for name in args.tasks:
+        get_task(name)
+    for name in args.methods:
+        get_method(name)
+    if FULL not in args.methods:
+        raise ValueError("--methods must include 'full': it is the reference, and the oracle needs its answer.")
+    for budget in args.budgets:
+        LookaheadCache(budget=budget, scorer="streaming")
+
+
+def load_model(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    if name == DEFAULT_MODEL:
+        return load_default_model()
+    if not Path(name).is_dir():
+        raise ValueError(f"--model {name!r} is neither '{DEFAULT_MODEL}' nor a local model directory.")
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="sdpa")
+    return model.eval(), tokenizer
+
+
+def run(args: argparse.Namespace) -> int:
+    args.out.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = load_model(args.model)
+    samples = build_samples(tokenizer, args.tasks, args.lengths, args.samples, args.seed)
+    write_samples(args.out / "samples.jsonl", samples, tokenizer)
+    _write_settings(args, model)
+    started = time.perf_counter()
+    evaluate_samples(model, tokenizer, samples, args.methods, args.budgets, args.modes, args.out / "predictions.jsonl")
+    logger.info(f"Evaluation took {time.perf_counter() - started:.0f} s.")
+    summary = report.summarize(report.load_rows(args.out))
+    (args.out / "summary.md").write_text(report.markdown_summary(summary) + "\n")
+    report.plot_accuracy_vs_budget(summary, args.out / "figures")
+    if args.results_page is not None:
+        report.write_results_page(args.out, args.results_page, command=_command_line(args))
+        logger.info(f"Wrote {args.results_page}")
+    print(report.markdown_summary(summary))
+    return 0
+
+
+def build_samples(
+    tokenizer: PreTrainedTokenizerBase, tasks: tuple[str, ...], lengths: tuple[int, ...], samples: int, seed: int
+) -> list[Sample]:
+    built = []
+    for length in lengths:
+        for name in tasks:
+            built.extend(get_task(name).build(tokenizer, length, samples, seed))
+    return built
+
+
+def write_samples(path: Path, samples: list[Sample], tokenizer: PreTrainedTokenizerBase) -> None:
+    """The samples with their token ids, split where the question begins (read by the kvpress runner)."""
+    with path.open("w") as file:
+        for sample in samples:
+            context_ids, question_ids = sample.prompt_ids(tokenizer)
+            record = {
+                "sample_id": sample.id,
+                "family": sample.family,
+                "context_length": sample.context_length,
+                "context_ids": context_ids[0].tolist(),
+                "question_ids": question_ids[0].tolist(),
+                "answers": list(sample.answers),
+                "metric": sample.metric,
+                "max_new_tokens": sample.max_new_tokens,
+            }
+            file.write(json.dumps(record) + "\n")
+
+
+def evaluate_samples(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    samples: list[Sample],
+    methods: list[str],
+    budgets: tuple[int | float, ...],
+    modes: tuple[str, ...],
+    predictions_path: Path,
+) -> None:
+    """Run every (method, budget) on every sample and mode, appending rows to `predictions_path` (resumable)."""
+    done = _done_keys(predictions_path)
+    configs = [(FULL, None)] + [(method, budget) for method in methods if method != FULL for budget in budgets]
+    progress = tqdm(total=len(samples) * len(modes) * len(configs), desc="eval", unit="answer")
+    with predictions_path.open("a") as file:
+        for sample in samples:
+            for mode in modes:
+                todo = [c for c in configs if (sample.id, mode, *c) not in done]
+                progress.update(len(configs) - len(todo))
+                if not todo:
+                    continue
+                progress.set_postfix(sample=sample.id, mode=mode)
+                for row in _evaluate_sample(model, tokenizer, sample, mode, todo, progress):
+                    file.write(json.dumps(row) + "\n")
+                    file.flush()
+    progress.close()
+
+
+def _evaluate_sample(model, tokenizer, sample: Sample, mode: str, configs, progress):
+    context_ids, question_ids = sample.prompt_ids(tokenizer)
+    if mode == "question-aware":
+        prefilled_ids, question_ids = torch.cat([context_ids, question_ids], dim=-1), question_ids[:, :0]
+    else:
+        prefilled_ids = context_ids
+    run = SampleRun(
+        model=model,
+        prefilled_ids=prefilled_ids,
+        question_ids=question_ids,
+        recording=record_prefill(model, prefilled_ids),
+        max_new_tokens=sample.max_new_tokens,
+        eos_token_id=model.generation_config.eos_token_id,
+    )
+    prompt_tokens = prefilled_ids.shape[-1] + question_ids.shape[-1]
+    # The full answer comes first even when its row exists already: the oracle needs it.
+    for method, budget in [(FULL, None)] + [c for c in configs if c[0] != FULL]:
+        start = time.perf_counter()
+        cache = get_method(method)(run, budget)
+        compress_s = time.perf_counter() - start
+        kept, kv_bytes = _kept_tokens(cache), _kv_bytes(cache)
+        answer_ids = run.answer(cache)
+        if method == FULL:
+            run.full_answer_ids = answer_ids
+            if (FULL, None) not in configs:
+                continue
+        prediction = tokenizer.decode(answer_ids[0], skip_special_tokens=True).strip()
+        yield {
+            "sample_id": sample.id,
+            "family": sample.family,
+            "context_length": sample.context_length,
+            "mode": mode,
+            "method": method,
+            "budget": budget,
+            "prompt_tokens": prompt_tokens,
+            "kept_tokens": kept,
+            "prediction": prediction,
+            "answers": list(sample.answers),
+            "metric": sample.metric,
+            "score": score(sample.metric, [prediction], [list(sample.answers)])[0],
+            "prefill_s": run.recording.seconds,
+            "compress_s": compress_s,
+            "kv_bytes": kv_bytes,
+        }
+        progress.update()
+
+
+def _kept_tokens(cache: Cache) -> float:
+    """Prompt tokens stored per layer and KV head, on average, right after eviction."""
+    if isinstance(cache, LookaheadCache):
+        return cache.kept_tokens().float().mean().item()
+    return float(sum(layer.keys.shape[-2] for layer in cache.layers) / len(cache.layers))
+
+
+def _kv_bytes(cache: Cache) -> int:
+    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers if layer.keys is not None)
+
+
+def _done_keys(path: Path) -> set[tuple[Any, ...]]:
+    if not path.exists() or path.stat().st_size == 0:
+        return set()
+    return {(row["sample_id"], row["mode"], row["method"], row["budget"]) for row in report.load_rows(path.parent)}
+
+
+def _write_settings(args: argparse.Namespace, model: PreTrainedModel) -> None:
+    settings = {
+        "model": DEFAULT_MODEL_FILE if args.model == DEFAULT_MODEL else args.model,
+        "size": args.size,
+        "tasks": list(args.tasks),
+        "lengths": list(args.lengths),
+        "samples_per_task_and_length": args.samples,
+        "methods": list(args.methods),
+        "budgets": list(args.budgets),
+        "modes": list(args.modes),
+        "seed": args.seed,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "device": str(model.device),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "date": date.today().isoformat(),
+    }
+    (args.out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    parts = ["lookahead-cache eval", f"--model {args.model}", f"--size {args.size}", f"--out {args.out}"]
+    parts.append("--methods " + " ".join(args.methods))
+    parts.append("--tasks " + " ".join(args.tasks))
+    parts.append("--lengths " + " ".join(map(str, args.lengths)))
+    parts.append("--budgets " + " ".join(map(str, args.budgets)))
+    parts.append(f"--samples {args.samples} --modes " + " ".join(args.modes) + f" --seed {args.seed}")
+    if args.results_page is not None:
+        parts.append(f"--results-page {args.results_page}")
+    return " ".join(parts)
