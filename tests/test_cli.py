@@ -89,3 +89,55 @@ def test_quickstart_example_runs():
     result = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=300, check=True)
     lines = result.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["generate", "  prompt tokens", "pipeline", "pipeline"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A random-weight Llama with the embedded model's tokenizer, saved like any local checkpoint."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from lookahead_cache.default_model import default_model_path
+
+    path = default_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_eval_runs_every_method_resumes_and_reports(tiny_model_dir, tmp_path):
+    import json
+
+    out = tmp_path / "eval"
+    argv = [
+        "eval", "--model", str(tiny_model_dir), "--tasks", "niah_single_noise", "few_shot_classification",
+        "--lengths", "1024", "--samples", "2", "--budgets", "64", "0.1", "--methods", "full", "snapkv", "oracle", "laq",
+        "--out", str(out), "--results-page", str(tmp_path / "docs" / "results.md"),
+    ]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    # 2 families x 2 samples x (full + 3 methods x 2 budgets)
+    assert len(rows) == 2 * 2 * 7
+    assert {(row["method"], row["budget"]) for row in rows} >= {("full", None), ("oracle", 64), ("laq", 0.1)}
+    assert all(0.0 <= row["score"] <= 1.0 for row in rows)
+    kept = {row["kept_tokens"] for row in rows if row["budget"] == 64}
+    assert kept == {64.0}
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and all(len(s["context_ids"]) + len(s["question_ids"]) <= 1024 for s in samples)
+    assert "| full" in (out / "summary.md").read_text()
+    assert (tmp_path / "docs" / "results.md").exists()
+
+    assert main(argv) == 0  # everything is done already: nothing is appended
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == len(rows)
+
+
+def test_eval_refuses_a_sweep_without_the_full_cache(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--methods", "snapkv", "--out", "unused"])
+    assert "'full'" in capsys.readouterr().err
