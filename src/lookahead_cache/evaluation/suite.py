@@ -242,6 +242,9 @@ def _done_keys(path: Path) -> set[tuple[Any, ...]]:
 
 
 def _write_settings(args: argparse.Namespace, model: PreTrainedModel) -> None:
+    """Record what ran; a later run into the same directory adds its methods, budgets, ... to the lists."""
+    path = args.out / "settings.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
     settings = {
         "model": DEFAULT_MODEL_FILE if args.model == DEFAULT_MODEL else args.model,
         "size": args.size,
@@ -260,7 +263,10 @@ def _write_settings(args: argparse.Namespace, model: PreTrainedModel) -> None:
         "transformers": transformers.__version__,
         "date": date.today().isoformat(),
     }
-    (args.out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    for key, value in settings.items():
+        if isinstance(value, list) and isinstance(previous.get(key), list):
+            settings[key] = previous[key] + [item for item in value if item not in previous[key]]
+    path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def _command_line(args: argparse.Namespace) -> str:
