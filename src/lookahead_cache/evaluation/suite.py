@@ -192,8 +192,9 @@ def _evaluate_sample(model, tokenizer, sample: Sample, mode: str, configs, progr
         eos_token_id=model.generation_config.eos_token_id,
     )
     prompt_tokens = prefilled_ids.shape[-1] + question_ids.shape[-1]
-    # The full answer comes first even when its row exists already: the oracle needs it.
-    for method, budget in [(FULL, None)] + [c for c in configs if c[0] != FULL]:
+    # The full answer comes first, even when its row exists already if the oracle still needs it.
+    needs_full = (FULL, None) in configs or any(method == "oracle" for method, _ in configs)
+    for method, budget in [(FULL, None)] * needs_full + [c for c in configs if c[0] != FULL]:
         start = time.perf_counter()
         cache = get_method(method)(run, budget)
         compress_s = time.perf_counter() - start
