@@ -262,3 +262,16 @@ def test_results_page_has_command_settings_tables_bench_and_links_to_existing_fi
     assert all((page.parent / link).stat().st_size > 0 for link in links)
     write_results_page(results_dir, page, command="lookahead-cache eval --x 1")
     assert page.read_text() == text
+
+
+def test_eviction_cost_table_compares_build_time_with_prefill():
+    from lookahead_cache.evaluation.report import eviction_cost_table
+
+    rows = [
+        {"context_length": 2048, "method": "laq", "prefill_s": 4.0, "compress_s": 2.0},
+        {"context_length": 2048, "method": "laq", "prefill_s": 6.0, "compress_s": 4.0},
+        {"context_length": 2048, "method": "kvpress-snapkv", "prefill_s": 5.0},
+    ]
+    table = eviction_cost_table(rows)
+    assert "| 2048    | laq    | 2       | 5.00             | 3.000                | 60.0%           |" in table
+    assert "kvpress" not in table

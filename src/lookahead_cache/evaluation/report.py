@@ -43,6 +43,12 @@ CAPTION = (
     f"`{AVERAGE}` is the mean of the family means, given only where the method and budget cover every family "
     "of the table. Budgets are tokens per layer and KV head, or a percentage of each prompt."
 )
+EVICTION_COST_CAPTION = (
+    "Time each method adds between the prefill and the first decoding step, measured in the evaluation itself "
+    "(medians over its answers): scoring, selection and copying for heuristics, a forward over the full-cache "
+    "answer for `oracle`, drafting and a forward over the draft for `laq`. Evaluation timings share the machine "
+    "with nothing else but are not repeated; `lookahead-cache bench` below measures prefill overhead properly."
+)
 # Distinct (color, marker) pairs for up to 70 methods: 10 colors and 7 markers cycle independently.
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
@@ -142,6 +148,26 @@ def markdown_summary(summary: Sequence[dict[str, Any]]) -> str:
     return "\n\n".join(sections) + "\n"
 
 
+def eviction_cost_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Per method and context length: median time to build the compressed cache, against the median prefill.
+
+    The build time is everything a method adds between the prefill and the first decoding step: scoring,
+    selection and copying for heuristics, one extra forward over the answer for `oracle`, drafting tokens for
+    `laq`. Rows without timings (other runners) are left out.
+    """
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("compress_s") is not None and row.get("prefill_s") is not None:
+            groups.setdefault((row["context_length"], row["method"]), []).append(row)
+    table = []
+    for (length, method), group in groups.items():
+        prefill = float(np.median([row["prefill_s"] for row in group]))
+        build = float(np.median([row["compress_s"] for row in group]))
+        table.append([str(length), method, str(len(group)), f"{prefill:.2f}", f"{build:.3f}", f"{100 * build / prefill:.1f}%"])
+    header = ["context", "method", "answers", "median prefill s", "median cache build s", "build / prefill"]
+    return markdown_table(header, table)
+
+
 def plot_accuracy_vs_budget(summary: Sequence[dict[str, Any]], directory: str | Path) -> list[Path]:
     """Plot score against budget, one figure per (mode, context length) and kind of budget.
 
@@ -220,7 +246,8 @@ def write_results_page(directory: str | Path, page_path: str | Path, command: st
     """
     directory, page_path = Path(directory), Path(page_path)
     figures = page_path.parent / page_path.stem
-    summary = summarize(load_rows(directory))
+    rows = load_rows(directory)
+    summary = summarize(rows)
     plots = plot_accuracy_vs_budget(summary, figures)
     lines = [
         "# Results",
@@ -243,6 +270,14 @@ def write_results_page(directory: str | Path, page_path: str | Path, command: st
         for plot in plots:
             if plot.stem in (stem, f"{stem}_fraction"):
                 lines += ["", f"![{plot.stem}]({plot.relative_to(page_path.parent).as_posix()})"]
+    lines += [
+        "",
+        "## Eviction cost per method",
+        "",
+        EVICTION_COST_CAPTION,
+        "",
+        eviction_cost_table(rows),
+    ]
     bench_path = directory / "bench.json"
     if bench_path.exists():
         bench = json.loads(bench_path.read_text(encoding="utf-8"))
