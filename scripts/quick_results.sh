@@ -15,7 +15,7 @@ bash scripts/kvpress/setup_venv.sh
 .venv-kvpress/bin/python scripts/kvpress/run_kvpress.py --samples "$OUT/samples.jsonl" --presses snapkv streaming \
     --fractions 0.1 --modes question-aware --out "$OUT/predictions-kvpress.jsonl"
 # 4. Prefill overhead, decode speed and memory against the full cache.
-[ -f "$OUT/bench.json" ] || lookahead-cache bench --lengths 2048 4096 8192 --budget 256 --scorers snapkv streaming \
+[ -f "$OUT/bench.json" ] || lookahead-cache bench --lengths 2048 4096 8192 --budget 256 --scorers snapkv \
     --decode-tokens 16 --repeats 2 --out "$OUT/bench.json"
 # 5. The page, its figures, and the raw rows it was computed from.
 python - "$OUT" <<'PY'
