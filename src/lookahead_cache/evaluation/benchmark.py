@@ -39,7 +39,7 @@ MIB = 2**20
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--lengths", type=positive_int, nargs="+", default=[2048, 4096], help="Prompt lengths in tokens."
+        "--lengths", type=positive_int, nargs="+", default=[2048, 4096, 8192], help="Prompt lengths in tokens."
     )
     parser.add_argument(
         "--budget", type=budget_value, default=256, help="LookaheadCache budget (tokens, or a fraction in (0, 1])."
