@@ -8,6 +8,7 @@ over methods and budgets pays for the prompt once.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -52,8 +53,6 @@ class PrefillRecording:
 @torch.no_grad()
 def record_prefill(model: PreTrainedModel, input_ids: torch.Tensor) -> PrefillRecording:
     """Run the prompt `input_ids` (`[1, prompt_len]`) through `model` once and record it."""
-    import time
-
     cache = _RecordingCache()
     start = time.perf_counter()
     logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits

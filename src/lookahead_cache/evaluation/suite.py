@@ -22,7 +22,6 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.cache_utils import Cache
 from transformers.utils import logging
 
 from ..cache import LookaheadCache
@@ -33,6 +32,7 @@ from .methods import FULL, METHODS, SampleRun, get_method
 from .metrics import score
 from .replay import record_prefill
 from .tasks import TASKS, Sample, get_task
+from .timing import kv_nbytes, stored_prompt_tokens
 
 logger = logging.get_logger(__name__)
 
@@ -198,7 +198,7 @@ def _evaluate_sample(model, tokenizer, sample: Sample, mode: str, configs, progr
         start = time.perf_counter()
         cache = get_method(method)(run, budget)
         compress_s = time.perf_counter() - start
-        kept, kv_bytes = _kept_tokens(cache), _kv_bytes(cache)
+        kept, kv_bytes = stored_prompt_tokens(cache), kv_nbytes(cache)
         answer_ids = run.answer(cache)
         if method == FULL:
             run.full_answer_ids = answer_ids
@@ -223,17 +223,6 @@ def _evaluate_sample(model, tokenizer, sample: Sample, mode: str, configs, progr
             "kv_bytes": kv_bytes,
         }
         progress.update()
-
-
-def _kept_tokens(cache: Cache) -> float:
-    """Prompt tokens stored per layer and KV head, on average, right after eviction."""
-    if isinstance(cache, LookaheadCache):
-        return cache.kept_tokens().float().mean().item()
-    return float(sum(layer.keys.shape[-2] for layer in cache.layers) / len(cache.layers))
-
-
-def _kv_bytes(cache: Cache) -> int:
-    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers if layer.keys is not None)
 
 
 def _done_keys(path: Path) -> set[tuple[Any, ...]]:

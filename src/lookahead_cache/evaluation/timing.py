@@ -69,7 +69,8 @@ def kv_nbytes(cache: Cache) -> int:
     )
 
 
-def _stored_prompt_tokens(cache: Cache) -> float:
+def stored_prompt_tokens(cache: Cache) -> float:
+    """Tokens stored per layer and KV head, on average (padding slots of a LookaheadCache excluded)."""
     if isinstance(cache, LookaheadCache):
         return cache.kept_tokens().float().mean().item()
     return statistics.fmean(layer.keys.shape[-2] for layer in cache.layers if layer.is_initialized)
@@ -204,7 +205,7 @@ def timed_generation(
         token = logits[:, -1].argmax(-1, keepdim=True)
         end = clock.mark()
     prefill_seconds = clock.seconds(start, end)
-    kept_prompt_tokens = _stored_prompt_tokens(cache)
+    kept_prompt_tokens = stored_prompt_tokens(cache)
     kv_bytes_after_prefill = kv_nbytes(cache)
     peak_kv_bytes = getattr(cache, "peak_nbytes", kv_bytes_after_prefill)
 

@@ -9,6 +9,14 @@ import datasets
 import evaluate
 
 
+def f1_from_overlap(common: int, predicted: int, expected: int) -> float:
+    """Harmonic mean of precision `common / predicted` and recall `common / expected`; 0 without overlap."""
+    if common == 0:
+        return 0.0
+    precision, recall = common / predicted, common / expected
+    return 2 * precision * recall / (precision + recall)
+
+
 class PerSampleMetric(evaluate.Metric, ABC):
     """An `evaluate.Metric` scoring each prediction against a list of references on its own.
 

@@ -2,7 +2,7 @@
 
 import re
 
-from lookahead_cache.evaluation.metrics.base import PerSampleMetric
+from lookahead_cache.evaluation.metrics.base import PerSampleMetric, f1_from_overlap
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -25,11 +25,7 @@ def lcs_length(a: list[str], b: list[str]) -> int:
 
 def rouge_l(prediction: str, reference: str) -> float:
     predicted, expected = words(prediction), words(reference)
-    common = lcs_length(predicted, expected)
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(predicted), common / len(expected)
-    return 2 * precision * recall / (precision + recall)
+    return f1_from_overlap(lcs_length(predicted, expected), len(predicted), len(expected))
 
 
 class RougeL(PerSampleMetric):

@@ -4,7 +4,7 @@ import re
 import string
 from collections import Counter
 
-from lookahead_cache.evaluation.metrics.base import PerSampleMetric
+from lookahead_cache.evaluation.metrics.base import PerSampleMetric, f1_from_overlap
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -21,10 +21,7 @@ def token_f1(prediction: str, reference: str) -> float:
         # SQuAD v2: an empty side scores 1 only against another empty side.
         return float(predicted == expected)
     common = sum((Counter(predicted) & Counter(expected)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(predicted), common / len(expected)
-    return 2 * precision * recall / (precision + recall)
+    return f1_from_overlap(common, len(predicted), len(expected))
 
 
 class TokenF1(PerSampleMetric):
