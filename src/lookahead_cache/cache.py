@@ -130,6 +130,7 @@ class LookaheadCache(Cache):
         cache._watch.remove()
         if [prefill.layer_idx for prefill in prefills] != list(range(len(prefills))):
             raise ValueError("from_prefill needs one LayerPrefill per layer, in layer order.")
+        cache._bind(prefills[0].module)
         for prefill in prefills:
             Cache.update(cache, prefill.keys, prefill.values, prefill.layer_idx)
             layer = cache.layers[prefill.layer_idx]
@@ -227,6 +228,9 @@ class LookaheadCache(Cache):
             logger.warning("Every attention layer of this model uses a sliding window: LookaheadCache evicts nothing.")
 
     def _end_prefill_of_layer(self, layer_idx: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._layer_types is None:
+            # Before reading the mask: an unsupported attention implementation passes masks of its own kind.
+            self._bind(module)
         layer = self.layers[layer_idx]
         hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         batch, _, length, _ = layer.keys.shape
@@ -243,8 +247,6 @@ class LookaheadCache(Cache):
 
     def _evict_layer(self, prefill: LayerPrefill) -> None:
         """Compress one layer whose prompt KV is complete (sliding-window layers only keep their window)."""
-        if self._layer_types is None:
-            self._bind(prefill.module)
         layer_idx = prefill.layer_idx
         self._module_hooks.append(
             prefill.module.register_forward_pre_hook(_physical_mask_hook(self, layer_idx), with_kwargs=True)
