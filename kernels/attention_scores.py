@@ -163,7 +163,7 @@ def _reference(
     batch, q_heads, num_queries, head_dim = queries.shape
     kv_heads, num_keys = keys.shape[1], keys.shape[2]
     group = q_heads // kv_heads
-    out = torch.empty(batch, kv_heads, num_keys, dtype=torch.float32, device=queries.device)
+    out = []
     key_index = torch.arange(num_keys, device=queries.device)
     # One sequence at a time bounds the float32 logits to [Hq, Nq, T] (64 MiB for
     # 32 heads x 64 queries x 8k keys) instead of B times that.
@@ -180,11 +180,12 @@ def _reference(
         logits = logits.view(kv_heads, group, num_queries, num_keys).masked_fill_(~visible, float("-inf"))
         # Rows without a visible key come out of softmax as NaN; all their entries are
         # invisible, so the same masked_fill that zeroes masked keys also clears them.
-        probs = torch.softmax(logits, dim=-1).masked_fill_(~visible, 0.0)
+        # Out of place: softmax's backward needs its output (the lookahead scorer trains through this).
+        probs = torch.softmax(logits, dim=-1).masked_fill(~visible, 0.0)
         # With no contributing row the sum is all zeros, so clamping the count avoids 0 / 0 without a host sync.
         contributing_rows = (group * visible.any(dim=-1).sum()).clamp(min=1)
-        out[b] = probs.sum(dim=(1, 2)) / contributing_rows
-    return out
+        out.append(probs.sum(dim=(1, 2)) / contributing_rows)
+    return torch.stack(out)
 
 
 if triton is not None:
@@ -460,8 +461,9 @@ def attention_scores_reference(
 ) -> torch.Tensor:
     """Plain-torch attention scores (see the module docstring); runs on any device.
 
-    Works one sequence at a time in float32, so peak extra memory is about two
-    ``[Hq, Nq, T]`` float32 buffers.
+    Works one sequence at a time in float32, so peak extra memory is about three
+    ``[Hq, Nq, T]`` float32 buffers. Differentiable: training the lookahead
+    scorer backpropagates through it.
     """
     _validate_inputs(queries, keys, query_positions, key_valid, query_valid)
     return _reference(queries, keys, scaling, query_positions, key_valid, query_valid)

@@ -56,11 +56,6 @@ def test_unknown_allocation_names_the_available_ones():
         LookaheadCache(budget=64, scorer="snapkv", allocation="adakv")
 
 
-def test_lookahead_scorer_without_adapter_says_an_adapter_is_needed():
-    with pytest.raises(ValueError, match="needs a trained lookahead adapter"):
-        LookaheadCache()
-
-
 def test_unknown_scorer_argument_is_refused():
     with pytest.raises(TypeError, match="kernel"):
         LookaheadCache(budget=64, scorer="snapkv", scorer_kwargs={"kernel": 5})

@@ -25,6 +25,7 @@ COMMANDS = {
     "demo": "lookahead_cache.demo",
     "bench": "lookahead_cache.evaluation.benchmark",
     "eval": "lookahead_cache.evaluation.suite",
+    "train": "lookahead_cache.training.command",
 }
 
 

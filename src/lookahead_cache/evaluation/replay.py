@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from ..adapters.lookahead import get_lookahead
 from ..cache import LookaheadCache
 from ..prefill import LayerPrefill
 
@@ -99,3 +100,26 @@ def future_queries(model: PreTrainedModel, prefills: list[LayerPrefill], future_
         future = replace(prefill, hidden_states=hidden_states, position_embeddings=position_embeddings)
         queries.append(future.queries(0))
     return queries
+
+
+def lookahead_queries(model: PreTrainedModel, prefills: list[LayerPrefill]) -> list[torch.Tensor]:
+    """Per layer, the queries of `model`'s lookahead tokens run right after the recorded prompt (batch of one).
+
+    The lookahead tokens run on a full copy of the recorded cache, exactly as `LookaheadCache` runs them after a
+    live prefill. Gradients flow to the lookahead embeddings and LoRA unless grad is disabled.
+    """
+    adapter = get_lookahead(model)
+    if adapter is None:
+        raise ValueError(
+            "The lookahead method needs a model with a lookahead adapter: load one with "
+            "lookahead_cache.load_lookahead(base_model, repo_or_dir)."
+        )
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    prompt_length = prefills[0].prompt_length
+    return adapter.run(
+        base.get_decoder(),
+        dynamic_cache_from(prefills),
+        [prefill.module for prefill in prefills],
+        attention_mask=None,
+        start_positions=torch.tensor([prompt_length], device=prefills[0].keys.device),
+    )

@@ -26,7 +26,8 @@ from transformers.utils import logging
 
 from ..cache import LookaheadCache
 from ..cli import budget_value, positive_int
-from ..default_model import DEFAULT_MODEL_FILE, load_default_model
+from ..adapters import load_lookahead
+from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, load_default_model
 from . import report
 from .methods import FULL, METHODS, SampleRun, get_method
 from .metrics import score
@@ -66,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="quick", help="Preset of lengths, samples, budgets, modes.")
     parser.add_argument("--quick", dest="size", action="store_const", const="quick", help="Same as --size quick.")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help=f"Methods ({', '.join(METHODS)}).")
+    parser.add_argument(
+        "--adapter",
+        help="Lookahead adapter (local folder or Hub repo id) for the lookahead method; default with the default "
+        "model: the adapter shipped with lookahead-cache.",
+    )
     parser.add_argument("--tasks", nargs="+", default=None, help="Task families (default: all registered).")
     parser.add_argument("--budgets", type=budget_value, nargs="+", help="Budgets (tokens, or fractions in (0, 1]).")
     parser.add_argument("--lengths", type=positive_int, nargs="+", help="Prompt lengths in tokens.")
@@ -89,23 +95,30 @@ def check_arguments(args: argparse.Namespace) -> None:
         get_method(name)
     if FULL not in args.methods:
         raise ValueError("--methods must include 'full': it is the reference, and the oracle needs its answer.")
+    if "lookahead" in args.methods and args.adapter is None and args.model != DEFAULT_MODEL:
+        raise ValueError("--methods lookahead with a --model of your own needs --adapter (its lookahead adapter).")
     for budget in args.budgets:
         LookaheadCache(budget=budget, scorer="streaming")
 
 
-def load_model(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model(name: str, adapter: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model to evaluate, with its lookahead adapter when `adapter` is given ("default": the shipped one)."""
     if name == DEFAULT_MODEL:
-        return load_default_model()
-    if not Path(name).is_dir():
+        model, tokenizer = load_default_model()
+    elif not Path(name).is_dir():
         raise ValueError(f"--model {name!r} is neither '{DEFAULT_MODEL}' nor a local model directory.")
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="sdpa")
-    return model.eval(), tokenizer
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="sdpa").eval()
+    if adapter is not None:
+        model = load_lookahead(model, DEFAULT_ADAPTER_DIR if adapter == DEFAULT_MODEL else adapter, tokenizer=tokenizer)
+    return model, tokenizer
 
 
 def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = load_model(args.model)
+    adapter = args.adapter or (DEFAULT_MODEL if "lookahead" in args.methods else None)
+    model, tokenizer = load_model(args.model, adapter)
     samples = build_samples(tokenizer, args.tasks, args.lengths, args.samples, args.seed)
     write_samples(args.out / "samples.jsonl", samples, tokenizer)
     _write_settings(args, model)

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 
 from ..prefill import LayerPrefill
 
@@ -12,8 +14,32 @@ class Scorer(ABC):
 
     Subclasses are small dataclasses implementing :meth:`score`. Higher scores are kept; padding, sink and
     window tokens are handled by the cache, not by the scorer.
+
+    Attributes:
+        needs_lookahead: True for scorers that read `LayerPrefill.lookahead_queries`: the cache then runs the
+            lookahead tokens of the model's lookahead adapter after the prompt before evicting.
     """
+
+    needs_lookahead: ClassVar[bool] = False
 
     @abstractmethod
     def score(self, prefill: LayerPrefill) -> torch.Tensor:
         """Return importance scores of shape `[batch, kv_heads, prompt_len]`."""
+
+
+def check_pooling(name: str, kernel_size: int, pooling: str) -> None:
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"{name} kernel_size={kernel_size} must be a positive odd number.")
+    if pooling not in ("max", "avg"):
+        raise ValueError(f"{name} pooling={pooling!r} must be 'max' or 'avg'.")
+
+
+def pool_scores(scores: torch.Tensor, kernel_size: int, pooling: Literal["max", "avg"]) -> torch.Tensor:
+    """Smooth `[batch, kv_heads, prompt_len]` scores along the prompt so that neighbours of important tokens
+    score high too (kernel_size 1 returns them as they are)."""
+    if kernel_size == 1:
+        return scores
+    pool = F.max_pool1d if pooling == "max" else F.avg_pool1d
+    batch, kv_heads, length = scores.shape
+    pooled = pool(scores.reshape(batch * kv_heads, 1, length), kernel_size, stride=1, padding=kernel_size // 2)
+    return pooled.view(batch, kv_heads, length)

@@ -1,26 +1,47 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 
+from ..kernels.attention_scores import attention_scores
 from ..prefill import LayerPrefill
-from .base import Scorer
+from .base import Scorer, check_pooling, pool_scores
 
 
 @dataclass
 class LookaheadScorer(Scorer):
-    """LookaheadKV: attention of learned lookahead tokens, run in the same prefill pass, to the prompt.
+    """LookaheadKV: the attention that learned lookahead tokens, run right after the prompt, pay to it.
 
-    Needs a trained lookahead adapter, which this version cannot load yet.
+    The model must carry a lookahead adapter (`lookahead_cache.load_lookahead`, or the shipped one through
+    `load_default_model(lookahead=True)`): the cache appends its lookahead embeddings after the prompt, runs them
+    with the lookahead LoRA active on those rows only, and scores each prompt key by the softmax attention of their
+    queries, averaged over the lookahead queries and the query heads of each GQA group. The lookahead tokens' own
+    keys and values are dropped; the prompt's are the base model's.
+
+    Ahn et al., "LookaheadKV: Fast and Accurate KV Cache Eviction by Glimpsing into the Future without
+    Generation", https://arxiv.org/abs/2603.10899
+
+    Args:
+        kernel_size: Pooling kernel over the key axis (odd; 1, the default, keeps the learned scores as they are).
+        pooling: "max" or "avg".
     """
 
+    needs_lookahead: ClassVar[bool] = True
+
+    kernel_size: int = 1
+    pooling: Literal["max", "avg"] = "max"
+
     def __post_init__(self):
-        raise ValueError(
-            "scorer='lookahead' needs a trained lookahead adapter, and loading one is not supported yet. "
-            "Pick a heuristic scorer instead, e.g. LookaheadCache(budget=256, scorer='snapkv') "
-            "(available: snapkv, streaming, knorm, random)."
-        )
+        check_pooling("lookahead", self.kernel_size, self.pooling)
 
     def score(self, prefill: LayerPrefill) -> torch.Tensor:
-        raise NotImplementedError
+        if prefill.lookahead_queries is None:
+            raise ValueError(
+                f"Layer {prefill.layer_idx} has no lookahead queries: the lookahead scorer needs the model's lookahead "
+                "adapter to run after the prompt."
+            )
+        queries = prefill.lookahead_queries.to(prefill.keys.dtype)
+        scores = attention_scores(queries, prefill.keys, scaling=prefill.scaling, key_valid=prefill.valid)
+        return pool_scores(scores, self.kernel_size, self.pooling)

@@ -4,11 +4,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from ..kernels.attention_scores import attention_scores
 from ..prefill import LayerPrefill
-from .base import Scorer
+from .base import Scorer, check_pooling, pool_scores
 
 
 @dataclass
@@ -34,10 +33,7 @@ class SnapKVScorer(Scorer):
     def __post_init__(self):
         if self.window < 1:
             raise ValueError(f"snapkv window={self.window} must be at least 1 query.")
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise ValueError(f"snapkv kernel_size={self.kernel_size} must be a positive odd number.")
-        if self.pooling not in ("max", "avg"):
-            raise ValueError(f"snapkv pooling={self.pooling!r} must be 'max' or 'avg'.")
+        check_pooling("snapkv", self.kernel_size, self.pooling)
 
     def score(self, prefill: LayerPrefill) -> torch.Tensor:
         length = prefill.prompt_length
@@ -51,9 +47,4 @@ class SnapKVScorer(Scorer):
             key_valid=prefill.valid,
             query_valid=prefill.valid[:, start:],
         )
-        if self.kernel_size == 1:
-            return scores
-        pool = F.max_pool1d if self.pooling == "max" else F.avg_pool1d
-        batch, kv_heads, _ = scores.shape
-        pooled = pool(scores.view(batch * kv_heads, 1, length), self.kernel_size, stride=1, padding=self.kernel_size // 2)
-        return pooled.view(batch, kv_heads, length)
+        return pool_scores(scores, self.kernel_size, self.pooling)

@@ -1,0 +1,214 @@
+"""The lookahead modules: learned lookahead embeddings plus a LoRA that adapts their rows only.
+
+The LoRA is a standard PEFT LoRA in its activated-LoRA form (`alora_invocation_tokens`), so PEFT loads and saves
+it, and a model that carries it computes exactly what the base model computes: PEFT only applies an aLoRA update to
+the last `alora_offsets[i]` rows of an input, and the invocation sequence that would set them is a token id that no
+tokenizer produces. lookahead-cache sets the offsets itself, for the one forward of the lookahead rows.
+
+PEFT has no place for the embeddings (trainable tokens would change real tokens' embeddings), so they live in a
+small module of ours, saved next to PEFT's files and attached to the model it was loaded into.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+from transformers import PreTrainedModel
+
+from ..prefill import attention_queries
+from .config import BaseModelSignature, LookaheadConfig
+
+# A token id no tokenizer produces: PEFT's own invocation search never activates the lookahead LoRA.
+INERT_INVOCATION_TOKENS = [-1]
+DEFAULT_ADAPTER_NAME = "default"
+
+# Lookahead modules by the input embedding module of the model they belong to: the cache meets the model through
+# its decoder and attention modules, and both share that module with the PeftModel users hold.
+_ATTACHED: weakref.WeakKeyDictionary[nn.Module, LookaheadAdapter] = weakref.WeakKeyDictionary()
+
+
+class LookaheadAdapter(nn.Module):
+    """The lookahead embeddings of a model whose lookahead LoRA PEFT holds under `adapter_name`.
+
+    Use :func:`add_lookahead` (new, for training) or :func:`lookahead_cache.load_lookahead` (trained) to get one;
+    `save_pretrained` / `push_to_hub` write the PEFT files, the embeddings and a model card together.
+    """
+
+    def __init__(self, config: LookaheadConfig, model: PeftModel, adapter_name: str = DEFAULT_ADAPTER_NAME):
+        super().__init__()
+        self.config = config
+        self.adapter_name = adapter_name
+        base = model.get_base_model()
+        embedding = base.get_input_embeddings()
+        weight = embedding.weight
+        self.embeddings = nn.Parameter(torch.empty(config.num_tokens, weight.shape[-1], dtype=weight.dtype, device=weight.device))
+        with torch.no_grad():
+            # Random rows at the scale of the real token embeddings, as the paper initialises them.
+            self.embeddings.normal_(0.0, float(weight.float().std()))
+        self._model = weakref.ref(model)
+
+    @property
+    def model(self) -> PeftModel:
+        model = self._model()
+        if model is None:
+            raise RuntimeError("The PeftModel this lookahead adapter belongs to no longer exists.")
+        return model
+
+    def save_pretrained(self, save_directory, evaluation: str | None = None):
+        """Write `adapter_config.json` + `adapter_model.safetensors` (PEFT), `lookahead_config.json` +
+        `lookahead_embeddings.safetensors` (ours) and a model card `README.md` (with `evaluation`, a markdown
+        table, if given) to `save_directory`."""
+        from .hub import save_lookahead
+
+        return save_lookahead(self, save_directory, evaluation=evaluation)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Save to a temporary folder and upload it to Hub repo `repo_id`; see `push_lookahead_to_hub`."""
+        from .hub import push_lookahead_to_hub
+
+        return push_lookahead_to_hub(self, repo_id, **kwargs)
+
+    def lora_layers(self, module: nn.Module) -> list[LoraLayer]:
+        """The LoRA layers under `module` that hold this adapter's lookahead LoRA."""
+        return [m for m in module.modules() if isinstance(m, LoraLayer) and self.adapter_name in m.lora_A]
+
+    @contextmanager
+    def lora_on_every_row(self, module: nn.Module, batch_size: int) -> Iterator[None]:
+        """Within the block, forwards through `module` apply the lookahead LoRA to every row of their input."""
+        layers = self.lora_layers(module)
+        if not layers:
+            raise ValueError(
+                f"The model has no LoRA layers for adapter {self.adapter_name!r}: the lookahead LoRA is missing. Load "
+                "the adapter with lookahead_cache.load_lookahead(base_model, repo_or_dir)."
+            )
+
+        def every_row(layer, args, kwargs):
+            rows = (kwargs["x"] if "x" in kwargs else args[0]).shape[-2]
+            # Registered after PEFT's own offset hook (if generate installed one), so this one has the last word.
+            kwargs["alora_offsets"] = [rows] * batch_size
+            return args, kwargs
+
+        handles = [layer.register_forward_pre_hook(every_row, with_kwargs=True) for layer in layers]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def run(
+        self,
+        decoder: nn.Module,
+        cache,
+        attention_modules: Sequence[nn.Module],
+        attention_mask: torch.Tensor | None,
+        start_positions: torch.Tensor,
+    ) -> list[torch.Tensor]:
+        """Run the lookahead tokens right after the prompt held by `cache`, and return their queries per layer.
+
+        Args:
+            decoder: The transformers decoder (e.g. `LlamaModel`) that holds the attention modules.
+            cache: The prompt's cache; the lookahead tokens' keys and values are appended to it (callers drop them).
+            attention_modules: The attention module of each layer, in layer order.
+            attention_mask: `[batch, prompt_len]` 2D padding mask of the prompt, or None without padding.
+            start_positions: `[batch]` position of each row's first lookahead token (its number of real tokens).
+
+        Returns:
+            Per layer, post-RoPE queries `[batch, q_heads, num_tokens, head_dim]` of the lookahead tokens; they
+            carry gradients to the embeddings and the LoRA when grad is enabled.
+        """
+        batch = start_positions.shape[0]
+        n = self.config.num_tokens
+        embedding_weight = decoder.get_input_embeddings().weight
+        inputs_embeds = self.embeddings.to(embedding_weight.dtype)[None].expand(batch, -1, -1)
+        position_ids = start_positions[:, None].to(embedding_weight.device) + torch.arange(n, device=embedding_weight.device)
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, n)], dim=-1)
+        queries: dict[int, torch.Tensor] = {}
+
+        def capture(layer_idx: int):
+            def hook(module, args, kwargs):
+                hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                head_dim = getattr(module, "head_dim", None) or module.config.hidden_size // module.config.num_attention_heads
+                queries[layer_idx] = attention_queries(
+                    module, hidden_states, kwargs.get("position_embeddings"), head_dim, layer_idx
+                )
+
+            return hook
+
+        handles = [
+            module.register_forward_pre_hook(capture(layer_idx), with_kwargs=True)
+            for layer_idx, module in enumerate(attention_modules)
+        ]
+        try:
+            with self.lora_on_every_row(decoder, batch):
+                decoder(
+                    inputs_embeds=inputs_embeds,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [i for i in range(len(attention_modules)) if i not in queries]
+        if missing:
+            raise RuntimeError(f"The lookahead tokens did not reach the attention modules of layers {missing}.")
+        return [queries[i] for i in range(len(attention_modules))]
+
+
+def lora_config(config: LookaheadConfig) -> LoraConfig:
+    """The PEFT side of a lookahead adapter: an activated LoRA that only lookahead-cache ever activates."""
+    return LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=list(config.target_modules),
+        alora_invocation_tokens=list(INERT_INVOCATION_TOKENS),
+        task_type="CAUSAL_LM",
+    )
+
+
+def check_lora_config(lora: LoraConfig, source: str) -> None:
+    """Refuse a PEFT config that would adapt more than the lookahead rows."""
+    if getattr(lora, "alora_invocation_tokens", None) != INERT_INVOCATION_TOKENS:
+        raise ValueError(
+            f"{source}: its LoRA is not a lookahead LoRA (alora_invocation_tokens={getattr(lora, 'alora_invocation_tokens', None)!r}, "
+            f"expected {INERT_INVOCATION_TOKENS}): loaded as is it would adapt the prompt and the generated tokens, "
+            "not only the lookahead rows. Save lookahead adapters with lookahead_cache (LookaheadAdapter.save_pretrained)."
+        )
+
+
+def add_lookahead(
+    model: PreTrainedModel, config: LookaheadConfig | None = None, adapter_name: str = DEFAULT_ADAPTER_NAME
+) -> PeftModel:
+    """Wrap `model` in a PeftModel with a new, untrained lookahead adapter (for training).
+
+    The LoRA starts as a no-op (PEFT initialises its B matrices to zero); the embeddings start random.
+    """
+    config = config or LookaheadConfig()
+    if config.base_model is None:
+        config.base_model = BaseModelSignature.of(model.config)
+    if config.base_model_name_or_path is None:
+        config.base_model_name_or_path = getattr(model.config, "_name_or_path", None) or None
+    peft_model = get_peft_model(model, lora_config(config), adapter_name=adapter_name)
+    attach_lookahead(peft_model, LookaheadAdapter(config, peft_model, adapter_name))
+    return peft_model
+
+
+def attach_lookahead(model: PeftModel, adapter: LookaheadAdapter) -> None:
+    _ATTACHED[model.get_base_model().get_input_embeddings()] = adapter
+
+
+def get_lookahead(model: nn.Module) -> LookaheadAdapter | None:
+    """The lookahead adapter attached to `model` (a PeftModel, its base model or the base model's decoder)."""
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    if get_embeddings is None:
+        return None
+    return _ATTACHED.get(get_embeddings())

@@ -1,0 +1,83 @@
+"""Settings of a lookahead training run, saved as `training_config.json` in its output folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+# Families the shipped adapter never sees, so the evaluation can show generalisation to unseen task kinds:
+# multi-key and multi-value retrieval, and frequent-words aggregation.
+HELD_OUT_TASKS = ("niah_multikey", "niah_multivalue", "frequent_words")
+TRAINING_TASKS = (
+    "niah_single_noise",
+    "niah_single_essay",
+    "niah_single_uuid",
+    "niah_multiquery",
+    "variable_tracking",
+    "common_words",
+    "doc_qa",
+    "code_continuation",
+    "few_shot_classification",
+    "summary",
+)
+# Seeds of training prompts start here; evaluation uses seed 0, so no prompt is shared with it.
+TRAINING_SEED = 1000
+
+
+@dataclass
+class TrainingConfig:
+    """What `lookahead-cache train` does.
+
+    Attributes:
+        tasks: Task families of the training mix (built offline by `lookahead_cache.evaluation.tasks`).
+        lengths: Prompt lengths in tokens; training at short lengths transfers to longer prompts.
+        samples_per_task: Prompts per family and length.
+        seed: Seed of the prompts (evaluation uses 0).
+        response_tokens: Greedy response tokens of the frozen model whose attention is the target.
+        epochs: Passes over the prompts.
+        learning_rate: Peak Adam learning rate (linear warm-up, then cosine decay to 10 %).
+        warmup_steps: Optimizer steps of linear warm-up.
+        gradient_accumulation: Prompts per optimizer step (one prompt per forward).
+        weight_decay: AdamW weight decay.
+        max_grad_norm: Gradient clipping.
+        save_every: Checkpoint every this many optimizer steps (and at the end).
+        num_tokens, lora_rank, lora_alpha: The lookahead modules (see `LookaheadConfig`).
+    """
+
+    tasks: list[str] = field(default_factory=lambda: list(TRAINING_TASKS))
+    lengths: list[int] = field(default_factory=lambda: [768, 1024, 1536])
+    samples_per_task: int = 10
+    seed: int = TRAINING_SEED
+    response_tokens: int = 48
+    epochs: int = 2
+    learning_rate: float = 1e-3
+    warmup_steps: int = 10
+    gradient_accumulation: int = 4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    save_every: int = 25
+    num_tokens: int = 32
+    lora_rank: int = 8
+    lora_alpha: int = 32
+
+    def __post_init__(self):
+        for name in ("samples_per_task", "response_tokens", "epochs", "gradient_accumulation", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
+        if not self.tasks or not self.lengths:
+            raise ValueError("tasks and lengths must each name at least one entry.")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate={self.learning_rate} must be positive.")
+
+    def to_json_file(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def from_json_file(cls, path: Path) -> TrainingConfig:
+        data: dict[str, Any] = json.loads(path.read_text())
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"{path} has unknown training settings {unknown}.")
+        return cls(**data)

@@ -1,0 +1,245 @@
+"""Training the lookahead modules: only the lookahead embeddings and LoRA learn, from the KL to the target attention.
+
+Each step runs the prompt once without gradients (its keys and values do not depend on the lookahead modules),
+then the lookahead rows with gradients, and compares their attention over the prompt with the attention the model's
+own response paid it. `accelerate launch` spreads the prompts over processes and averages the gradients.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from peft import PeftModel
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging
+
+from ..adapters import LookaheadConfig, add_lookahead, get_lookahead, load_lookahead
+from ..evaluation.replay import lookahead_queries, record_prefill
+from ..kernels.attention_scores import attention_scores_reference
+from .config import TrainingConfig
+from .data import TrainingExample, prepare_examples
+
+logger = logging.get_logger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+ADAPTER_DIR = "adapter"
+STATE_NAME = "trainer_state.json"
+OPTIMIZER_NAME = "optimizer.pt"
+LOG_NAME = "loss.jsonl"
+PLOT_NAME = "loss.png"
+# Keeps log() finite where the predicted attention underflows to zero.
+_EPS = 1e-10
+
+
+def kl_loss(queries: list[torch.Tensor], prefills, target: torch.Tensor) -> torch.Tensor:
+    """KL(target || predicted), averaged over layers and KV heads.
+
+    Args:
+        queries: Per layer, lookahead queries `[1, q_heads, n, head_dim]` (with gradients).
+        prefills: The recorded `LayerPrefill` of each layer (prompt keys).
+        target: `[layers, kv_heads, prompt_len]` attention of the response, rows summing to 1.
+    """
+    losses = []
+    for layer_queries, prefill, layer_target in zip(queries, prefills, target):
+        predicted = attention_scores_reference(layer_queries, prefill.keys, scaling=prefill.scaling)[0]
+        layer_target = layer_target.to(predicted.device)
+        kl = layer_target * (torch.log(layer_target + _EPS) - torch.log(predicted + _EPS))
+        losses.append(kl.sum(-1).mean())
+    return torch.stack(losses).mean()
+
+
+def example_loss(model: PeftModel, example: TrainingExample) -> torch.Tensor:
+    input_ids = torch.tensor([example.input_ids], device=model.device)
+    with torch.no_grad():
+        recording = record_prefill(model.get_base_model(), input_ids)
+    target = example.target()
+    if target.shape[-1] != input_ids.shape[-1]:
+        raise ValueError(f"The target of {example.sample_id} covers {target.shape[-1]} tokens, its prompt {input_ids.shape[-1]}.")
+    return kl_loss(lookahead_queries(model, recording.prefills), recording.prefills, target)
+
+
+def _schedule(config: TrainingConfig, total_steps: int):
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _example_order(num_examples: int, config: TrainingConfig) -> list[int]:
+    """Every epoch's shuffled example indices, concatenated (seeded, so a resumed run sees the same order)."""
+    order = []
+    for epoch in range(config.epochs):
+        indices = list(range(num_examples))
+        random.Random(config.seed + epoch).shuffle(indices)
+        order.extend(indices)
+    return order
+
+
+def train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: TrainingConfig,
+    out_dir: str | Path,
+    *,
+    command: str | None = None,
+) -> PeftModel:
+    """Train lookahead modules for `model` (frozen) and save the adapter to `out_dir/adapter`.
+
+    Resumable: rerunning with the same `out_dir` reuses the cached responses and continues from the last checkpoint.
+    Under `accelerate launch`, prompts are split over the processes and gradients averaged.
+
+    Returns:
+        The PeftModel carrying the trained adapter.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator()
+    config_path = out / "training_config.json"
+    if config_path.exists() and TrainingConfig.from_json_file(config_path) != config:
+        raise ValueError(
+            f"{out} holds a run with other settings ({config_path}); resume it with the same settings or pick a new --out."
+        )
+    config.to_json_file(config_path)
+    model = model.to(accelerator.device).eval()
+    model.requires_grad_(False)
+
+    if accelerator.is_main_process:
+        prepare_examples(model, tokenizer, config, out)
+    accelerator.wait_for_everyone()
+    examples = prepare_examples(model, tokenizer, config, out, disable_progress=True)
+
+    checkpoint = out / CHECKPOINT_DIR
+    state = {"step": 0, "seconds": 0.0}
+    if (checkpoint / STATE_NAME).is_file():
+        peft_model = load_lookahead(model, checkpoint, tokenizer=tokenizer, is_trainable=True)
+        state = json.loads((checkpoint / STATE_NAME).read_text())
+        logger.info(f"Resuming from step {state['step']} ({checkpoint}).")
+    else:
+        lookahead_config = LookaheadConfig(
+            num_tokens=config.num_tokens, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha
+        )
+        peft_model = add_lookahead(model, lookahead_config)
+    adapter = get_lookahead(peft_model)
+    adapter.embeddings.requires_grad_(True)
+    parameters = [p for p in peft_model.parameters() if p.requires_grad] + [adapter.embeddings]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    world = accelerator.num_processes
+    order = _example_order(len(examples), config)
+    per_step = config.gradient_accumulation * world
+    total_steps = math.ceil(len(order) / per_step)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total_steps))
+    if state["step"] and (checkpoint / OPTIMIZER_NAME).is_file():
+        saved = torch.load(checkpoint / OPTIMIZER_NAME, map_location=accelerator.device, weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+
+    log_path = out / LOG_NAME
+    if log_path.exists():
+        # Steps logged after the last checkpoint are redone.
+        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= state["step"]]
+        log_path.write_text("".join(line + "\n" for line in kept))
+    progress = tqdm(
+        total=total_steps, initial=state["step"], desc="train", unit="step", disable=not accelerator.is_local_main_process
+    )
+    for step in range(state["step"], total_steps):
+        started = time.perf_counter()
+        batch = order[step * per_step : (step + 1) * per_step]
+        mine = batch[accelerator.process_index :: world]
+        step_loss = torch.zeros((), device=accelerator.device)
+        for index in mine:
+            loss = example_loss(peft_model, examples[index])
+            (loss / len(batch)).backward()
+            step_loss += loss.detach() / len(batch)
+        if world > 1:
+            for parameter in parameters:
+                if parameter.grad is None:
+                    parameter.grad = torch.zeros_like(parameter)
+                parameter.grad = accelerator.reduce(parameter.grad, reduction="sum")
+            step_loss = accelerator.reduce(step_loss, reduction="sum")
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state = {"step": step + 1, "seconds": state["seconds"] + time.perf_counter() - started}
+        record = {"step": step + 1, "loss": float(step_loss), "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
+        progress.set_postfix(loss=f"{record['loss']:.4f}")
+        progress.update()
+        if accelerator.is_main_process:
+            with log_path.open("a") as file:
+                file.write(json.dumps(record) + "\n")
+            if (step + 1) % config.save_every == 0 or step + 1 == total_steps:
+                _save_checkpoint(adapter, optimizer, scheduler, state, checkpoint)
+    progress.close()
+
+    if accelerator.is_main_process:
+        losses = [json.loads(line) for line in log_path.read_text().splitlines()]
+        adapter.config.training = _recipe(config, examples, losses, state, command)
+        adapter.save_pretrained(out / ADAPTER_DIR)
+        plot_loss(losses, out / PLOT_NAME)
+        logger.info(f"Saved the adapter to {out / ADAPTER_DIR}; loss curve in {out / PLOT_NAME}.")
+    accelerator.wait_for_everyone()
+    return peft_model
+
+
+def _save_checkpoint(adapter, optimizer, scheduler, state: dict, checkpoint: Path) -> None:
+    """Write the checkpoint to a fresh folder, then swap it in, so an interruption never leaves half of one."""
+    partial = checkpoint.with_name(checkpoint.name + ".partial")
+    adapter.save_pretrained(partial)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, partial / OPTIMIZER_NAME)
+    (partial / STATE_NAME).write_text(json.dumps(state) + "\n")
+    previous = checkpoint.with_name(checkpoint.name + ".previous")
+    if checkpoint.exists():
+        checkpoint.rename(previous)
+    partial.rename(checkpoint)
+    if previous.exists():
+        shutil.rmtree(previous)
+
+
+def _recipe(config: TrainingConfig, examples: list[TrainingExample], losses: list[dict], state: dict, command) -> dict:
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "command": command or "lookahead_cache.training.train(...)",
+        "data": (
+            f"{len(examples)} offline prompts: families {', '.join(config.tasks)} at {config.lengths} tokens, "
+            f"{config.samples_per_task} per family and length, seed {config.seed}; targets from the model's own greedy "
+            f"responses of up to {config.response_tokens} tokens"
+        ),
+        "steps": f"{state['step']} optimizer steps of {config.gradient_accumulation} prompts, {config.epochs} epochs",
+        "optimizer": f"AdamW, lr {config.learning_rate} (warm-up {config.warmup_steps} steps, cosine to 10 %), clip {config.max_grad_norm}",
+        "train_time": f"{state['seconds'] / 60:.1f} min of optimizer steps (responses not included)",
+        "first_loss": f"{losses[0]['loss']:.4f}",
+        "final_loss": f"{sum(r['loss'] for r in tail) / len(tail):.4f} (mean of the last {len(tail)} steps)",
+    }
+
+
+def plot_loss(losses: list[dict], path: Path) -> None:
+    """The KL loss per optimizer step and its running mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in losses]
+    values = [r["loss"] for r in losses]
+    window = max(1, len(values) // 20)
+    smooth = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot(steps, values, alpha=0.35, label="KL per step")
+    axis.plot(steps, smooth, label=f"running mean ({window} steps)")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("KL(target || lookahead)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

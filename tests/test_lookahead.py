@@ -1,0 +1,322 @@
+"""The lookahead scorer end to end on tiny random-weight models: exactness, eviction, adapter files, bad input."""
+
+import json
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import ARCHITECTURES, prompt_ids, tiny_model
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from transformers import DynamicCache
+
+from lookahead_cache import LookaheadCache
+from lookahead_cache.adapters import LookaheadConfig, add_lookahead, get_lookahead, load_lookahead
+from lookahead_cache.adapters.lookahead import INERT_INVOCATION_TOKENS
+from lookahead_cache.evaluation.replay import lookahead_queries, record_prefill
+from lookahead_cache.scorers import LookaheadScorer
+from lookahead_cache.training import kl_loss
+
+NUM_TOKENS = 8
+
+
+def lookahead_model(architecture="llama", seed=0):
+    """A tiny model with a lookahead adapter whose LoRA and embeddings are far from a no-op."""
+    peft_model = add_lookahead(tiny_model(architecture, seed=seed), LookaheadConfig(num_tokens=NUM_TOKENS))
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    return peft_model.eval()
+
+
+def padded_batch(length=48, pad=9):
+    input_ids = prompt_ids(length, batch=2, seed=3)
+    attention_mask = torch.ones_like(input_ids)
+    input_ids[1, :pad], attention_mask[1, :pad] = 0, 0
+    return input_ids, attention_mask
+
+
+def greedy(model, input_ids, attention_mask, cache=None, new_tokens=8):
+    return model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, max_new_tokens=new_tokens, do_sample=False
+    )
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_peft_model_without_our_cache_generates_like_the_base_model(architecture):
+    base = tiny_model(architecture)
+    model = lookahead_model(architecture)
+    input_ids, attention_mask = padded_batch()
+    assert torch.equal(greedy(model, input_ids, attention_mask), greedy(base, input_ids, attention_mask))
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_prompt_kv_and_first_token_logits_are_the_base_models_bit_for_bit(architecture):
+    base = tiny_model(architecture)
+    model = lookahead_model(architecture)
+    input_ids, attention_mask = padded_batch()
+    reference_cache = DynamicCache()
+    reference = base(input_ids=input_ids, attention_mask=attention_mask, past_key_values=reference_cache).logits
+    cache = LookaheadCache(budget=1.0, scorer="lookahead", sink=0, window=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache).logits
+    assert cache.is_compressed
+    assert torch.equal(logits, reference)
+    for layer, reference_layer in zip(cache.layers, reference_cache.layers):
+        if not hasattr(layer, "prompt_slots"):  # sliding-window layers keep their window, as DynamicCache's
+            continue
+        # A budget of the whole prompt keeps every token; selection keeps them in prompt order.
+        real = attention_mask.bool()
+        for row in range(2):
+            kept = layer.keys[row][:, -int(real[row].sum()) :]
+            assert torch.equal(kept, reference_layer.keys[row][:, real[row]])
+            assert torch.equal(layer.values[row][:, -int(real[row].sum()) :], reference_layer.values[row][:, real[row]])
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_budget_of_the_whole_prompt_generates_exactly_the_base_text(architecture):
+    base = tiny_model(architecture)
+    model = lookahead_model(architecture)
+    input_ids, attention_mask = padded_batch()
+    cache = LookaheadCache(budget=1.0, scorer="lookahead")
+    assert torch.equal(greedy(model, input_ids, attention_mask, cache), greedy(base, input_ids, attention_mask))
+
+
+def test_lora_runs_on_the_lookahead_rows_once_and_never_while_decoding():
+    model = lookahead_model()
+    adapter = get_lookahead(model)
+    calls = []
+
+    def record(layer, args, kwargs, output):
+        calls.append((args[0].shape[-2], kwargs.get("alora_offsets")))
+
+    q_proj = model.get_base_model().model.layers[0].self_attn.q_proj
+    handle = q_proj.register_forward_hook(record, with_kwargs=True)
+    input_ids, attention_mask = padded_batch()
+    greedy(model, input_ids, attention_mask, LookaheadCache(budget=24, scorer="lookahead", sink=2, window=4))
+    handle.remove()
+    active = [(rows, offsets) for rows, offsets in calls if offsets and any(offsets)]
+    # The lookahead forward: q_proj once for the queries the scorer reads, once inside attention; both all rows.
+    assert active == [(NUM_TOKENS, [NUM_TOKENS, NUM_TOKENS])] * 2
+    assert len(calls) > len(active) + 7  # the prompt and every decoding step ran without the LoRA
+    assert adapter.config.num_tokens == NUM_TOKENS
+
+
+def test_decoding_after_eviction_is_the_base_model_on_the_kept_tokens():
+    """The live cache equals a replay of the same scores, and the base model decoding from the replay writes the
+    same tokens: nothing of the adapter leaks into decoding."""
+    base = tiny_model()
+    model = lookahead_model()
+    input_ids = prompt_ids(64, seed=5)
+    live = LookaheadCache(budget=20, scorer="lookahead", sink=2, window=4)
+    generated = greedy(model, input_ids, torch.ones_like(input_ids), live, new_tokens=6)
+
+    recording = record_prefill(model.get_base_model(), input_ids)
+    with torch.no_grad():
+        queries = lookahead_queries(model, recording.prefills)
+    prefills = [replace(prefill, lookahead_queries=q) for prefill, q in zip(recording.prefills, queries)]
+    replayed = LookaheadCache.from_prefill(prefills, budget=20, scorer="lookahead", sink=2, window=4)
+    base_cache = LookaheadCache.from_prefill(record_prefill(base, input_ids).prefills, budget=1.0, scorer="streaming")
+    for replay_layer, base_layer in zip(replayed.layers, base_cache.layers):
+        base_layer.keys, base_layer.values = replay_layer.keys.clone(), replay_layer.values.clone()
+        base_layer.prompt_slots = replay_layer.prompt_slots
+    first = recording.next_token_logits.argmax(-1, keepdim=True)
+    continued = base.generate(
+        input_ids=torch.cat([input_ids, first], -1), past_key_values=base_cache, max_new_tokens=5, do_sample=False
+    )
+    assert torch.equal(generated, continued)
+    for live_layer, replay_layer in zip(live.layers, replayed.layers):
+        assert torch.equal(live_layer.keys[:, :, :20], replay_layer.keys)
+
+
+def test_scores_follow_the_lookahead_attention():
+    """Trained towards attention on three tokens, the lookahead tokens' attention moves there, and the cache keeps
+    exactly the tokens that attention ranks highest."""
+    model = lookahead_model()
+    input_ids = prompt_ids(40, seed=7)
+    recording = record_prefill(model.get_base_model(), input_ids)
+    target = torch.zeros(3, 2, 40)
+    target[..., [5, 17, 23]] = 1 / 3
+    adapter = get_lookahead(model)
+    parameters = [p for p in model.parameters() if p.requires_grad] + [adapter.embeddings]
+    optimizer = torch.optim.Adam(parameters, lr=5e-2)
+    losses = []
+    for _ in range(60):
+        loss = kl_loss(lookahead_queries(model, recording.prefills), recording.prefills, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
+    cache = LookaheadCache(budget=3, scorer="lookahead", sink=0, window=0)
+    with torch.no_grad():
+        model(input_ids=input_ids, past_key_values=cache)
+        queries = lookahead_queries(model, recording.prefills)
+    for layer, prefill, layer_queries in zip(cache.layers, recording.prefills, queries):
+        scores = LookaheadScorer().score(replace(prefill, lookahead_queries=layer_queries))[0]
+        assert (scores[:, [5, 17, 23]].sum(-1) > 0.6).all()
+        for head in range(2):
+            top = scores[head].topk(3).indices.sort().values
+            assert torch.equal(layer.keys[0, head], prefill.keys[0, head, top])
+
+
+def test_only_the_lookahead_parameters_train():
+    model = lookahead_model()
+    adapter = get_lookahead(model)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+    assert adapter.embeddings.requires_grad
+    input_ids = prompt_ids(32, seed=2)
+    recording = record_prefill(model.get_base_model(), input_ids)
+    target = torch.full((3, 2, 32), 1 / 32)
+    kl_loss(lookahead_queries(model, recording.prefills), recording.prefills, target).backward()
+    assert adapter.embeddings.grad is not None and adapter.embeddings.grad.abs().sum() > 0
+    assert all(p.grad is None for name, p in model.named_parameters() if not p.requires_grad)
+
+
+def saved_adapter(tmp_path, architecture="llama"):
+    model = lookahead_model(architecture)
+    get_lookahead(model).save_pretrained(tmp_path)
+    return model
+
+
+def test_save_then_load_gives_the_same_scores_and_text(tmp_path):
+    model = saved_adapter(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "lookahead_config.json",
+        "lookahead_embeddings.safetensors",
+        "README.md",
+    }
+    loaded = load_lookahead(tiny_model(), tmp_path)
+    input_ids, attention_mask = padded_batch()
+    settings = dict(budget=20, scorer="lookahead", sink=2, window=4)
+    assert torch.equal(
+        greedy(loaded, input_ids, attention_mask, LookaheadCache(**settings)),
+        greedy(model, input_ids, attention_mask, LookaheadCache(**settings)),
+    )
+    card = (tmp_path / "README.md").read_text()
+    assert card.startswith("---\nbase_model:") and "library_name: peft" in card and "pipeline_tag: text-generation" in card
+
+
+def test_peft_from_pretrained_alone_is_the_base_model_and_our_cache_explains_what_is_missing(tmp_path):
+    saved_adapter(tmp_path)
+    base = tiny_model()
+    peft_only = PeftModel.from_pretrained(tiny_model(), str(tmp_path))
+    input_ids, attention_mask = padded_batch()
+    assert torch.equal(greedy(peft_only, input_ids, attention_mask), greedy(base, input_ids, attention_mask))
+    with pytest.raises(ValueError, match="load_lookahead"):
+        greedy(peft_only, input_ids, attention_mask, LookaheadCache(budget=20, scorer="lookahead", sink=2, window=4))
+
+
+def test_lookahead_scorer_without_adapter_names_the_fix():
+    input_ids, attention_mask = padded_batch()
+    with pytest.raises(ValueError, match="lookahead adapter.*load_lookahead.*snapkv"):
+        greedy(tiny_model(), input_ids, attention_mask, LookaheadCache(budget=20, sink=2, window=4))
+
+
+def test_adapter_for_another_base_model_is_refused_naming_both(tmp_path):
+    saved_adapter(tmp_path, "qwen3")
+    with pytest.raises(ValueError, match=r"model_type: adapter 'qwen3' vs model 'llama'"):
+        load_lookahead(tiny_model("llama"), tmp_path)
+    config = json.loads((tmp_path / "lookahead_config.json").read_text())
+    config["base_model"]["model_type"] = "llama"
+    config["base_model"]["num_hidden_layers"] = 5
+    (tmp_path / "lookahead_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"num_hidden_layers: adapter 5 vs model 3"):
+        load_lookahead(tiny_model("llama"), tmp_path)
+
+
+def test_tokenizer_mismatch_is_refused(tmp_path):
+    saved_adapter(tmp_path)
+    config = json.loads((tmp_path / "lookahead_config.json").read_text())
+    config["base_model"]["tokenizer_sha256"] = "0" * 64
+    (tmp_path / "lookahead_config.json").write_text(json.dumps(config))
+
+    class Tokenizer:
+        def get_vocab(self):
+            return {"a": 0, "b": 1}
+
+    with pytest.raises(ValueError, match="tokenizer_sha256"):
+        load_lookahead(tiny_model(), tmp_path, tokenizer=Tokenizer())
+
+
+@pytest.mark.parametrize("missing", ["adapter_model.safetensors", "lookahead_embeddings.safetensors", "lookahead_config.json"])
+def test_missing_file_is_named(tmp_path, missing):
+    saved_adapter(tmp_path)
+    (tmp_path / missing).unlink()
+    with pytest.raises(FileNotFoundError, match=missing):
+        load_lookahead(tiny_model(), tmp_path)
+
+
+def test_pickled_weights_are_never_loaded(tmp_path):
+    saved_adapter(tmp_path)
+    weights = load_file(str(tmp_path / "adapter_model.safetensors"))
+    (tmp_path / "adapter_model.safetensors").unlink()
+    torch.save(weights, tmp_path / "adapter_model.bin")
+    with pytest.raises(FileNotFoundError, match="pickled weights are never loaded"):
+        load_lookahead(tiny_model(), tmp_path)
+
+
+@pytest.mark.parametrize("corrupted", ["adapter_model.safetensors", "lookahead_embeddings.safetensors"])
+def test_corrupted_weights_are_refused(tmp_path, corrupted):
+    saved_adapter(tmp_path)
+    data = (tmp_path / corrupted).read_bytes()
+    (tmp_path / corrupted).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"{corrupted} is not a valid safetensors file"):
+        load_lookahead(tiny_model(), tmp_path)
+
+
+def test_embeddings_of_the_wrong_shape_or_non_finite_are_refused(tmp_path):
+    saved_adapter(tmp_path)
+    save_file({"embeddings": torch.zeros(NUM_TOKENS + 1, 64)}, str(tmp_path / "lookahead_embeddings.safetensors"))
+    with pytest.raises(ValueError, match=r"shape \(9, 64\), expected \(8, 64\)"):
+        load_lookahead(tiny_model(), tmp_path)
+    embeddings = torch.zeros(NUM_TOKENS, 64)
+    embeddings[0, 0] = float("nan")
+    save_file({"embeddings": embeddings}, str(tmp_path / "lookahead_embeddings.safetensors"))
+    with pytest.raises(ValueError, match="non-finite"):
+        load_lookahead(tiny_model(), tmp_path)
+
+
+def test_a_plain_lora_is_not_taken_for_a_lookahead_lora(tmp_path):
+    saved_adapter(tmp_path)
+    plain = get_peft_model(tiny_model(), LoraConfig(r=8, target_modules=["q_proj"]))
+    plain.save_pretrained(tmp_path / "plain")
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(tmp_path / "plain" / name, tmp_path / name)
+    with pytest.raises(ValueError, match="not a lookahead LoRA"):
+        load_lookahead(tiny_model(), tmp_path)
+    assert INERT_INVOCATION_TOKENS == [-1]
+
+
+def test_bad_config_file_is_refused(tmp_path):
+    saved_adapter(tmp_path)
+    (tmp_path / "lookahead_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a readable lookahead config"):
+        load_lookahead(tiny_model(), tmp_path)
+
+
+def test_load_from_the_hub_honours_the_revision(tmp_path, local_hub):
+    first = saved_adapter(tmp_path / "v1", "llama")
+    sha1 = local_hub.publish("lookahead-org/tiny-llama", tmp_path / "v1")
+    with torch.no_grad():
+        get_lookahead(first).embeddings.mul_(-1)
+    get_lookahead(first).save_pretrained(tmp_path / "v2")
+    local_hub.publish("lookahead-org/tiny-llama", tmp_path / "v2")
+
+    old = load_lookahead(tiny_model(), "lookahead-org/tiny-llama", revision=sha1)
+    new = load_lookahead(tiny_model(), "lookahead-org/tiny-llama")
+    saved_v1 = load_file(str(tmp_path / "v1" / "lookahead_embeddings.safetensors"))["embeddings"]
+    assert torch.equal(get_lookahead(old).embeddings, saved_v1)
+    assert torch.equal(get_lookahead(new).embeddings, -saved_v1)
+    peft_only = PeftModel.from_pretrained(tiny_model(), "lookahead-org/tiny-llama", revision=sha1)
+    lora = load_file(str(tmp_path / "v1" / "adapter_model.safetensors"))
+    name = next(iter(lora))
+    loaded = dict(peft_only.named_parameters())[name.replace(".weight", ".default.weight")]
+    assert torch.equal(loaded, lora[name])
+    with pytest.raises(FileNotFoundError, match="lookahead-org/absent"):
+        load_lookahead(tiny_model(), "lookahead-org/absent")
