@@ -103,3 +103,29 @@ def test_beam_search_after_eviction(default_model):
     input_ids = chat_ids(tokenizer, "Summarise the text above.", context_chars=1500)
     output = greedy(model, input_ids, LookaheadCache(budget=128, scorer="snapkv"), num_beams=2, new_tokens=6)
     assert output.shape == (1, input_ids.shape[1] + 6)
+
+
+def test_shipped_lookahead_adapter_keeps_the_base_model_exact_and_finds_the_needle(default_model):
+    import copy
+
+    from lookahead_cache import get_lookahead, load_lookahead
+    from lookahead_cache.default_model import DEFAULT_ADAPTER_DIR
+    from lookahead_cache.evaluation.documents import build_needle_task
+
+    base, tokenizer = default_model
+    model = load_lookahead(copy.deepcopy(base), DEFAULT_ADAPTER_DIR, tokenizer=tokenizer)
+    assert get_lookahead(model).config.num_tokens == 32
+    input_ids = chat_ids(tokenizer, "Which loop statement does this text describe?", context_chars=3000)
+    expected = greedy(base, input_ids, DynamicCache())
+    # The LoRA idles outside the lookahead rows: plain generate, and a budget covering the prompt, are the base model.
+    assert torch.equal(greedy(model, input_ids, None), expected)
+    assert torch.equal(greedy(model, input_ids, LookaheadCache(budget=1.0)), expected)
+    reference = base(input_ids).logits[:, -1]
+    cache = LookaheadCache(budget=128)
+    assert torch.equal(model(input_ids, past_key_values=cache).logits[:, -1], reference)
+    assert cache.kept_tokens().max() == 128
+
+    task = build_needle_task(tokenizer, 2000, seed=0)
+    needle_ids = task.prompt_ids(tokenizer)
+    answer = greedy(model, needle_ids, LookaheadCache(budget=256), new_tokens=24)
+    assert task.code in tokenizer.decode(answer[0, needle_ids.shape[1] :])

@@ -1,5 +1,6 @@
 """lookahead-cache: shrink the KV cache of any transformers causal LM at the end of prefill."""
 
+from .adapters import LookaheadAdapter, LookaheadConfig, add_lookahead, get_lookahead, load_lookahead
 from .allocation import ALLOCATIONS, Allocator
 from .cache import LookaheadCache
 from .config import LookaheadCacheConfig
@@ -20,6 +21,11 @@ def available_allocations() -> list[str]:
 
 __all__ = [
     "Allocator",
+    "LookaheadAdapter",
+    "LookaheadConfig",
+    "add_lookahead",
+    "get_lookahead",
+    "load_lookahead",
     "LookaheadCache",
     "LookaheadCacheConfig",
     "LookaheadTextGenerationPipeline",

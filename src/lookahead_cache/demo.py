@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_BUDGET,
         help=f"LookaheadCache budget (tokens, or a fraction in (0, 1]); default {DEFAULT_BUDGET}, as LookaheadCache().",
     )
-    parser.add_argument("--scorer", default="snapkv", help="LookaheadCache scorer.")
+    parser.add_argument(
+        "--scorer", default="lookahead", help="LookaheadCache scorer; lookahead (the default) uses the shipped adapter."
+    )
     parser.add_argument(
         "--context-tokens", type=positive_int, default=2000, help="Length of the chat prompt in tokens."
     )
@@ -56,7 +58,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logger.info(f"Loading {DEFAULT_MODEL_FILE} ...")
-    model, tokenizer = load_default_model()
+    model, tokenizer = load_default_model(lookahead=args.scorer == "lookahead")
     task = build_needle_task(tokenizer, args.context_tokens, args.seed)
     input_ids = task.prompt_ids(tokenizer)
     eos_token_id = model.generation_config.eos_token_id

@@ -24,7 +24,8 @@ from transformers.utils import logging
 
 from ..cache import LookaheadCache
 from ..cli import budget_value, positive_int
-from ..default_model import DEFAULT_MODEL_FILE, default_model_path, load_default_model
+from ..adapters import add_lookahead, load_lookahead
+from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, default_model_path, load_default_model
 from .documents import haystack_ids
 from .timing import TimedGeneration, timed_generation
 
@@ -59,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Use a random-weight model with the default model's config instead of its GGUF weights (quick runs; "
         "the prompt is then random token ids).",
+    )
+    parser.add_argument(
+        "--adapter",
+        help="Lookahead adapter (local folder or Hub repo id) for the lookahead scorer; default: the one shipped for "
+        "the default model, or an untrained one with --random-weights (timings only).",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Torch device.")
     parser.add_argument(
@@ -99,6 +105,15 @@ def run(args: argparse.Namespace) -> int:
         model, tokenizer = load_default_model(dtype=dtype, device=device)
         model_name = DEFAULT_MODEL_FILE
         prompts = {n: torch.tensor([haystack_ids(tokenizer, n, args.seed)]) for n in args.lengths}
+    if "lookahead" in args.scorers:
+        # Every configuration then runs through the same PEFT-wrapped model, whose LoRA is idle outside the lookahead
+        # rows, so the ratios compare caches, not wrappers.
+        if args.adapter is not None:
+            model = load_lookahead(model, args.adapter)
+        elif args.random_weights:
+            model = add_lookahead(model).eval()
+        else:
+            model = load_lookahead(model, DEFAULT_ADAPTER_DIR, tokenizer=tokenizer)
     longest = max(args.lengths)
     if longest > model.config.max_position_embeddings:
         logger.warning(
@@ -126,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
         "transformers": transformers.__version__,
         "budget": args.budget,
         "scorers": args.scorers,
+        "lookahead_adapter": (args.adapter or ("untrained" if args.random_weights else "shipped default"))
+        if "lookahead" in args.scorers
+        else None,
         "decode_tokens": args.decode_tokens,
         "repeats": args.repeats,
         "seed": args.seed,

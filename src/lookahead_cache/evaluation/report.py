@@ -497,3 +497,31 @@ def _settings_table(settings: dict[str, Any]) -> str:
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
         rows.append([key, text.replace("|", "\\|")])
     return markdown_table(["setting", "value"], rows)
+
+
+def lookahead_table(
+    summary: Sequence[dict[str, Any]],
+    held_out: Sequence[str],
+    budgets: Sequence[int] = (64, 128, 256),
+    methods: Sequence[str] = ("snapkv", "lookahead", "oracle"),
+) -> str:
+    """Question-aware scores of `full` and `methods` per budget: the families held out of training, their mean, and the
+    mean over every family (macro averages of family means, over the families every column has)."""
+    entries = [e for e in summary if e["mode"] == "question-aware" and e["family"] != "average"]
+    columns = [(FULL, None)] + [(method, budget) for budget in budgets for method in methods]
+
+    def score(family: str, method: str, budget) -> float | None:
+        found = [e for e in entries if e["family"] == family and e["method"] == method and e["budget"] == budget]
+        return found[0]["mean"] if found else None
+
+    families = sorted({e["family"] for e in entries})
+    complete = [f for f in families if all(score(f, m, b) is not None for m, b in columns)]
+    header = ["family", *(m if b is None else f"{m} {b}" for m, b in columns)]
+    lines = [header, ["---"] * len(header)]
+    for family in [f for f in complete if f in held_out]:
+        lines.append([f"{family} (held out)", *(f"{100 * score(family, m, b):.1f}" for m, b in columns)])
+    for label, group in (("mean, held out", [f for f in complete if f in held_out]), ("mean, all families", complete)):
+        if group:
+            means = [sum(score(f, m, b) for f in group) / len(group) for m, b in columns]
+            lines.append([f"**{label}** ({len(group)})", *(f"**{100 * v:.1f}**" for v in means)])
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
