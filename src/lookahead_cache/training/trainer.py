@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from ..adapters import LookaheadConfig, add_lookahead, get_lookahead, load_lookahead
+from ..adapters import BaseModelSignature, LookaheadConfig, add_lookahead, get_lookahead, load_lookahead
 from ..evaluation.replay import lookahead_queries, record_prefill
 from ..kernels.attention_scores import attention_scores_reference
 from .config import TrainingConfig
@@ -93,11 +93,15 @@ def train(
     out_dir: str | Path,
     *,
     command: str | None = None,
+    base_model_name_or_path: str | None = None,
 ) -> PeftModel:
     """Train lookahead modules for `model` (frozen) and save the adapter to `out_dir/adapter`.
 
     Resumable: rerunning with the same `out_dir` reuses the cached responses and continues from the last checkpoint.
     Under `accelerate launch`, prompts are split over the processes and gradients averaged.
+
+    Args:
+        base_model_name_or_path: How the model card names the base model (default: the model's `name_or_path`).
 
     Returns:
         The PeftModel carrying the trained adapter.
@@ -127,7 +131,11 @@ def train(
         logger.info(f"Resuming from step {state['step']} ({checkpoint}).")
     else:
         lookahead_config = LookaheadConfig(
-            num_tokens=config.num_tokens, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha
+            num_tokens=config.num_tokens,
+            lora_rank=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            base_model=BaseModelSignature.of(model.config, tokenizer),
+            base_model_name_or_path=base_model_name_or_path,
         )
         peft_model = add_lookahead(model, lookahead_config)
     adapter = get_lookahead(peft_model)
