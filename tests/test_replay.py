@@ -6,6 +6,7 @@ from conftest import ARCHITECTURES, prompt_ids, tiny_model
 from transformers import DynamicCache
 
 from lookahead_cache import LookaheadCache
+from lookahead_cache.adapters import LookaheadConfig, add_lookahead
 from lookahead_cache.evaluation.methods import METHODS, SampleRun, get_method
 from lookahead_cache.evaluation.replay import dynamic_cache_from, future_queries, record_prefill
 from lookahead_cache.scorers import FutureQueriesScorer, get_scorer
@@ -79,7 +80,8 @@ def test_future_queries_scorer_needs_queries():
 
 @pytest.mark.parametrize("question_aware", [True, False])
 def test_every_method_answers_from_one_recording(question_aware):
-    model = tiny_model("qwen3")
+    # With a (new, idle) lookahead adapter, so that the lookahead method runs too.
+    model = add_lookahead(tiny_model("qwen3"), LookaheadConfig(num_tokens=8)).eval()
     context, question = prompt_ids(70), prompt_ids(6, seed=1)
     prefilled = torch.cat([context, question], -1) if question_aware else context
     run = SampleRun(
