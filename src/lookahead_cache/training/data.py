@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..evaluation.replay import dynamic_cache_from, future_queries, record_prefill
 from ..evaluation.tasks import Sample, get_task
-from ..kernels.attention_scores import attention_scores
+from ..scorers.future_queries import FutureQueriesScorer
 from .config import TrainingConfig
 
 EXAMPLES_NAME = "examples.jsonl"
@@ -71,13 +71,9 @@ def response_and_target(
             pad_token_id=model.generation_config.pad_token_id,
         )
         response = torch.cat([first, output[:, fed.shape[-1] :]], dim=-1)
-    queries = future_queries(model, recording.prefills, response)
-    target = torch.cat(
-        [
-            attention_scores(q.to(prefill.keys.dtype), prefill.keys, scaling=prefill.scaling)
-            for q, prefill in zip(queries, recording.prefills)
-        ]
-    )
+    # The oracle's scores: what the response's queries attend to in the prompt, per layer and KV head.
+    scorer = FutureQueriesScorer(future_queries(model, recording.prefills, response))
+    target = torch.cat([scorer.score(prefill) for prefill in recording.prefills])
     return response, target
 
 
