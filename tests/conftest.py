@@ -67,3 +67,23 @@ def default_model():
     from lookahead_cache import load_default_model
 
     return load_default_model()
+
+
+def synthetic_profile(layers: int = 3, kv_heads: int = 2, scorer: str = "snapkv", seed: int = 0, model=None):
+    """A LU-KV profile of a tiny model (`tiny_model()` unless given) whose heads prune at different speeds."""
+    from lookahead_cache.adapters.config import BaseModelSignature
+    from lookahead_cache.profiling import HeadProfile
+    from lookahead_cache.profiling.solver import GLOBAL_RATIOS
+
+    generator = torch.Generator().manual_seed(seed)
+    steepness = torch.rand(layers, kv_heads, generator=generator) * 2 + 0.5
+    ratios = torch.tensor(GLOBAL_RATIOS)[:, None, None] ** steepness
+    return HeadProfile(
+        prune_ratios=ratios.float(),
+        scorer=scorer,
+        sink=2,
+        window=4,
+        layers=list(range(layers)),
+        base_model=BaseModelSignature.of((model or tiny_model()).config),
+        calibration={"source": "synthetic, for tests"},
+    )

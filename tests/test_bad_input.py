@@ -52,8 +52,8 @@ def test_unknown_scorer_names_the_available_ones():
 
 
 def test_unknown_allocation_names_the_available_ones():
-    with pytest.raises(ValueError, match="Unknown allocation 'adakv'. Available allocations: uniform, pyramid"):
-        LookaheadCache(budget=64, scorer="snapkv", allocation="adakv")
+    with pytest.raises(ValueError, match="Unknown allocation 'snapkv'. Available allocations: uniform, pyramid, adakv"):
+        LookaheadCache(budget=64, scorer="snapkv", allocation="snapkv")
 
 
 def test_unknown_scorer_argument_is_refused():

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, prompt_ids, tiny_model
+from conftest import ARCHITECTURES, prompt_ids, synthetic_profile, tiny_model
 from transformers import DynamicCache
 
 from lookahead_cache import LookaheadCache
-from lookahead_cache.adapters import LookaheadConfig, add_lookahead
+from lookahead_cache.adapters import LookaheadConfig, add_lookahead, get_lookahead
 from lookahead_cache.evaluation.methods import METHODS, SampleRun, get_method
 from lookahead_cache.evaluation.replay import dynamic_cache_from, future_queries, record_prefill
 from lookahead_cache.scorers import FutureQueriesScorer, get_scorer
@@ -79,9 +79,12 @@ def test_future_queries_scorer_needs_queries():
 
 
 @pytest.mark.parametrize("question_aware", [True, False])
-def test_every_method_answers_from_one_recording(question_aware):
-    # With a (new, idle) lookahead adapter, so that the lookahead method runs too.
+def test_every_method_answers_from_one_recording(question_aware, tmp_path):
+    # With a (new, idle) lookahead adapter, so that the lookahead methods run too, and LU-KV profiles beside it.
     model = add_lookahead(tiny_model("qwen3"), LookaheadConfig(num_tokens=8)).eval()
+    for scorer in ("snapkv", "lookahead"):
+        synthetic_profile(scorer=scorer, model=model).save_pretrained(tmp_path)
+    get_lookahead(model).source = str(tmp_path)
     context, question = prompt_ids(70), prompt_ids(6, seed=1)
     prefilled = torch.cat([context, question], -1) if question_aware else context
     run = SampleRun(
@@ -103,3 +106,56 @@ def test_every_method_answers_from_one_recording(question_aware):
         assert run.answer(cache).shape == (1, 6), name
         if question_aware:  # the first token comes from the full prompt, whatever is evicted
             assert run.answer(get_method(name)(run, 40))[0, 0] == expected[0, 0]
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma3"])
+def test_stacked_caches_decode_each_row_as_its_cache_alone(architecture):
+    # Different scorers, budgets and allocations: rows keep different slot counts per layer and head.
+    model = tiny_model(architecture)
+    input_ids = prompt_ids(60)
+    recording = record_prefill(model, input_ids)
+    settings = [
+        dict(SETTINGS, scorer="snapkv"),
+        dict(SETTINGS, budget=24, scorer="knorm", allocation="pyramid"),
+        dict(SETTINGS, budget=12, scorer="streaming"),
+    ]
+    caches = [LookaheadCache.from_prefill(recording.prefills, **s) for s in settings]
+    first = recording.next_token_logits.argmax(-1, keepdim=True)
+    fed = torch.cat([input_ids, first], -1)
+    alone = [greedy(model, fed, LookaheadCache.from_prefill(recording.prefills, **s), new_tokens=7) for s in settings]
+
+    sizes = [cache.nbytes() for cache in caches]
+    stacked = LookaheadCache.stack(caches)
+    assert stacked.kept_tokens().sum((0, 2)).tolist() == [c.kept_tokens().sum().item() for c in caches]
+    together = greedy(model, fed.expand(3, -1), stacked, new_tokens=7)
+    for row, expected in zip(together, alone):
+        assert torch.equal(row[None], expected)
+    assert [cache.nbytes() for cache in caches] == sizes  # the stacked rows are copies
+
+
+def test_batched_answers_stop_at_each_rows_end_of_sequence():
+    model = tiny_model("llama")
+    input_ids = prompt_ids(50)
+    recording = record_prefill(model, input_ids)
+    run = SampleRun(model, input_ids, input_ids[:, :0], recording, max_new_tokens=8, eos_token_id=None)
+    settings = [dict(SETTINGS, budget=budget, scorer="snapkv") for budget in (8, 16, 32)]
+    alone = [run.answer(LookaheadCache.from_prefill(recording.prefills, **s)) for s in settings]
+    # An end-of-sequence token that the first row produces and the others never do.
+    others = {int(token) for answer in alone[1:] for token in answer[0]}
+    unique = [int(token) for token in alone[0][0, 1:-1] if int(token) not in others]
+    if not unique:
+        pytest.skip("the first row has no token of its own")
+    run.eos_token_id = unique[0]
+    answers = run.answers([LookaheadCache.from_prefill(recording.prefills, **s) for s in settings])
+    length = alone[0][0].tolist().index(unique[0]) + 1
+    assert torch.equal(answers[0], alone[0][:, :length])
+    assert all(torch.equal(together, expected) for together, expected in zip(answers[1:], alone[1:]))
+
+
+def test_stack_needs_compressed_caches_of_one_prompt():
+    model = tiny_model("llama")
+    short, long = record_prefill(model, prompt_ids(40)), record_prefill(model, prompt_ids(50))
+    with pytest.raises(ValueError, match="same prompt"):
+        LookaheadCache.stack([LookaheadCache.from_prefill(r.prefills, **SETTINGS, scorer="snapkv") for r in (short, long)])
+    with pytest.raises(ValueError, match="prefill has ended"):
+        LookaheadCache.stack([LookaheadCache(**SETTINGS, scorer="snapkv")])

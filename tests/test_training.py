@@ -2,9 +2,14 @@
 
 import copy
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 from lookahead_cache.adapters import get_lookahead, load_lookahead
 from lookahead_cache.training import TrainingConfig, train
@@ -74,3 +79,47 @@ def test_training_resumes_after_an_interruption_and_saves_a_loadable_adapter(def
 
     with pytest.raises(ValueError, match="other settings"):
         train(copy.deepcopy(base), tokenizer, small_config(epochs=3), tmp_path)
+
+
+def test_distributed_training_averages_gradients_like_one_process(default_model, tmp_path):
+    # Two processes with one prompt per step each must take the optimizer steps one process takes with two.
+    # torchrun starts them; ACCELERATE_USE_CPU puts accelerate in its multi-CPU (gloo) mode, the code path that
+    # `accelerate launch --multi_gpu` takes on GPUs.
+    _, tokenizer = default_model
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    train_args = ["train", "--model", str(tmp_path / "model"), "--tasks", "niah_single_noise", "--lengths", "384"]
+    train_args += ["--samples-per-task", "4", "--response-tokens", "4", "--epochs", "1", "--num-tokens", "4"]
+    train_args += ["--warmup-steps", "0"]
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, "-m", "lookahead_cache.cli", *train_args, "--grad-accum", "2", "--out", str(tmp_path / "one")],
+        check=True,
+        env=environment,
+    )
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "lookahead_cache.cli"]
+        + [*train_args, "--grad-accum", "1", "--out", str(tmp_path / "two")],
+        check=True,
+        env=environment,
+    )
+    one = [json.loads(line) for line in (tmp_path / "one" / "loss.jsonl").read_text().splitlines()]
+    two = [json.loads(line) for line in (tmp_path / "two" / "loss.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2]
+    for a, b in zip(one, two):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+    for name in ("adapter_model.safetensors", "lookahead_embeddings.safetensors"):
+        trained_alone, trained_together = (load_file(str(tmp_path / run / "adapter" / name)) for run in ("one", "two"))
+        assert trained_alone.keys() == trained_together.keys()
+        for key in trained_alone:
+            torch.testing.assert_close(trained_alone[key], trained_together[key], rtol=1e-4, atol=1e-6)

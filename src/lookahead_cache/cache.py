@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections.abc import Sequence
 from dataclasses import replace
@@ -19,7 +20,7 @@ from .layers import EvictingLayer
 from .adapters.lookahead import get_lookahead
 from .prefill import LayerPrefill, padding_from_mask
 from .scorers import Scorer, get_scorer
-from .selection import select_tokens
+from .selection import protected_positions, select_tokens
 
 logger = logging.get_logger(__name__)
 
@@ -90,6 +91,7 @@ class LookaheadCache(Cache):
         self._compressed_layers: list[int] = []
         self._prefilled_layers: set[int] = set()
         self._awaiting_lookahead: dict[int, LayerPrefill] = {}
+        self._attention_modules: dict[int, nn.Module] = {}
         self._module_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._watch = _watch_for_modules(self)
         weakref.finalize(self, _remove_handles, self._module_hooks, self._watch)
@@ -141,6 +143,44 @@ class LookaheadCache(Cache):
             cache._evict_layer(replace(prefill, keys=layer.keys, values=layer.values))
         cache._state = _DONE
         return cache
+
+    @staticmethod
+    def stack(caches: Sequence[LookaheadCache]) -> LookaheadCache:
+        """One cache whose batch rows are the rows of `caches`: compressed caches of the same prompt, in order.
+
+        The caches may differ in budget, scorer and allocation: in each layer the rows that keep fewer slots are
+        left-padded with masked slots, as rows of one cache are. Evaluations use it to decode the answers of
+        every method on a prompt in one `generate` call. The stacked cache reports the first cache's settings;
+        the given caches are left unchanged.
+        """
+        if not caches:
+            raise ValueError("LookaheadCache.stack needs at least one cache.")
+        first = caches[0]
+        for cache in caches:
+            if not isinstance(cache, LookaheadCache) or not cache.is_compressed:
+                raise ValueError(
+                    "LookaheadCache.stack takes LookaheadCaches whose prefill has ended (e.g. built with "
+                    f"LookaheadCache.from_prefill); got {cache!r}."
+                )
+            lengths = [layer.get_seq_length() for layer in cache.layers]
+            if lengths != [layer.get_seq_length() for layer in first.layers]:
+                raise ValueError(
+                    "LookaheadCache.stack needs caches of the same prompt, with as many tokens seen in every layer; "
+                    f"got layer lengths {lengths} and {[layer.get_seq_length() for layer in first.layers]}."
+                )
+        stacked = first.fresh()
+        stacked._watch.remove()
+        stacked._layer_types, stacked._layer_kwargs = first._layer_types, first._layer_kwargs
+        stacked._compressed_layers = list(first._compressed_layers)
+        stacked.layers = [
+            _stack_layers([cache.layers[layer_idx] for cache in caches]) for layer_idx in range(len(first.layers))
+        ]
+        for layer_idx, module in first._attention_modules.items():
+            stacked._register_mask_hook(layer_idx, module)
+        stacked._prefilled_layers = set(range(len(stacked.layers)))
+        stacked._state = _DONE
+        stacked.peak_nbytes = stacked.nbytes()
+        return stacked
 
     def __repr__(self) -> str:
         config = self.cache_config
@@ -230,6 +270,7 @@ class LookaheadCache(Cache):
                 f"LookaheadCache supports full and sliding-window attention layers; this model also has {unsupported}."
             )
         self._compressed_layers = [i for i, kind in enumerate(self._layer_types) if kind == "full_attention"]
+        self.allocator.bind(module, self.cache_config.scorer)
         if not self._compressed_layers:
             logger.warning("Every attention layer of this model uses a sliding window: LookaheadCache evicts nothing.")
 
@@ -251,8 +292,9 @@ class LookaheadCache(Cache):
         )
         if self.scorer.needs_lookahead:
             # Every layer waits, sliding-window ones too, so that the lookahead tokens can be cropped off afterwards.
-            # The lookahead scorer reads no prompt hidden states: free them while the other layers run.
-            self._awaiting_lookahead[layer_idx] = replace(prefill, hidden_states=hidden_states[:, :0])
+            # The lookahead scorer reads no prompt hidden states: free them while the other layers run (a new empty
+            # tensor, not a slice, which would keep the whole buffer alive).
+            self._awaiting_lookahead[layer_idx] = replace(prefill, hidden_states=hidden_states.new_empty(batch, 0, hidden_states.shape[-1]))
             self._prefilled_layers.add(layer_idx)
             return
         self._evict_layer(prefill)
@@ -292,9 +334,7 @@ class LookaheadCache(Cache):
     def _evict_layer(self, prefill: LayerPrefill) -> None:
         """Compress one layer whose prompt KV is complete (sliding-window layers only keep their window)."""
         layer_idx = prefill.layer_idx
-        self._module_hooks.append(
-            prefill.module.register_forward_pre_hook(_physical_mask_hook(self, layer_idx), with_kwargs=True)
-        )
+        self._register_mask_hook(layer_idx, prefill.module)
         self._prefilled_layers.add(layer_idx)
         layer = self.layers[layer_idx]
         if self._layer_types[layer_idx] == "sliding_attention":
@@ -313,8 +353,10 @@ class LookaheadCache(Cache):
         row_budgets = torch.tensor(
             [self.cache_config.row_budget(int(n)) for n in prefill.real_lengths.tolist()], device=scores.device
         )
+        # Allocators share out the selectable tokens: sink, window and padding are not theirs to rank.
+        selectable = prefill.valid & ~protected_positions(prefill.valid, sink=self.cache_config.sink, window=self.cache_config.window)
         counts = self.allocator.allocate(
-            scores,
+            scores.masked_fill(~selectable[:, None], float("-inf")),
             row_budgets,
             self.cache_config.protected,
             self._compressed_layers.index(layer_idx),
@@ -325,6 +367,12 @@ class LookaheadCache(Cache):
         )
         layer.compress(positions, slot_valid)
         self.peak_nbytes = max(self.peak_nbytes, self.nbytes())
+
+    def _register_mask_hook(self, layer_idx: int, module: nn.Module) -> None:
+        self._attention_modules[layer_idx] = module
+        self._module_hooks.append(
+            module.register_forward_pre_hook(_physical_mask_hook(self, layer_idx), with_kwargs=True)
+        )
 
     def _physical_mask(self, layer: EvictingLayer, module: nn.Module, attention_mask, query_length: int):
         """The attention mask of a compressed layer: its own padding slots, then the new tokens' mask."""
@@ -378,6 +426,42 @@ def _physical_mask_hook(cache: LookaheadCache, layer_idx: int):
         return args, kwargs
 
     return hook
+
+
+def _stack_layers(layers: list) -> EvictingLayer | DynamicSlidingWindowLayer:
+    """The rows of `layers` (one layer of each cache) in one layer; compressed prompts are left-padded."""
+    first = layers[0]
+    if not isinstance(first, EvictingLayer):
+        if any(type(layer) is not type(first) for layer in layers):
+            raise ValueError("LookaheadCache.stack needs caches of the same model: their layer kinds differ.")
+        stacked = copy.copy(first)
+        stacked.keys = torch.cat([layer.keys for layer in layers])
+        stacked.values = torch.cat([layer.values for layer in layers])
+        return stacked
+    appended = {layer.keys.shape[-2] - layer.prompt_slots for layer in layers}
+    if len(appended) != 1 or not all(isinstance(layer, EvictingLayer) and layer.is_compressed for layer in layers):
+        raise ValueError("LookaheadCache.stack needs caches of the same model, each compressed, with as many tokens since.")
+    prompt_slots = max(layer.prompt_slots for layer in layers)
+    keys, values, valid = [], [], []
+    for layer in layers:
+        batch, kv_heads, _, head_dim = layer.keys.shape
+        padding = prompt_slots - layer.prompt_slots
+        keys.append(torch.cat([layer.keys.new_zeros(batch, kv_heads, padding, head_dim), layer.keys], dim=-2))
+        values.append(torch.cat([layer.values.new_zeros(batch, kv_heads, padding, head_dim), layer.values], dim=-2))
+        row_valid = layer.prompt_slot_valid
+        if row_valid is None:
+            row_valid = torch.ones(batch, 1, layer.prompt_slots, dtype=torch.bool, device=layer.keys.device)
+        row_valid = row_valid.expand(batch, kv_heads, -1)
+        valid.append(torch.cat([row_valid.new_zeros(batch, kv_heads, padding), row_valid], dim=-1))
+    stacked = EvictingLayer()
+    stacked.lazy_initialization(keys[0], values[0])
+    stacked.keys, stacked.values = torch.cat(keys), torch.cat(values)
+    stacked.cumulative_length = first.cumulative_length
+    stacked.is_compressed, stacked.is_croppable = True, False
+    stacked.prompt_slots = prompt_slots
+    slot_valid = torch.cat(valid)
+    stacked.prompt_slot_valid = None if bool(slot_valid.all()) else slot_valid
+    return stacked
 
 
 def _remove_handles(module_hooks: list, watch: torch.utils.hooks.RemovableHandle) -> None:

@@ -26,6 +26,7 @@ COMMANDS = {
     "bench": "lookahead_cache.evaluation.benchmark",
     "eval": "lookahead_cache.evaluation.suite",
     "train": "lookahead_cache.training.command",
+    "profile": "lookahead_cache.profiling.command",
 }
 
 

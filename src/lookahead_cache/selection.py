@@ -5,6 +5,13 @@ from __future__ import annotations
 import torch
 
 
+def protected_positions(valid: torch.Tensor, *, sink: int, window: int) -> torch.Tensor:
+    """`[batch, prompt_len]`, True on the first `sink` and last `window` real tokens of each row (`valid`)."""
+    real_lengths = valid.sum(-1, keepdim=True)
+    rank_in_row = valid.long().cumsum(-1) - 1
+    return valid & ((rank_in_row < sink) | (rank_in_row >= real_lengths - window))
+
+
 def select_tokens(
     scores: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor, *, sink: int, window: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,11 +30,8 @@ def select_tokens(
         of the same shape: heads keeping fewer than `slots` tokens have their unused slots first, marked False
         (they point at position 0 and must be masked).
     """
-    batch, kv_heads, length = scores.shape
     real_lengths = valid.sum(-1, keepdim=True)
-    rank_in_row = valid.long().cumsum(-1) - 1
-    protected = valid & ((rank_in_row < sink) | (rank_in_row >= real_lengths - window))
-
+    protected = protected_positions(valid, sink=sink, window=window)
     ranked = scores.float().masked_fill(protected[:, None], float("inf")).masked_fill(~valid[:, None], float("-inf"))
     counts = torch.minimum(counts.to(real_lengths.device), real_lengths)
     slots = int(counts.max())

@@ -48,8 +48,8 @@ class BaseModelSignature:
             tokenizer_sha256=None if tokenizer is None else tokenizer_fingerprint(tokenizer),
         )
 
-    def mismatches(self, other: BaseModelSignature) -> list[str]:
-        """`field: adapter value vs model value` for every field that differs (a missing tokenizer hash is no
+    def mismatches(self, other: BaseModelSignature, label: str = "adapter") -> list[str]:
+        """`field: <label> value vs model value` for every field that differs (a missing tokenizer hash is no
         mismatch: it is only checked when both sides know it)."""
         out = []
         for name in (f.name for f in fields(self)):
@@ -57,7 +57,7 @@ class BaseModelSignature:
             if name == "tokenizer_sha256" and (mine is None or theirs is None):
                 continue
             if mine != theirs:
-                out.append(f"{name}: adapter {mine!r} vs model {theirs!r}")
+                out.append(f"{name}: {label} {mine!r} vs model {theirs!r}")
         return out
 
 

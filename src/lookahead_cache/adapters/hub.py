@@ -119,6 +119,7 @@ def load_lookahead(
     with torch.no_grad():
         adapter.embeddings.copy_(embeddings)
     adapter.embeddings.requires_grad_(is_trainable)
+    adapter.source, adapter.source_revision = str(repo_or_dir), revision
     attach_lookahead(peft_model, adapter)
     return peft_model
 

@@ -52,6 +52,9 @@ class LookaheadAdapter(nn.Module):
             # Random rows at the scale of the real token embeddings, as the paper initialises them.
             self.embeddings.normal_(0.0, float(weight.float().std()))
         self._model = weakref.ref(model)
+        # Where it was loaded from (a local folder or Hub repo id, and revision), for files shipped beside it.
+        self.source: str | None = None
+        self.source_revision: str | None = None
 
     @property
     def model(self) -> PeftModel:
@@ -203,11 +206,15 @@ def add_lookahead(
 
 
 def attach_lookahead(model: PeftModel, adapter: LookaheadAdapter) -> None:
-    _ATTACHED[model.get_base_model().get_input_embeddings()] = adapter
+    # Keyed by every module of the base model, so that a cache that only sees an attention module finds it too.
+    for module in model.get_base_model().modules():
+        _ATTACHED[module] = adapter
 
 
 def get_lookahead(model: nn.Module) -> LookaheadAdapter | None:
-    """The lookahead adapter attached to `model` (a PeftModel, its base model or the base model's decoder)."""
+    """The lookahead adapter attached to `model` (a PeftModel, its base model or any module of the base model)."""
+    if model in _ATTACHED:
+        return _ATTACHED[model]
     get_embeddings = getattr(model, "get_input_embeddings", None)
     if get_embeddings is None:
         return None

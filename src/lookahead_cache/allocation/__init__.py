@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from .adakv import AdaKVAllocator
 from .base import Allocator
+from .lukv import LUKVAllocator
 from .pyramid import PyramidAllocator
 from .uniform import UniformAllocator
 
 ALLOCATIONS: dict[str, type[Allocator]] = {
     "uniform": UniformAllocator,
     "pyramid": PyramidAllocator,
+    "adakv": AdaKVAllocator,
+    "lukv": LUKVAllocator,
 }
 
 
@@ -25,4 +29,4 @@ def get_allocator(allocation: str | Allocator, **kwargs: Any) -> Allocator:
     return ALLOCATIONS[allocation](**kwargs)
 
 
-__all__ = ["ALLOCATIONS", "Allocator", "get_allocator", "PyramidAllocator", "UniformAllocator"]
+__all__ = ["ALLOCATIONS", "AdaKVAllocator", "Allocator", "LUKVAllocator", "get_allocator", "PyramidAllocator", "UniformAllocator"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import torch
+from torch import nn
 
 
 class Allocator(ABC):
@@ -12,6 +13,13 @@ class Allocator(ABC):
     layer's scores (per-head allocation) but not at later layers'.
     """
 
+    def bind(self, attention_module: nn.Module, scorer: str) -> None:
+        """Called before a cache's first eviction with an attention module of the model and the cache's scorer.
+
+        Allocators that depend on the model (an offline profile, say) load and check what they need here;
+        `attention_module.config` is the model's config.
+        """
+
     @abstractmethod
     def allocate(
         self, scores: torch.Tensor, row_budgets: torch.Tensor, protected: int, layer_idx: int, num_layers: int
@@ -19,7 +27,8 @@ class Allocator(ABC):
         """Return the number of tokens to keep, `[batch, kv_heads]` (int64).
 
         Args:
-            scores: `[batch, kv_heads, prompt_len]` scores of this layer.
+            scores: `[batch, kv_heads, prompt_len]` scores of this layer; `-inf` where a token is not the allocator's
+                to share out: padding, and the sink and window tokens that every head keeps anyway.
             row_budgets: `[batch]` tokens per KV head that each row keeps on average over layers and heads.
             protected: Sink + window tokens every head keeps; an allocation never goes below it.
             layer_idx: Index of this layer among the `num_layers` compressed layers.

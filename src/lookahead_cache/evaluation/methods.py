@@ -1,7 +1,9 @@
 """The methods an evaluation compares, each building its cache from one recorded prefill.
 
 A method is a function `(SampleRun, budget) -> Cache`, registered by name in `METHODS`; adding one is one
-function and one line. Heuristic methods only score the recorded layers; `oracle` and `laq` first obtain the
+function and one line. Names combine a scorer and an allocation: `adakv` and `lukv` are SnapKV with AdaKV's and
+LU-KV's allocations, `lookahead-adakv` and `lookahead-lukv` the lookahead scorer with them (LU-KV reads the
+profiles shipped beside the lookahead adapter). Heuristic methods only score the recorded layers; `oracle` and `laq` first obtain the
 queries of future tokens (the full-cache answer, or a drafted one) and score with those; `lookahead` runs the
 model's learned lookahead tokens after the recorded prompt.
 """
@@ -51,37 +53,52 @@ class SampleRun:
     def question_aware(self) -> bool:
         return self.question_ids.shape[-1] == 0
 
-    @torch.no_grad()
     def answer(self, cache: Cache, max_new_tokens: int | None = None) -> torch.Tensor:
-        """`[1, k]` greedy answer tokens, continuing `cache`, which holds the prefilled tokens.
+        """`[1, k]` greedy answer tokens, continuing `cache`, which holds the prefilled tokens."""
+        return self.answers([cache], max_new_tokens)[0]
 
-        Question-aware, the first answer token comes from the recorded logits: eviction happens after each
-        layer's attention ran on the full prompt, so that token is the same for every method.
+    @torch.no_grad()
+    def answers(self, caches: list[Cache], max_new_tokens: int | None = None) -> list[torch.Tensor]:
+        """Per cache, the `[1, k]` greedy answer tokens continuing it; several LookaheadCaches decode as one batch.
+
+        Decoding a small model on a CPU is bound by reading its weights, so one batch of every method's cache
+        costs little more than one of them. Question-aware, the first answer token comes from the recorded
+        logits: eviction happens after each layer's attention ran on the full prompt, so that token is the same
+        for every method.
         """
         limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        rows = len(caches)
         if self.question_aware:
             first = self.recording.next_token_logits.argmax(-1, keepdim=True)
             if limit == 1 or _is_eos(int(first), self.eos_token_id):
-                return first
+                return [first] * rows
             fed, prefix, limit = first, first, limit - 1
         else:
             fed, prefix = self.question_ids, self.question_ids[:, :0]
-        input_ids = torch.cat([self.prefilled_ids, fed], dim=-1)
+        input_ids = torch.cat([self.prefilled_ids, fed], dim=-1).expand(rows, -1)
         output = self.model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
-            past_key_values=cache,
+            past_key_values=caches[0] if rows == 1 else LookaheadCache.stack(caches),
             max_new_tokens=limit,
             do_sample=False,
             eos_token_id=self.eos_token_id,
             pad_token_id=self.model.generation_config.pad_token_id,
         )
-        return torch.cat([prefix, output[:, input_ids.shape[-1] :]], dim=-1)
+        return [torch.cat([prefix, _until_eos(row[input_ids.shape[-1] :], self.eos_token_id)[None]], dim=-1) for row in output]
 
     def future_scorer(self, answer_ids: torch.Tensor) -> FutureQueriesScorer:
         """Scores by the queries of what follows the prefill: the question (if agnostic), then `answer_ids`."""
         future = torch.cat([self.question_ids, answer_ids], dim=-1)
         return FutureQueriesScorer(future_queries(self.model, self.recording.prefills, future))
+
+
+def _until_eos(tokens: torch.Tensor, eos_token_id: int | list[int] | None) -> torch.Tensor:
+    """`tokens` up to and including the first end-of-sequence token (batch rows that ended early are padded)."""
+    for index, token in enumerate(tokens.tolist()):
+        if _is_eos(token, eos_token_id):
+            return tokens[: index + 1]
+    return tokens
 
 
 def _is_eos(token: int, eos_token_id: int | list[int] | None) -> bool:
@@ -115,12 +132,15 @@ def laq(run: SampleRun, budget: int | float) -> Cache:
     return LookaheadCache.from_prefill(run.recording.prefills, budget=budget, scorer=run.future_scorer(draft))
 
 
-@torch.no_grad()
-def lookahead(run: SampleRun, budget: int | float) -> Cache:
-    """LookaheadKV: the model's lookahead tokens run after the recorded prompt and their attention picks the keys."""
-    queries = lookahead_queries(run.model, run.recording.prefills)
-    prefills = [replace(prefill, lookahead_queries=q) for prefill, q in zip(run.recording.prefills, queries)]
-    return LookaheadCache.from_prefill(prefills, budget=budget, scorer="lookahead")
+def lookahead_method(allocation: str = "uniform") -> Callable[[SampleRun, int | float], Cache]:
+    @torch.no_grad()
+    def build(run: SampleRun, budget: int | float) -> Cache:
+        """LookaheadKV: the model's lookahead tokens run after the recorded prompt; their attention picks the keys."""
+        queries = lookahead_queries(run.model, run.recording.prefills)
+        prefills = [replace(prefill, lookahead_queries=q) for prefill, q in zip(run.recording.prefills, queries)]
+        return LookaheadCache.from_prefill(prefills, budget=budget, scorer="lookahead", allocation=allocation)
+
+    return build
 
 
 METHODS: dict[str, Callable[[SampleRun, int | float | None], Cache]] = {
@@ -130,10 +150,22 @@ METHODS: dict[str, Callable[[SampleRun, int | float | None], Cache]] = {
     "random": scorer_method("random"),
     "snapkv": scorer_method("snapkv"),
     "pyramidkv": scorer_method("snapkv", allocation="pyramid"),
+    "adakv": scorer_method("snapkv", allocation="adakv"),
+    "lukv": scorer_method("snapkv", allocation="lukv"),
     "oracle": oracle,
     "laq": laq,
-    "lookahead": lookahead,
+    "lookahead": lookahead_method(),
+    "lookahead-adakv": lookahead_method("adakv"),
+    "lookahead-lukv": lookahead_method("lukv"),
 }
+# What `lookahead-cache eval` runs unless told otherwise: one row per scorer, with the allocation it is known by.
+DEFAULT_METHODS = (FULL, "streaming", "knorm", "random", "snapkv", "pyramidkv", "oracle", "laq", "lookahead")
+
+
+def needs_adapter(name: str) -> bool:
+    """Whether the method reads the model's lookahead adapter: its lookahead tokens, or the LU-KV profiles
+    shipped beside it."""
+    return name == "lookahead" or name.startswith("lookahead-") or name == "lukv"
 
 
 def get_method(name: str) -> Callable[[SampleRun, int | float | None], Cache]:

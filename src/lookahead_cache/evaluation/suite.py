@@ -29,7 +29,7 @@ from ..cli import budget_value, positive_int
 from ..adapters import load_lookahead
 from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, load_default_model
 from . import report
-from .methods import FULL, METHODS, SampleRun, get_method
+from .methods import DEFAULT_METHODS, FULL, METHODS, SampleRun, get_method, needs_adapter
 from .metrics import score
 from .replay import record_prefill
 from .tasks import TASKS, Sample, get_task
@@ -66,7 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--size", choices=sorted(SIZES), default="quick", help="Preset of lengths, samples, budgets, modes.")
     parser.add_argument("--quick", dest="size", action="store_const", const="quick", help="Same as --size quick.")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), help=f"Methods ({', '.join(METHODS)}).")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(DEFAULT_METHODS),
+        help=f"Methods (default: {' '.join(DEFAULT_METHODS)}; available: {', '.join(METHODS)}).",
+    )
     parser.add_argument(
         "--adapter",
         help="Lookahead adapter (local folder or Hub repo id) for the lookahead method; default with the default "
@@ -95,8 +100,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         get_method(name)
     if FULL not in args.methods:
         raise ValueError("--methods must include 'full': it is the reference, and the oracle needs its answer.")
-    if "lookahead" in args.methods and args.adapter is None and args.model != DEFAULT_MODEL:
-        raise ValueError("--methods lookahead with a --model of your own needs --adapter (its lookahead adapter).")
+    if any(needs_adapter(name) for name in args.methods) and args.adapter is None and args.model != DEFAULT_MODEL:
+        raise ValueError(
+            "--methods lookahead, lookahead-* and lukv with a --model of your own need --adapter (its lookahead "
+            "adapter, beside which the LU-KV profiles lie)."
+        )
     for budget in args.budgets:
         LookaheadCache(budget=budget, scorer="streaming")
 
@@ -117,7 +125,7 @@ def load_model(name: str, adapter: str | None = None) -> tuple[PreTrainedModel, 
 
 def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
-    adapter = args.adapter or (DEFAULT_MODEL if "lookahead" in args.methods else None)
+    adapter = args.adapter or (DEFAULT_MODEL if any(needs_adapter(name) for name in args.methods) else None)
     model, tokenizer = load_model(args.model, adapter)
     samples = build_samples(tokenizer, args.tasks, args.lengths, args.samples, args.seed)
     write_samples(args.out / "samples.jsonl", samples, tokenizer)
@@ -205,20 +213,10 @@ def _evaluate_sample(model, tokenizer, sample: Sample, mode: str, configs, progr
         eos_token_id=model.generation_config.eos_token_id,
     )
     prompt_tokens = prefilled_ids.shape[-1] + question_ids.shape[-1]
-    # The full answer comes first, even when its row exists already if the oracle still needs it.
-    needs_full = (FULL, None) in configs or any(method == "oracle" for method, _ in configs)
-    for method, budget in [(FULL, None)] * needs_full + [c for c in configs if c[0] != FULL]:
-        start = time.perf_counter()
-        cache = get_method(method)(run, budget)
-        compress_s = time.perf_counter() - start
-        kept, kv_bytes = stored_prompt_tokens(cache), kv_nbytes(cache)
-        answer_ids = run.answer(cache)
-        if method == FULL:
-            run.full_answer_ids = answer_ids
-            if (FULL, None) not in configs:
-                continue
+
+    def row(method: str, budget, cache, compress_s: float, answer_ids: torch.Tensor) -> dict[str, Any]:
         prediction = tokenizer.decode(answer_ids[0], skip_special_tokens=True).strip()
-        yield {
+        return {
             "sample_id": sample.id,
             "family": sample.family,
             "context_length": sample.context_length,
@@ -226,16 +224,36 @@ def _evaluate_sample(model, tokenizer, sample: Sample, mode: str, configs, progr
             "method": method,
             "budget": budget,
             "prompt_tokens": prompt_tokens,
-            "kept_tokens": kept,
+            "kept_tokens": stored_prompt_tokens(cache),
             "prediction": prediction,
             "answers": list(sample.answers),
             "metric": sample.metric,
             "score": score(sample.metric, [prediction], [list(sample.answers)])[0],
             "prefill_s": run.recording.seconds,
             "compress_s": compress_s,
-            "kv_bytes": kv_bytes,
+            "kv_bytes": kv_nbytes(cache),
         }
-        progress.update()
+
+    # The full answer comes first, even when its row exists already if the oracle still needs it.
+    if (FULL, None) in configs or any(method == "oracle" for method, _ in configs):
+        start = time.perf_counter()
+        cache = get_method(FULL)(run, None)
+        compress_s = time.perf_counter() - start
+        run.full_answer_ids = run.answer(cache)
+        if (FULL, None) in configs:
+            yield row(FULL, None, cache, compress_s, run.full_answer_ids)
+            progress.update()
+    # The methods of one budget answer in one batch: decoding costs little more than for one of them.
+    budgets = dict.fromkeys(budget for method, budget in configs if method != FULL)
+    for budget in budgets:
+        built = []
+        for method in [method for method, b in configs if method != FULL and b == budget]:
+            start = time.perf_counter()
+            cache = get_method(method)(run, budget)
+            built.append((method, cache, time.perf_counter() - start))
+        for (method, cache, compress_s), answer_ids in zip(built, run.answers([cache for _, cache, _ in built])):
+            yield row(method, budget, cache, compress_s, answer_ids)
+        progress.update(len(built))
 
 
 def _done_keys(path: Path) -> set[tuple[Any, ...]]:

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..adapters.config import BaseModelSignature
+from ..profiling.profile import HeadProfile
+from .base import Allocator
+
+
+class LUKVAllocator(Allocator):
+    """LU-KV: per-head budgets from an offline profile of each head's marginal utility, solved over all heads.
+
+    The profile (`lookahead-cache profile`) holds, for global prune ratios of 1 % to 99 %, the share of the prompt
+    each (layer, KV head) evicts. For a prompt of T tokens and a budget of B per head, the row of ratio 1 - B/T
+    gives every head its count, (1 - r_h) * T, scaled so the whole model keeps exactly B per head on average, never
+    fewer than the sink and window. Layers keep different totals; only the model's total matches `uniform`.
+
+    Tang et al., "Predicting Future Utility: Global Combinatorial Optimization for Task-Agnostic KV Cache
+    Eviction", https://arxiv.org/abs/2602.08585
+
+    Args:
+        profile: A `HeadProfile`, or a local folder / Hub repo holding one for the cache's scorer. Default: the
+            profile shipped beside the model's lookahead adapter (`load_lookahead`, `load_default_model`).
+        revision: Revision of a Hub repo `profile`.
+    """
+
+    def __init__(self, profile: HeadProfile | str | Path | None = None, revision: str | None = None):
+        self.profile = profile if isinstance(profile, HeadProfile) else None
+        self._source = None if isinstance(profile, HeadProfile) else profile
+        self._revision = revision
+        self._counts: dict[tuple[int, int, int], torch.Tensor] = {}
+
+    def bind(self, attention_module: nn.Module, scorer: str) -> None:
+        if self.profile is None:
+            self.profile = self._load(attention_module, scorer)
+        if self.profile.scorer != scorer:
+            raise ValueError(
+                f"The LU-KV profile was made for scorer {self.profile.scorer!r}, but the cache scores with {scorer!r}: "
+                f"profile that scorer (`lookahead-cache profile --scorer {scorer}`) or use scorer={self.profile.scorer!r}."
+            )
+        mismatches = self.profile.base_model.mismatches(BaseModelSignature.of(attention_module.config), label="profile")
+        if mismatches:
+            raise ValueError("The LU-KV profile was made for another model: " + "; ".join(mismatches))
+
+    def _load(self, attention_module: nn.Module, scorer: str) -> HeadProfile:
+        if self._source is not None:
+            return HeadProfile.from_pretrained(self._source, scorer, revision=self._revision)
+        from ..adapters.lookahead import get_lookahead
+
+        adapter = get_lookahead(attention_module)
+        if adapter is None or adapter.source is None:
+            raise ValueError(
+                "allocation='lukv' needs a LU-KV profile: load the model with a lookahead adapter that ships one "
+                "(lookahead_cache.load_default_model(lookahead=True) does), or pass "
+                "allocation_kwargs={'profile': folder_or_repo} (made by `lookahead-cache profile`)."
+            )
+        return HeadProfile.from_pretrained(adapter.source, scorer, revision=adapter.source_revision)
+
+    def allocate(self, scores, row_budgets, protected, layer_idx, num_layers) -> torch.Tensor:
+        if self.profile is None:
+            raise ValueError(
+                "The lukv allocation has no profile yet: pass allocation_kwargs={'profile': folder_or_repo} or "
+                "LUKVAllocator(profile=...) when the cache does not see the model (e.g. LookaheadCache.from_prefill)."
+            )
+        if len(self.profile.layers) != num_layers:
+            raise ValueError(f"The LU-KV profile covers {len(self.profile.layers)} layers; this model compresses {num_layers}.")
+        batch, kv_heads, _ = scores.shape
+        if self.profile.prune_ratios.shape[-1] != kv_heads:
+            raise ValueError(f"The LU-KV profile has {self.profile.prune_ratios.shape[-1]} KV heads per layer; this model {kv_heads}.")
+        # Sink, window and padding are -inf: the rest, plus the protected tokens, is the row's prompt.
+        lengths = torch.isfinite(scores[:, 0]).sum(-1) + protected
+        counts = torch.empty(batch, kv_heads, dtype=torch.long)
+        for row in range(batch):
+            key = (int(lengths[row]), int(row_budgets[row]), protected)
+            if key not in self._counts:
+                self._counts[key] = self.profile.keep_counts(*key)
+            counts[row] = self._counts[key][layer_idx]
+        return counts.to(scores.device)

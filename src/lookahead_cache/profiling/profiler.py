@@ -1,0 +1,184 @@
+"""LU-KV's offline profiling of a model and one or more scorers, on the calibration prompts.
+
+Per calibration prompt: one recorded prefill; an answer sampled from the full cache; the oracle long-horizon
+utility of every prompt token for every (layer, KV head); each scorer's scores; then per scorer the loss curves,
+their hulls and the global greedy (`solver`), giving a `[99, layers, kv_heads]` table of prune ratios. The
+profile is the mean of those tables over the prompts. Each prompt's answer and tables are saved as they are
+made, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import get_layer_types_and_kwargs
+
+from ..adapters.config import BaseModelSignature
+from ..evaluation.replay import PrefillRecording, dynamic_cache_from, future_queries, lookahead_queries, record_prefill
+from ..prefill import LayerPrefill
+from ..scorers import get_scorer
+from ..selection import protected_positions
+from .calibration import calibration_prompts
+from .profile import HeadProfile
+from .solver import cumulative_losses, hull_marginal_costs, prune_ratios
+
+# No head may evict more than this share of the prompt (nor its sink and window).
+MIN_KEPT_SHARE = 0.01
+
+
+@torch.no_grad()
+def oracle_utility(model: PreTrainedModel, prefills: list[LayerPrefill], answer_ids: torch.Tensor) -> torch.Tensor:
+    """`[layers, kv_heads, prompt_len]` LU-KV's long-horizon utility of each prompt token for each head.
+
+    For every answer token and query head: its attention to the token (softmax over the prompt's keys) times the
+    norm of what the token's value adds to the output, `||W_O^(h) v_j||`, normalised over the layer's heads and
+    tokens; the utility is the largest such product over the answer's tokens and the GQA group's query heads.
+    """
+    utilities = []
+    for prefill, queries in zip(prefills, future_queries(model, prefills, answer_ids)):
+        output = getattr(prefill.module, "o_proj", None)
+        if output is None:
+            raise ValueError(f"LU-KV profiling needs the attention output projection `o_proj`; {type(prefill.module).__name__} has none.")
+        keys, values = prefill.keys[0].float(), prefill.values[0].float()
+        kv_heads, length, head_dim = keys.shape
+        q_heads = queries.shape[1]
+        groups = q_heads // kv_heads
+        attention = torch.softmax(
+            queries[0].float() @ keys.repeat_interleave(groups, 0).transpose(-1, -2) * prefill.scaling, dim=-1
+        )
+        weight = output.weight.float().view(output.weight.shape[0], q_heads, head_dim)
+        contribution = torch.einsum("qtd,hqd->qth", values.repeat_interleave(groups, 0), weight).norm(dim=-1)
+        contribution = contribution / contribution.sum()
+        utility = (attention * contribution[:, None]).amax(dim=1)
+        utilities.append(utility.view(kv_heads, groups, length).amax(dim=1))
+    return torch.stack(utilities)
+
+
+@torch.no_grad()
+def scorer_scores(model: PreTrainedModel, prefills: list[LayerPrefill], scorer_name: str) -> torch.Tensor:
+    """`[layers, kv_heads, prompt_len]` the scores `scorer_name` gives the recorded prompt (lookahead: the
+    model's lookahead adapter runs after it)."""
+    scorer = get_scorer(scorer_name)
+    if scorer.needs_lookahead:
+        queries = lookahead_queries(model, prefills)
+        prefills = [replace(prefill, lookahead_queries=q) for prefill, q in zip(prefills, queries)]
+    return torch.stack([scorer.score(prefill)[0].float() for prefill in prefills])
+
+
+def prompt_prune_ratios(
+    utility: torch.Tensor, scores: torch.Tensor, sink: int, window: int
+) -> torch.Tensor:
+    """`[99, layers, kv_heads]` prune ratios of one calibration prompt (see `solver`)."""
+    layers, kv_heads, length = utility.shape
+    evictable = ~protected_positions(torch.ones(1, length, dtype=torch.bool), sink=sink, window=window)[0]
+    curves = cumulative_losses(utility.flatten(0, 1), scores.flatten(0, 1), evictable)
+    costs = [hull_marginal_costs(curve) for curve in curves]
+    floor = max(math.ceil(MIN_KEPT_SHARE * length), min(sink + window, length))
+    return prune_ratios(costs, length, max_evictions=length - floor).view(-1, layers, kv_heads)
+
+
+def profile_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    scorers: list[str],
+    out_dir: str | Path,
+    *,
+    context_length: int = 4096,
+    questions: int | None = None,
+    answer_tokens: int = 64,
+    temperature: float = 0.7,
+    sink: int = 4,
+    window: int = 32,
+    seed: int = 0,
+) -> dict[str, HeadProfile]:
+    """Profile `model` for each of `scorers`; each profile is saved into `out_dir` (with a heatmap) and returned.
+
+    Work files (per-prompt tables) go to `out_dir/calibration/`; rerunning resumes from them.
+
+    Args:
+        questions: Use only the first this many calibration questions (default: all, about thirty).
+    """
+    out = Path(out_dir)
+    work = out / "calibration"
+    work.mkdir(parents=True, exist_ok=True)
+    for name in scorers:
+        get_scorer(name)
+    prompts, digest = calibration_prompts(tokenizer, context_length, questions=questions, seed=seed)
+    settings = {
+        "prompts": len(prompts),
+        "context_length": context_length,
+        "answer_tokens": answer_tokens,
+        "temperature": temperature,
+        "seed": seed,
+        "sha256": digest,
+        "source": "lookahead_cache.profiling.calibration (pydoc_data prose, planted facts, varied questions)",
+    }
+    settings_path = work / "settings.json"
+    if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
+        raise ValueError(f"{work} holds a profiling run with other settings ({settings_path}); use another --out.")
+    settings_path.write_text(json.dumps(settings, indent=2) + "\n")
+    layer_types, _ = get_layer_types_and_kwargs(model.config.get_text_config())
+    layers = [i for i, kind in enumerate(layer_types) if kind == "full_attention"]
+
+    for index, input_ids in enumerate(tqdm(prompts, desc="profile", unit="prompt")):
+        path = work / f"prompt_{index:02d}.safetensors"
+        if path.exists() and set(scorers) <= set(load_file(str(path))):
+            continue
+        input_ids = input_ids.to(model.device)
+        recording = record_prefill(model, input_ids)
+        prefills = [recording.prefills[i] for i in layers]
+        answer = _sample_answer(model, input_ids, recording, answer_tokens, temperature, seed * 1000 + index)
+        utility = oracle_utility(model, prefills, answer)
+        tables = {name: prompt_prune_ratios(utility, scorer_scores(model, prefills, name), sink, window) for name in scorers}
+        save_file({name: table.float().contiguous() for name, table in tables.items()}, str(path))
+
+    signature = BaseModelSignature.of(model.config, tokenizer)
+    profiles = {}
+    for name in scorers:
+        tables = [load_file(str(work / f"prompt_{i:02d}.safetensors"))[name] for i in range(len(prompts))]
+        profile = HeadProfile(
+            prune_ratios=torch.stack(tables).mean(0),
+            scorer=name,
+            sink=sink,
+            window=window,
+            layers=layers,
+            base_model=signature,
+            calibration=settings,
+        )
+        profile.save_pretrained(out)
+        profile.plot(out / f"lukv_profile_{name}.png")
+        profiles[name] = profile
+    return profiles
+
+
+def _sample_answer(
+    model: PreTrainedModel, input_ids: torch.Tensor, recording: PrefillRecording, tokens: int, temperature: float, seed: int
+) -> torch.Tensor:
+    """`[1, n]` answer sampled at `temperature` from the full cache of the recorded prompt."""
+    generator = torch.Generator(device=input_ids.device).manual_seed(seed)
+    probabilities = torch.softmax(recording.next_token_logits.float() / temperature, dim=-1)
+    first = torch.multinomial(probabilities, 1, generator=generator)
+    if tokens == 1:
+        return first
+    torch.manual_seed(seed)
+    fed = torch.cat([input_ids, first], dim=-1)
+    output = model.generate(
+        input_ids=fed,
+        attention_mask=torch.ones_like(fed),
+        past_key_values=dynamic_cache_from(recording.prefills),
+        max_new_tokens=tokens - 1,
+        min_new_tokens=tokens - 1,
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        pad_token_id=model.generation_config.pad_token_id,
+    )
+    return torch.cat([first, output[:, fed.shape[-1] :]], dim=-1)
