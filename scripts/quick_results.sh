@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates docs/results.md: the quick evaluation suite on the embedded SmolLM2-135M-Instruct, kvpress beside
 # our snapkv/streaming at the same fraction of each prompt, and the speed/memory benchmark at 2k/4k/8k.
-# Every step is resumable: rerunning skips what runs/quick already holds. About 1.5 hours on 2 CPU cores.
+# Every step is resumable: rerunning skips what runs/quick already holds. The first step takes about 32 minutes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/quick}

@@ -21,6 +21,10 @@ from lookahead_cache.evaluation.documents import build_needle_task, haystack_ids
         (["demo", "--scorer", "nope"], "nope"),
         (["bench", "--scorers", "snapkv", "snapkv"], "twice"),
         (["bench", "--lengths", "0"], "at least 1"),
+        (["profile", "--scorers", "nope", "--out", "unused"], "Unknown scorer 'nope'"),
+        (["profile", "--temperature", "0", "--out", "unused"], "--temperature 0.0 must be positive"),
+        (["profile", "--model", "my-model", "--scorers", "lookahead", "--out", "unused"], "needs --adapter"),
+        (["eval", "--methods", "full", "lukv", "--model", "my-model", "--out", "unused"], "need --adapter"),
     ],
 )
 def test_bad_arguments_are_usage_errors_naming_the_problem(argv, message, capsys):

@@ -129,3 +129,10 @@ def test_shipped_lookahead_adapter_keeps_the_base_model_exact_and_finds_the_need
     needle_ids = task.prompt_ids(tokenizer)
     answer = greedy(model, needle_ids, LookaheadCache(budget=256), new_tokens=24)
     assert task.code in tokenizer.decode(answer[0, needle_ids.shape[1] :])
+
+    # The LU-KV profiles shipped beside the adapter: per-head budgets that differ, with the uniform total.
+    for scorer in ("lookahead", "snapkv"):
+        cache = LookaheadCache(budget=256, scorer=scorer, allocation="lukv")
+        answer = greedy(model, needle_ids, cache, new_tokens=24)
+        kept = cache.kept_tokens()[:, 0]
+        assert int(kept.sum()) == 256 * kept.numel() and int(kept.max()) > 2 * int(kept.min()), scorer

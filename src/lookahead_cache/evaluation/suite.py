@@ -51,8 +51,8 @@ class SuiteSize:
 
 
 SIZES = {
-    # Every family and method, two samples each so intervals exist: about half an hour on 2 CPU cores with the
-    # embedded 135M model.
+    # Every family and default method, two samples each so intervals exist: about 32 minutes on 2 CPU cores with
+    # the embedded 135M model.
     "quick": SuiteSize(lengths=(2048,), samples=2, budgets=(64, 128, 256), modes=("question-aware",)),
     "full": SuiteSize(
         lengths=(1024, 2048, 4096, 8192), samples=20, budgets=(64, 128, 256, 512, 0.1, 0.25, 0.5), modes=MODES

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -130,6 +131,9 @@ def train(
         state = json.loads((checkpoint / STATE_NAME).read_text())
         logger.info(f"Resuming from step {state['step']} ({checkpoint}).")
     else:
+        # The same seed in every process: each starts from the same embeddings and LoRA, and a rerun from scratch
+        # repeats the run.
+        set_seed(config.seed)
         lookahead_config = LookaheadConfig(
             num_tokens=config.num_tokens,
             lora_rank=config.lora_rank,
