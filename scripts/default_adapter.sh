@@ -32,3 +32,4 @@ config = LookaheadConfig.from_json_file(target / "lookahead_config.json")
 (target / "README.md").write_text(render_model_card(config, evaluation=evaluation))
 print(table)
 PY
+python scripts/results_page.py "$OUT"

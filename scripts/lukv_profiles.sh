@@ -10,3 +10,4 @@ OUT=${OUT:-runs/quick}
 lookahead-cache profile --scorers snapkv lookahead --context-length 4096 --out "$RUN"
 cp "$RUN"/lukv_profile_* src/lookahead_cache/default_adapter/
 lookahead-cache eval --quick --methods full adakv lukv lookahead-adakv lookahead-lukv --out "$OUT"
+python scripts/results_page.py "$OUT"

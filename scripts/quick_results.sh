@@ -15,24 +15,8 @@ bash scripts/kvpress/setup_venv.sh
 .venv-kvpress/bin/python scripts/kvpress/run_kvpress.py --samples "$OUT/samples.jsonl" --presses snapkv streaming \
     --fractions 0.1 --modes question-aware --out "$OUT/predictions-kvpress.jsonl"
 # 4. The page, its figures, and the raw rows it was computed from; written again after the benchmark.
-write_page() {
-python - "$OUT" <<'PY'
-import shutil, sys
-from pathlib import Path
-from lookahead_cache.evaluation.report import write_results_page
-
-out = Path(sys.argv[1])
-write_results_page(out, "docs/results.md", command="bash scripts/quick_results.sh")
-data = Path("docs/results/data")
-data.mkdir(parents=True, exist_ok=True)
-for path in [out / "settings.json", out / "bench.json", *out.glob("predictions*.jsonl")]:
-    if path.exists():
-        shutil.copy(path, data / path.name)
-PY
-}
-write_page
+python scripts/results_page.py "$OUT"
 # 5. Prefill overhead, decode speed and memory against the full cache.
 [ -f "$OUT/bench.json" ] || lookahead-cache bench --lengths 2048 4096 8192 --budget 256 --scorers snapkv \
     --decode-tokens 16 --repeats 2 --out "$OUT/bench.json"
-write_page
-echo "Wrote docs/results.md"
+python scripts/results_page.py "$OUT"

@@ -69,6 +69,27 @@ def default_model():
     return load_default_model()
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A random-weight Llama with the embedded model's tokenizer, saved like any local checkpoint."""
+    pytest.importorskip("gguf")
+    from transformers import AutoTokenizer
+
+    from lookahead_cache.default_model import default_model_path
+
+    path = default_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def synthetic_profile(layers: int = 3, kv_heads: int = 2, scorer: str = "snapkv", seed: int = 0, model=None):
     """A LU-KV profile of a tiny model (`tiny_model()` unless given) whose heads prune at different speeds."""
     from lookahead_cache.adapters.config import BaseModelSignature

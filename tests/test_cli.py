@@ -48,7 +48,7 @@ def test_demo_console_script_compares_full_and_evicted_cache():
     table = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")]
     rows = {cells[0].strip(): [cell.strip() for cell in cells[1:]] for cells in table}
     # The demo's default scorer is the library's: lookahead, with the adapter shipped for the default model.
-    assert list(rows[""]) == ["DynamicCache (full)", "LookaheadCache(budget=256, scorer='lookahead')"]
+    assert list(rows[""]) == ["DynamicCache (full)", "LookaheadCache(budget=256, scorer='lookahead', allocation='uniform')"]
     # The full cache finds the needle; whether the evicted one does is what the demo is there to show.
     code_row = next(cells for name, cells in rows.items() if name.startswith("code "))
     assert code_row[0] == "yes", result.stdout
@@ -94,26 +94,6 @@ def test_quickstart_example_runs():
     result = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=300, check=True)
     lines = result.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["generate", "  prompt tokens", "pipeline", "pipeline"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A random-weight Llama with the embedded model's tokenizer, saved like any local checkpoint."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    from lookahead_cache.default_model import default_model_path
-
-    path = default_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("tiny-llama")
-    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 def test_eval_runs_every_method_resumes_and_reports(tiny_model_dir, tmp_path):

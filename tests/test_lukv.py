@@ -107,22 +107,17 @@ def test_lukv_refuses_a_profile_of_another_scorer_or_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_profiling_a_model_gives_ratios_that_add_up_and_resumes(default_model, tmp_path, monkeypatch):
-    from transformers import AutoModelForCausalLM, LlamaConfig
+def test_profiling_a_model_gives_ratios_that_add_up_and_resumes(tiny_model_dir, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lookahead_cache.adapters import LookaheadConfig, add_lookahead, get_lookahead, load_lookahead
     from lookahead_cache.profiling import profiler
 
-    _, tokenizer = default_model
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-    )
-    base = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
-    get_lookahead(add_lookahead(base, LookaheadConfig(num_tokens=4))).save_pretrained(tmp_path / "adapter")
-    base = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
-    model = load_lookahead(base, tmp_path / "adapter")
+    untrained = add_lookahead(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LookaheadConfig(num_tokens=4))
+    get_lookahead(untrained).save_pretrained(tmp_path / "adapter")
+    model = load_lookahead(AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval(), tmp_path / "adapter")
     settings = dict(context_length=500, questions=3, answer_tokens=6, sink=2, window=4)
     profiles = profiler.profile_model(model, tokenizer, ["snapkv", "lookahead"], tmp_path / "adapter", **settings)
 

@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, LlamaConfig
 
 from lookahead_cache.adapters import get_lookahead, load_lookahead
 from lookahead_cache.training import TrainingConfig, train
@@ -81,24 +80,11 @@ def test_training_resumes_after_an_interruption_and_saves_a_loadable_adapter(def
         train(copy.deepcopy(base), tokenizer, small_config(epochs=3), tmp_path)
 
 
-def test_distributed_training_averages_gradients_like_one_process(default_model, tmp_path):
+def test_distributed_training_averages_gradients_like_one_process(tiny_model_dir, tmp_path):
     # Two processes with one prompt per step each must take the optimizer steps one process takes with two.
     # torchrun starts them; ACCELERATE_USE_CPU puts accelerate in its multi-CPU (gloo) mode, the code path that
     # `accelerate launch --multi_gpu` takes on GPUs.
-    _, tokenizer = default_model
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-    )
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
-    train_args = ["train", "--model", str(tmp_path / "model"), "--tasks", "niah_single_noise", "--lengths", "384"]
+    train_args = ["train", "--model", str(tiny_model_dir), "--tasks", "niah_single_noise", "--lengths", "384"]
     train_args += ["--samples-per-task", "4", "--response-tokens", "4", "--epochs", "1", "--num-tokens", "4"]
     train_args += ["--warmup-steps", "0"]
     environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}

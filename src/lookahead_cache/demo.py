@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--scorer", default="lookahead", help="LookaheadCache scorer; lookahead (the default) uses the shipped adapter."
     )
     parser.add_argument(
+        "--allocation",
+        default="uniform",
+        help="LookaheadCache allocation: uniform (default), pyramid, adakv, or lukv (with the LU-KV profiles shipped "
+        "beside the adapter; per-head budgets are stored padded to a layer's longest head for now).",
+    )
+    parser.add_argument(
         "--context-tokens", type=positive_int, default=2000, help="Length of the chat prompt in tokens."
     )
     parser.add_argument("--max-new-tokens", type=positive_int, default=24, help="Most tokens of each answer.")
@@ -49,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Let the cache validate budget and scorer before the model is loaded."""
-    LookaheadCache(budget=args.budget, scorer=args.scorer)
+    LookaheadCache(budget=args.budget, scorer=args.scorer, allocation=args.allocation)
     if isinstance(args.budget, int) and args.budget >= args.context_tokens:
         logger.warning(
             f"--budget {args.budget} covers the whole {args.context_tokens}-token prompt: nothing is evicted."
@@ -58,17 +64,18 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logger.info(f"Loading {DEFAULT_MODEL_FILE} ...")
-    model, tokenizer = load_default_model(lookahead=args.scorer == "lookahead")
+    # The LU-KV profiles lie beside the lookahead adapter, so lukv needs it loaded too.
+    model, tokenizer = load_default_model(lookahead=args.scorer == "lookahead" or args.allocation == "lukv")
     task = build_needle_task(tokenizer, args.context_tokens, args.seed)
     input_ids = task.prompt_ids(tokenizer)
     eos_token_id = model.generation_config.eos_token_id
 
     timed_generation(model, input_ids[:, :WARM_UP_PROMPT_TOKENS], DynamicCache(), 2)
-    label = f"LookaheadCache(budget={args.budget}, scorer={args.scorer!r})"
+    label = f"LookaheadCache(budget={args.budget}, scorer={args.scorer!r}, allocation={args.allocation!r})"
     results: dict[str, TimedGeneration] = {}
     for name, cache in [
         ("DynamicCache (full)", DynamicCache()),
-        (label, LookaheadCache(budget=args.budget, scorer=args.scorer)),
+        (label, LookaheadCache(budget=args.budget, scorer=args.scorer, allocation=args.allocation)),
     ]:
         logger.info(f"Answering with {name} ...")
         results[name] = timed_generation(model, input_ids, cache, args.max_new_tokens, eos_token_id=eos_token_id)

@@ -71,6 +71,26 @@ def dynamic_cache_from(prefills: list[LayerPrefill]) -> DynamicCache:
 
 
 @torch.no_grad()
+def continue_recording(
+    model: PreTrainedModel, input_ids: torch.Tensor, recording: PrefillRecording, first: torch.Tensor, max_new_tokens: int, **generate_kwargs
+) -> torch.Tensor:
+    """`[1, n]` answer to the recorded prompt `input_ids`: `first` (the token after the prompt), then up to
+    `max_new_tokens - 1` more generated on a full copy of the recorded cache with `generate_kwargs`."""
+    if max_new_tokens <= 1:
+        return first
+    fed = torch.cat([input_ids, first], dim=-1)
+    output = model.generate(
+        input_ids=fed,
+        attention_mask=torch.ones_like(fed),
+        past_key_values=dynamic_cache_from(recording.prefills),
+        max_new_tokens=max_new_tokens - 1,
+        pad_token_id=model.generation_config.pad_token_id,
+        **generate_kwargs,
+    )
+    return torch.cat([first, output[:, fed.shape[-1] :]], dim=-1)
+
+
+@torch.no_grad()
 def future_queries(model: PreTrainedModel, prefills: list[LayerPrefill], future_ids: torch.Tensor) -> list[torch.Tensor]:
     """Per layer, the post-RoPE queries of `future_ids` (`[1, n]`) read right after the recorded prompt.
 

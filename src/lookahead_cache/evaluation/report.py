@@ -49,7 +49,7 @@ EVICTION_COST_CAPTION = (
     "answer for `oracle`, drafting and a forward over the draft for `laq`. Evaluation timings share the machine "
     "with nothing else but are not repeated; `lookahead-cache bench` below measures prefill overhead properly."
 )
-# Distinct (color, marker) pairs for up to 70 methods: 10 colors and 7 markers cycle independently.
+# Distinct (color, marker) pairs for up to 140 methods: 20 colors and 7 markers cycle independently.
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
@@ -182,7 +182,11 @@ def plot_accuracy_vs_budget(summary: Sequence[dict[str, Any]], directory: str | 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     methods = list(dict.fromkeys(entry["method"] for entry in summary))
-    styles = {method: {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)]} for i, method in enumerate(methods)}
+    # tab20's ten dark shades first, then their light twins: the first ten methods get clearly distinct colors.
+    from matplotlib import colormaps
+
+    colors = colormaps["tab20"].colors[0::2] + colormaps["tab20"].colors[1::2]
+    styles = {method: {"color": colors[i % len(colors)], "marker": MARKERS[i % len(MARKERS)]} for i, method in enumerate(methods)}
     paths = []
     for (mode, length), entries in _by_table(summary).items():
         references = [entry for entry in entries if entry["budget"] is None]

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import get_layer_types_and_kwargs
 
 from ..adapters.config import BaseModelSignature
-from ..evaluation.replay import PrefillRecording, dynamic_cache_from, future_queries, lookahead_queries, record_prefill
+from ..evaluation.replay import PrefillRecording, continue_recording, future_queries, lookahead_queries, record_prefill
 from ..prefill import LayerPrefill
 from ..scorers import get_scorer
 from ..selection import protected_positions
@@ -165,20 +165,7 @@ def _sample_answer(
     generator = torch.Generator(device=input_ids.device).manual_seed(seed)
     probabilities = torch.softmax(recording.next_token_logits.float() / temperature, dim=-1)
     first = torch.multinomial(probabilities, 1, generator=generator)
-    if tokens == 1:
-        return first
     torch.manual_seed(seed)
-    fed = torch.cat([input_ids, first], dim=-1)
-    output = model.generate(
-        input_ids=fed,
-        attention_mask=torch.ones_like(fed),
-        past_key_values=dynamic_cache_from(recording.prefills),
-        max_new_tokens=tokens - 1,
-        min_new_tokens=tokens - 1,
-        do_sample=True,
-        temperature=temperature,
-        top_k=0,
-        top_p=1.0,
-        pad_token_id=model.generation_config.pad_token_id,
+    return continue_recording(
+        model, input_ids, recording, first, tokens, min_new_tokens=tokens - 1, do_sample=True, temperature=temperature, top_k=0, top_p=1.0
     )
-    return torch.cat([first, output[:, fed.shape[-1] :]], dim=-1)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..evaluation.replay import dynamic_cache_from, future_queries, record_prefill
+from ..evaluation.replay import continue_recording, future_queries, record_prefill
 from ..evaluation.tasks import Sample, get_task
 from ..scorers.future_queries import FutureQueriesScorer
 from .config import TrainingConfig
@@ -58,19 +58,7 @@ def response_and_target(
     """The greedy response `[1, n]` of `model` to `input_ids` (`[1, T]`) and its target attention."""
     recording = record_prefill(model, input_ids)
     first = recording.next_token_logits.argmax(-1, keepdim=True)
-    response = first
-    if max_new_tokens > 1:
-        fed = torch.cat([input_ids, first], dim=-1)
-        output = model.generate(
-            input_ids=fed,
-            attention_mask=torch.ones_like(fed),
-            past_key_values=dynamic_cache_from(recording.prefills),
-            max_new_tokens=max_new_tokens - 1,
-            do_sample=False,
-            eos_token_id=eos_token_id,
-            pad_token_id=model.generation_config.pad_token_id,
-        )
-        response = torch.cat([first, output[:, fed.shape[-1] :]], dim=-1)
+    response = continue_recording(model, input_ids, recording, first, max_new_tokens, do_sample=False, eos_token_id=eos_token_id)
     # The oracle's scores: what the response's queries attend to in the prompt, per layer and KV head.
     scorer = FutureQueriesScorer(future_queries(model, recording.prefills, response))
     target = torch.cat([scorer.score(prefill) for prefill in recording.prefills])
