@@ -144,3 +144,25 @@ def test_profiling_a_model_gives_ratios_that_add_up_and_resumes(tiny_model_dir, 
         model(prompt, past_key_values=cache)
     kept = cache.kept_tokens()[:, 0]
     assert torch.equal(kept, profiles["lookahead"].keep_counts(prompt.shape[-1], 40, floor=6))
+
+
+def test_lukv_reads_the_profile_of_the_adapters_hub_revision(tmp_path, local_hub):
+    from lookahead_cache.adapters import LookaheadConfig, add_lookahead, get_lookahead, load_lookahead
+
+    untrained = add_lookahead(tiny_model(), LookaheadConfig(num_tokens=4))
+    for version, seed in (("v1", 0), ("v2", 1)):
+        get_lookahead(untrained).save_pretrained(tmp_path / version)
+        synthetic_profile(seed=seed).save_pretrained(tmp_path / version)
+    first = local_hub.publish("lukv-org/tiny", tmp_path / "v1")
+    local_hub.publish("lukv-org/tiny", tmp_path / "v2")
+    # The two revisions' profiles give different budgets, so the test sees which one was read.
+    assert not torch.equal(synthetic_profile(seed=0).keep_counts(64, 20, 6), synthetic_profile(seed=1).keep_counts(64, 20, 6))
+
+    for revision, seed in ((first, 0), (None, 1)):
+        model = load_lookahead(tiny_model(), "lukv-org/tiny", revision=revision)
+        cache = LookaheadCache(budget=20, scorer="snapkv", allocation="lukv", sink=2, window=4)
+        with torch.no_grad():
+            model(prompt_ids(64), past_key_values=cache)
+        assert torch.equal(cache.kept_tokens()[:, 0], synthetic_profile(seed=seed).keep_counts(64, 20, floor=6))
+    with pytest.raises(FileNotFoundError, match="no LU-KV profile|LU-KV profile for scorer 'knorm'"):
+        HeadProfile.from_pretrained("lukv-org/tiny", "knorm")
