@@ -8,7 +8,6 @@ from conftest import prompt_ids, synthetic_profile, tiny_model
 
 from lookahead_cache import LookaheadCache
 from lookahead_cache.adapters.config import BaseModelSignature
-from lookahead_cache.allocation import LUKVAllocator
 from lookahead_cache.profiling import HeadProfile
 from lookahead_cache.profiling.solver import GLOBAL_RATIOS, cumulative_losses, hull_marginal_costs, prune_ratios
 
@@ -81,7 +80,9 @@ def test_lukv_cache_keeps_the_profiled_counts_per_head(tmp_path):
     model = tiny_model()
     profile = synthetic_profile()
     profile.save_pretrained(tmp_path)
-    cache = LookaheadCache(budget=20, scorer="snapkv", allocation="lukv", sink=2, window=4, allocation_kwargs={"profile": str(tmp_path)})
+    cache = LookaheadCache(
+        budget=20, scorer="snapkv", allocation="lukv", sink=2, window=4, allocation_kwargs={"profile": str(tmp_path)}
+    )
     with torch.no_grad():
         model(prompt_ids(64), past_key_values=cache)
     kept = cache.kept_tokens()[:, 0]
@@ -93,12 +94,21 @@ def test_lukv_cache_keeps_the_profiled_counts_per_head(tmp_path):
 def test_lukv_refuses_a_profile_of_another_scorer_or_model(tmp_path):
     model = tiny_model()
     with torch.no_grad():
-        wrong_scorer = LookaheadCache(budget=20, scorer="knorm", allocation="lukv", sink=2, window=4, allocation_kwargs={"profile": synthetic_profile()})
+        wrong_scorer = LookaheadCache(
+            budget=20,
+            scorer="knorm",
+            allocation="lukv",
+            sink=2,
+            window=4,
+            allocation_kwargs={"profile": synthetic_profile()},
+        )
         with pytest.raises(ValueError, match="made for scorer 'snapkv'.*scores with 'knorm'"):
             model(prompt_ids(64), past_key_values=wrong_scorer)
         other = synthetic_profile()
         other.base_model = BaseModelSignature("llama", 4, 64, 4, 2, 128)
-        wrong_model = LookaheadCache(budget=20, scorer="snapkv", allocation="lukv", sink=2, window=4, allocation_kwargs={"profile": other})
+        wrong_model = LookaheadCache(
+            budget=20, scorer="snapkv", allocation="lukv", sink=2, window=4, allocation_kwargs={"profile": other}
+        )
         with pytest.raises(ValueError, match="another model.*num_hidden_layers"):
             model(prompt_ids(64), past_key_values=wrong_model)
         no_profile = LookaheadCache(budget=20, scorer="snapkv", allocation="lukv", sink=2, window=4)
@@ -117,7 +127,9 @@ def test_profiling_a_model_gives_ratios_that_add_up_and_resumes(tiny_model_dir, 
     torch.manual_seed(0)
     untrained = add_lookahead(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LookaheadConfig(num_tokens=4))
     get_lookahead(untrained).save_pretrained(tmp_path / "adapter")
-    model = load_lookahead(AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval(), tmp_path / "adapter")
+    model = load_lookahead(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval(), tmp_path / "adapter"
+    )
     settings = dict(context_length=500, questions=3, answer_tokens=6, sink=2, window=4)
     profiles = profiler.profile_model(model, tokenizer, ["snapkv", "lookahead"], tmp_path / "adapter", **settings)
 
@@ -156,7 +168,9 @@ def test_lukv_reads_the_profile_of_the_adapters_hub_revision(tmp_path, local_hub
     first = local_hub.publish("lukv-org/tiny", tmp_path / "v1")
     local_hub.publish("lukv-org/tiny", tmp_path / "v2")
     # The two revisions' profiles give different budgets, so the test sees which one was read.
-    assert not torch.equal(synthetic_profile(seed=0).keep_counts(64, 20, 6), synthetic_profile(seed=1).keep_counts(64, 20, 6))
+    assert not torch.equal(
+        synthetic_profile(seed=0).keep_counts(64, 20, 6), synthetic_profile(seed=1).keep_counts(64, 20, 6)
+    )
 
     for revision, seed in ((first, 0), (None, 1)):
         model = load_lookahead(tiny_model(), "lukv-org/tiny", revision=revision)

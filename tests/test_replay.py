@@ -16,7 +16,11 @@ SETTINGS = dict(budget=16, window=4, sink=2)
 
 def greedy(model, input_ids, cache, new_tokens=8):
     return model.generate(
-        input_ids, attention_mask=torch.ones_like(input_ids), past_key_values=cache, max_new_tokens=new_tokens, do_sample=False
+        input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        past_key_values=cache,
+        max_new_tokens=new_tokens,
+        do_sample=False,
     )
 
 
@@ -53,7 +57,9 @@ def test_recording_leaves_the_full_cache_intact_for_every_replay():
     expected = greedy(model, input_ids, DynamicCache())
     for _ in range(2):  # a second replay sees the same recording
         LookaheadCache.from_prefill(recording.prefills, **SETTINGS, scorer="snapkv")
-        assert torch.equal(greedy(model, torch.cat([input_ids, first], -1), dynamic_cache_from(recording.prefills), 7), expected)
+        assert torch.equal(
+            greedy(model, torch.cat([input_ids, first], -1), dynamic_cache_from(recording.prefills), 7), expected
+        )
 
 
 def test_future_queries_score_the_attention_the_answer_pays_to_the_prompt():
@@ -64,7 +70,9 @@ def test_future_queries_score_the_attention_the_answer_pays_to_the_prompt():
     scorer = FutureQueriesScorer(future_queries(model, recording.prefills, answer))
 
     with torch.no_grad():
-        attentions = model(answer, past_key_values=dynamic_cache_from(recording.prefills), output_attentions=True).attentions
+        attentions = model(
+            answer, past_key_values=dynamic_cache_from(recording.prefills), output_attentions=True
+        ).attentions
     for prefill, attention in zip(recording.prefills, attentions):
         on_prompt = attention[..., :40]
         on_prompt = on_prompt / on_prompt.sum(-1, keepdim=True)  # the scorer's softmax spans the prompt keys only
@@ -156,6 +164,8 @@ def test_stack_needs_compressed_caches_of_one_prompt():
     model = tiny_model("llama")
     short, long = record_prefill(model, prompt_ids(40)), record_prefill(model, prompt_ids(50))
     with pytest.raises(ValueError, match="same prompt"):
-        LookaheadCache.stack([LookaheadCache.from_prefill(r.prefills, **SETTINGS, scorer="snapkv") for r in (short, long)])
+        LookaheadCache.stack(
+            [LookaheadCache.from_prefill(r.prefills, **SETTINGS, scorer="snapkv") for r in (short, long)]
+        )
     with pytest.raises(ValueError, match="prefill has ended"):
         LookaheadCache.stack([LookaheadCache(**SETTINGS, scorer="snapkv")])

@@ -14,10 +14,10 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicSlidingWindowLayer, get_layer_types_and_kwargs
 from transformers.utils import logging
 
+from .adapters.lookahead import get_lookahead
 from .allocation import Allocator, get_allocator
 from .config import DEFAULT_BUDGET, DEFAULT_SINK, DEFAULT_WINDOW, LookaheadCacheConfig
 from .layers import EvictingLayer
-from .adapters.lookahead import get_lookahead
 from .prefill import LayerPrefill, padding_from_mask
 from .scorers import Scorer, get_scorer
 from .selection import protected_positions, select_tokens
@@ -40,9 +40,10 @@ class LookaheadCache(Cache):
     prompt tokens are scored, the best ones kept and the rest freed, so prefill never holds more than one
     uncompressed layer. The `lookahead` scorer instead keeps every layer whole until the prompt has passed, then
     runs the lookahead tokens of the model's lookahead adapter after it (one short forward of those rows, with the
-    lookahead LoRA on them only), scores every layer with their queries, evicts, and drops their keys and values. Later forwards (decoding, or a new turn continuing the same cache) append tokens
-    without further eviction. Sliding-window layers (e.g. Gemma 3's local layers) keep their window as in
-    `DynamicCache` and are not compressed.
+    lookahead LoRA on them only), scores every layer with their queries, evicts, and drops their keys and values.
+    Later forwards (decoding, or a new turn continuing the same cache) append tokens without further eviction.
+    Sliding-window layers (e.g. Gemma 3's local layers) keep their window as in `DynamicCache` and are not
+    compressed.
 
     The cache finds the model's attention modules through the `past_key_values` argument they receive: a
     process-wide forward hook watches for this cache until its prefill ends, then per-module hooks supply
@@ -294,7 +295,9 @@ class LookaheadCache(Cache):
             # Every layer waits, sliding-window ones too, so that the lookahead tokens can be cropped off afterwards.
             # The lookahead scorer reads no prompt hidden states: free them while the other layers run (a new empty
             # tensor, not a slice, which would keep the whole buffer alive).
-            self._awaiting_lookahead[layer_idx] = replace(prefill, hidden_states=hidden_states.new_empty(batch, 0, hidden_states.shape[-1]))
+            self._awaiting_lookahead[layer_idx] = replace(
+                prefill, hidden_states=hidden_states.new_empty(batch, 0, hidden_states.shape[-1])
+            )
             self._prefilled_layers.add(layer_idx)
             return
         self._evict_layer(prefill)
@@ -354,7 +357,9 @@ class LookaheadCache(Cache):
             [self.cache_config.row_budget(int(n)) for n in prefill.real_lengths.tolist()], device=scores.device
         )
         # Allocators share out the selectable tokens: sink, window and padding are not theirs to rank.
-        selectable = prefill.valid & ~protected_positions(prefill.valid, sink=self.cache_config.sink, window=self.cache_config.window)
+        selectable = prefill.valid & ~protected_positions(
+            prefill.valid, sink=self.cache_config.sink, window=self.cache_config.window
+        )
         counts = self.allocator.allocate(
             scores.masked_fill(~selectable[:, None], float("-inf")),
             row_budgets,
@@ -386,15 +391,24 @@ class LookaheadCache(Cache):
         else:
             new = attention_mask[..., -query_length:]
             new = new if new.dtype == torch.bool else new == 0
-        past = torch.ones(batch, 1, 1, slots, dtype=torch.bool, device=device) if slot_valid is None else slot_valid[:, :, None]
+        past = (
+            torch.ones(batch, 1, 1, slots, dtype=torch.bool, device=device)
+            if slot_valid is None
+            else slot_valid[:, :, None]
+        )
         heads = max(past.shape[1], new.shape[1])
         mask = torch.cat(
-            [past.expand(batch, heads, query_length, slots), new.expand(batch, heads, query_length, query_length)], dim=-1
+            [past.expand(batch, heads, query_length, slots), new.expand(batch, heads, query_length, query_length)],
+            dim=-1,
         )
         if heads > 1:
             mask = mask.repeat_interleave(module.num_key_value_groups, dim=1)
         if module.config._attn_implementation == "eager":
-            dtype = attention_mask.dtype if attention_mask is not None and attention_mask.is_floating_point() else layer.keys.dtype
+            dtype = (
+                attention_mask.dtype
+                if attention_mask is not None and attention_mask.is_floating_point()
+                else layer.keys.dtype
+            )
             return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, torch.finfo(dtype).min)
         return mask
 
@@ -422,7 +436,9 @@ def _physical_mask_hook(cache: LookaheadCache, layer_idx: int):
         if not (isinstance(layer, EvictingLayer) and layer.is_compressed):
             return None
         hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        kwargs["attention_mask"] = cache._physical_mask(layer, module, kwargs.get("attention_mask"), hidden_states.shape[1])
+        kwargs["attention_mask"] = cache._physical_mask(
+            layer, module, kwargs.get("attention_mask"), hidden_states.shape[1]
+        )
         return args, kwargs
 
     return hook
@@ -440,7 +456,9 @@ def _stack_layers(layers: list) -> EvictingLayer | DynamicSlidingWindowLayer:
         return stacked
     appended = {layer.keys.shape[-2] - layer.prompt_slots for layer in layers}
     if len(appended) != 1 or not all(isinstance(layer, EvictingLayer) and layer.is_compressed for layer in layers):
-        raise ValueError("LookaheadCache.stack needs caches of the same model, each compressed, with as many tokens since.")
+        raise ValueError(
+            "LookaheadCache.stack needs caches of the same model, each compressed, with as many tokens since."
+        )
     prompt_slots = max(layer.prompt_slots for layer in layers)
     keys, values, valid = [], [], []
     for layer in layers:

@@ -29,4 +29,12 @@ def get_allocator(allocation: str | Allocator, **kwargs: Any) -> Allocator:
     return ALLOCATIONS[allocation](**kwargs)
 
 
-__all__ = ["ALLOCATIONS", "AdaKVAllocator", "Allocator", "LUKVAllocator", "get_allocator", "PyramidAllocator", "UniformAllocator"]
+__all__ = [
+    "ALLOCATIONS",
+    "AdaKVAllocator",
+    "Allocator",
+    "LUKVAllocator",
+    "get_allocator",
+    "PyramidAllocator",
+    "UniformAllocator",
+]

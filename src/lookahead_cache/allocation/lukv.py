@@ -39,7 +39,8 @@ class LUKVAllocator(Allocator):
         if self.profile.scorer != scorer:
             raise ValueError(
                 f"The LU-KV profile was made for scorer {self.profile.scorer!r}, but the cache scores with {scorer!r}: "
-                f"profile that scorer (`lookahead-cache profile --scorer {scorer}`) or use scorer={self.profile.scorer!r}."
+                f"profile that scorer (`lookahead-cache profile --scorers {scorer}`) or use "
+                f"scorer={self.profile.scorer!r}."
             )
         mismatches = self.profile.base_model.mismatches(BaseModelSignature.of(attention_module.config), label="profile")
         if mismatches:
@@ -66,10 +67,15 @@ class LUKVAllocator(Allocator):
                 "LUKVAllocator(profile=...) when the cache does not see the model (e.g. LookaheadCache.from_prefill)."
             )
         if len(self.profile.layers) != num_layers:
-            raise ValueError(f"The LU-KV profile covers {len(self.profile.layers)} layers; this model compresses {num_layers}.")
+            raise ValueError(
+                f"The LU-KV profile covers {len(self.profile.layers)} layers; this model compresses {num_layers}."
+            )
         batch, kv_heads, _ = scores.shape
         if self.profile.prune_ratios.shape[-1] != kv_heads:
-            raise ValueError(f"The LU-KV profile has {self.profile.prune_ratios.shape[-1]} KV heads per layer; this model {kv_heads}.")
+            raise ValueError(
+                f"The LU-KV profile has {self.profile.prune_ratios.shape[-1]} KV heads per layer; this model "
+                f"{kv_heads}."
+            )
         # Sink, window and padding are -inf: the rest, plus the protected tokens, is the row's prompt.
         lengths = torch.isfinite(scores[:, 0]).sum(-1) + protected
         counts = torch.empty(batch, kv_heads, dtype=torch.long)

@@ -31,8 +31,10 @@ class PyramidAllocator(Allocator):
     def allocate(self, scores, row_budgets, protected, layer_idx, num_layers) -> torch.Tensor:
         batch, kv_heads, _ = scores.shape
         selectable = (row_budgets.to(torch.float64) - protected).clamp(min=0)
-        budgets = protected + self._cumulative(selectable, layer_idx + 1, num_layers) - self._cumulative(
-            selectable, layer_idx, num_layers
+        budgets = (
+            protected
+            + self._cumulative(selectable, layer_idx + 1, num_layers)
+            - self._cumulative(selectable, layer_idx, num_layers)
         )
         return budgets.to(torch.long).view(batch, 1).expand(batch, kv_heads).clone()
 

@@ -22,9 +22,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, PreTrai
 from transformers.cache_utils import Cache
 from transformers.utils import logging
 
+from ..adapters import add_lookahead, load_lookahead
 from ..cache import LookaheadCache
 from ..cli import budget_value, positive_int
-from ..adapters import add_lookahead, load_lookahead
 from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, default_model_path, load_default_model
 from .documents import haystack_ids
 from .timing import TimedGeneration, timed_generation

@@ -85,7 +85,10 @@ class SampleRun:
             eos_token_id=self.eos_token_id,
             pad_token_id=self.model.generation_config.pad_token_id,
         )
-        return [torch.cat([prefix, _until_eos(row[input_ids.shape[-1] :], self.eos_token_id)[None]], dim=-1) for row in output]
+        return [
+            torch.cat([prefix, _until_eos(row[input_ids.shape[-1] :], self.eos_token_id)[None]], dim=-1)
+            for row in output
+        ]
 
     def future_scorer(self, answer_ids: torch.Tensor) -> FutureQueriesScorer:
         """Scores by the queries of what follows the prefill: the question (if agnostic), then `answer_ids`."""
@@ -122,7 +125,9 @@ def oracle(run: SampleRun, budget: int | float) -> Cache:
     """Keeps what the full-cache answer attends to: the ceiling of score-based eviction."""
     if run.full_answer_ids is None:
         raise ValueError("The oracle method needs the full-cache answer: run the `full` method on the sample first.")
-    return LookaheadCache.from_prefill(run.recording.prefills, budget=budget, scorer=run.future_scorer(run.full_answer_ids))
+    return LookaheadCache.from_prefill(
+        run.recording.prefills, budget=budget, scorer=run.future_scorer(run.full_answer_ids)
+    )
 
 
 def laq(run: SampleRun, budget: int | float) -> Cache:

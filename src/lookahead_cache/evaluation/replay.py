@@ -72,7 +72,12 @@ def dynamic_cache_from(prefills: list[LayerPrefill]) -> DynamicCache:
 
 @torch.no_grad()
 def continue_recording(
-    model: PreTrainedModel, input_ids: torch.Tensor, recording: PrefillRecording, first: torch.Tensor, max_new_tokens: int, **generate_kwargs
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    recording: PrefillRecording,
+    first: torch.Tensor,
+    max_new_tokens: int,
+    **generate_kwargs,
 ) -> torch.Tensor:
     """`[1, n]` answer to the recorded prompt `input_ids`: `first` (the token after the prompt), then up to
     `max_new_tokens - 1` more generated on a full copy of the recorded cache with `generate_kwargs`."""
@@ -91,7 +96,9 @@ def continue_recording(
 
 
 @torch.no_grad()
-def future_queries(model: PreTrainedModel, prefills: list[LayerPrefill], future_ids: torch.Tensor) -> list[torch.Tensor]:
+def future_queries(
+    model: PreTrainedModel, prefills: list[LayerPrefill], future_ids: torch.Tensor
+) -> list[torch.Tensor]:
     """Per layer, the post-RoPE queries of `future_ids` (`[1, n]`) read right after the recorded prompt.
 
     The future tokens run through the full cache of the recording; each attention module's input is captured

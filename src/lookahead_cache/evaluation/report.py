@@ -27,7 +27,6 @@ import numpy as np
 
 from .benchmark import FULL, format_results, markdown_table
 
-
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 

@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
+from ..adapters import load_lookahead
 from ..cache import LookaheadCache
 from ..cli import budget_value, positive_int
-from ..adapters import load_lookahead
 from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, load_default_model
 from . import report
 from .methods import DEFAULT_METHODS, FULL, METHODS, SampleRun, get_method, needs_adapter
@@ -64,7 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"'{DEFAULT_MODEL}' ({DEFAULT_MODEL_FILE}) or a local model directory."
     )
-    parser.add_argument("--size", choices=sorted(SIZES), default="quick", help="Preset of lengths, samples, budgets, modes.")
+    parser.add_argument(
+        "--size", choices=sorted(SIZES), default="quick", help="Preset of lengths, samples, budgets, modes."
+    )
     parser.add_argument("--quick", dest="size", action="store_const", const="quick", help="Same as --size quick.")
     parser.add_argument(
         "--methods",

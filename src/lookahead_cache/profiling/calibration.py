@@ -51,7 +51,8 @@ def calibration_prompts(
     seed: int = 0,
 ) -> tuple[list[torch.Tensor], str]:
     """`[1, n]` prompt ids, one per question (`num_facts` fact questions and `QUESTIONS`, in a seeded order; the
-    first `questions` of them if given), all on one document of about `context_length` tokens, and a sha256 of the prompts' ids."""
+    first `questions` of them if given), all on one document of about `context_length` tokens, and a sha256 of
+    the prompts' ids."""
     if not 1 <= num_facts <= len(COLORS):
         raise ValueError(f"num_facts={num_facts} must be between 1 and {len(COLORS)}.")
     available = num_facts + len(QUESTIONS)

@@ -15,13 +15,24 @@ HELP = "Profile per-head budgets for allocation='lukv' (LU-KV) on offline calibr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="'default' (SmolLM2-135M-Instruct) or a local model folder.")
-    parser.add_argument("--adapter", help="Lookahead adapter (folder or Hub repo) for --scorers lookahead; default with "
-                        "the default model: the shipped one.")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help="'default' (SmolLM2-135M-Instruct) or a local model folder."
+    )
+    parser.add_argument(
+        "--adapter",
+        help="Lookahead adapter (folder or Hub repo) for --scorers lookahead; default with "
+        "the default model: the shipped one.",
+    )
     parser.add_argument("--scorers", nargs="+", default=["snapkv"], help="Scorers to profile (one profile each).")
-    parser.add_argument("--out", type=Path, required=True, help="Where the profiles go, e.g. the lookahead adapter's folder.")
-    parser.add_argument("--context-length", type=positive_int, default=4096, help="Calibration document length (tokens).")
-    parser.add_argument("--questions", type=positive_int, help="Use the first N calibration questions (default: all 30).")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="Where the profiles go, e.g. the lookahead adapter's folder."
+    )
+    parser.add_argument(
+        "--context-length", type=positive_int, default=4096, help="Calibration document length (tokens)."
+    )
+    parser.add_argument(
+        "--questions", type=positive_int, help="Use the first N calibration questions (default: all 30)."
+    )
     parser.add_argument("--answer-tokens", type=positive_int, default=64, help="Sampled answer tokens per question.")
     parser.add_argument("--temperature", type=float, default=0.7, help="Sampling temperature of the answers.")
     parser.add_argument("--sink", type=int, default=DEFAULT_SINK, help="First tokens never evicted.")

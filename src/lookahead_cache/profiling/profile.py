@@ -106,14 +106,18 @@ class HeadProfile:
             if missing:
                 raise FileNotFoundError(
                     f"{local} has no LU-KV profile for scorer {scorer!r} (missing {missing}); make one with "
-                    f"`lookahead-cache profile --scorer {scorer} --out {local}`."
+                    f"`lookahead-cache profile --scorers {scorer} --out {local}`."
                 )
         else:
             try:
-                paths = [Path(hf_hub_download(str(repo_or_dir), name, revision=revision, token=token)) for name in (config_name, weights_name)]
+                paths = [
+                    Path(hf_hub_download(str(repo_or_dir), name, revision=revision, token=token))
+                    for name in (config_name, weights_name)
+                ]
             except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError) as error:
                 raise FileNotFoundError(
-                    f"{repo_or_dir!r} is neither a local folder nor a Hub repo with a LU-KV profile for scorer {scorer!r} "
+                    f"{repo_or_dir!r} is neither a local folder nor a Hub repo with a LU-KV profile for scorer "
+                    f"{scorer!r} "
                     f"({config_name}, {weights_name}): {error}"
                 ) from error
             except HfHubHTTPError as error:
@@ -122,7 +126,9 @@ class HeadProfile:
             metadata = json.loads(paths[0].read_text())
             prune_ratios = load_file(str(paths[1]))["prune_ratios"]
         except (json.JSONDecodeError, SafetensorError, KeyError) as error:
-            raise ValueError(f"The LU-KV profile in {repo_or_dir} is corrupted ({error}); profile the model again.") from error
+            raise ValueError(
+                f"The LU-KV profile in {repo_or_dir} is corrupted ({error}); profile the model again."
+            ) from error
         if metadata.get("scorer") != scorer:
             raise ValueError(f"{paths[0]} profiles scorer {metadata.get('scorer')!r}, not {scorer!r}.")
         return cls(
@@ -149,7 +155,9 @@ class HeadProfile:
         axis.set_xlabel("layer")
         axis.set_ylabel("KV head")
         axis.set_xticks(range(len(self.layers)), [str(layer) for layer in self.layers], fontsize=7)
-        axis.set_title(f"LU-KV share of the prompt kept per head, {self.scorer}, {round(global_ratio * 100)}% pruned overall")
+        axis.set_title(
+            f"LU-KV share of the prompt kept per head, {self.scorer}, {round(global_ratio * 100)}% pruned overall"
+        )
         figure.colorbar(image, ax=axis)
         figure.tight_layout()
         figure.savefig(path, dpi=120)

@@ -45,7 +45,10 @@ def oracle_utility(model: PreTrainedModel, prefills: list[LayerPrefill], answer_
     for prefill, queries in zip(prefills, future_queries(model, prefills, answer_ids)):
         output = getattr(prefill.module, "o_proj", None)
         if output is None:
-            raise ValueError(f"LU-KV profiling needs the attention output projection `o_proj`; {type(prefill.module).__name__} has none.")
+            raise ValueError(
+                "LU-KV profiling needs the attention output projection `o_proj`; "
+                f"{type(prefill.module).__name__} has none."
+            )
         keys, values = prefill.keys[0].float(), prefill.values[0].float()
         kv_heads, length, head_dim = keys.shape
         q_heads = queries.shape[1]
@@ -72,9 +75,7 @@ def scorer_scores(model: PreTrainedModel, prefills: list[LayerPrefill], scorer_n
     return torch.stack([scorer.score(prefill)[0].float() for prefill in prefills])
 
 
-def prompt_prune_ratios(
-    utility: torch.Tensor, scores: torch.Tensor, sink: int, window: int
-) -> torch.Tensor:
+def prompt_prune_ratios(utility: torch.Tensor, scores: torch.Tensor, sink: int, window: int) -> torch.Tensor:
     """`[99, layers, kv_heads]` prune ratios of one calibration prompt (see `solver`)."""
     layers, kv_heads, length = utility.shape
     evictable = ~protected_positions(torch.ones(1, length, dtype=torch.bool), sink=sink, window=window)[0]
@@ -136,7 +137,9 @@ def profile_model(
         prefills = [recording.prefills[i] for i in layers]
         answer = _sample_answer(model, input_ids, recording, answer_tokens, temperature, seed * 1000 + index)
         utility = oracle_utility(model, prefills, answer)
-        tables = {name: prompt_prune_ratios(utility, scorer_scores(model, prefills, name), sink, window) for name in scorers}
+        tables = {
+            name: prompt_prune_ratios(utility, scorer_scores(model, prefills, name), sink, window) for name in scorers
+        }
         save_file({name: table.float().contiguous() for name, table in tables.items()}, str(path))
 
     signature = BaseModelSignature.of(model.config, tokenizer)
@@ -159,7 +162,12 @@ def profile_model(
 
 
 def _sample_answer(
-    model: PreTrainedModel, input_ids: torch.Tensor, recording: PrefillRecording, tokens: int, temperature: float, seed: int
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    recording: PrefillRecording,
+    tokens: int,
+    temperature: float,
+    seed: int,
 ) -> torch.Tensor:
     """`[1, n]` answer sampled at `temperature` from the full cache of the recorded prompt."""
     generator = torch.Generator(device=input_ids.device).manual_seed(seed)
@@ -167,5 +175,14 @@ def _sample_answer(
     first = torch.multinomial(probabilities, 1, generator=generator)
     torch.manual_seed(seed)
     return continue_recording(
-        model, input_ids, recording, first, tokens, min_new_tokens=tokens - 1, do_sample=True, temperature=temperature, top_k=0, top_p=1.0
+        model,
+        input_ids,
+        recording,
+        first,
+        tokens,
+        min_new_tokens=tokens - 1,
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
     )

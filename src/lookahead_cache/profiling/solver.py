@@ -67,7 +67,9 @@ def prune_ratios(
         max_evictions: Most tokens any head may evict: its floor (sink, window, a minimum share) stays.
     """
     heads = len(costs)
-    streams = [zip(head_costs[:max_evictions].tolist(), itertools.repeat(head)) for head, head_costs in enumerate(costs)]
+    streams = [
+        zip(head_costs[:max_evictions].tolist(), itertools.repeat(head)) for head, head_costs in enumerate(costs)
+    ]
     # heapq.merge keeps a min-heap of the next cost of every head: each step evicts the globally cheapest token.
     greedy = heapq.merge(*streams)
     evicted = torch.zeros(heads, dtype=torch.float64)

@@ -58,7 +58,9 @@ def response_and_target(
     """The greedy response `[1, n]` of `model` to `input_ids` (`[1, T]`) and its target attention."""
     recording = record_prefill(model, input_ids)
     first = recording.next_token_logits.argmax(-1, keepdim=True)
-    response = continue_recording(model, input_ids, recording, first, max_new_tokens, do_sample=False, eos_token_id=eos_token_id)
+    response = continue_recording(
+        model, input_ids, recording, first, max_new_tokens, do_sample=False, eos_token_id=eos_token_id
+    )
     # The oracle's scores: what the response's queries attend to in the prompt, per layer and KV head.
     scorer = FutureQueriesScorer(future_queries(model, recording.prefills, response))
     target = torch.cat([scorer.score(prefill) for prefill in recording.prefills])
