@@ -141,7 +141,9 @@ def test_adakv_gives_concentrated_heads_fewer_tokens_and_keeps_each_layers_total
     scores[..., :2] = scores[..., -4:] = float("-inf")
 
     def allocate(alpha):
-        return AdaKVAllocator(alpha).allocate(scores, torch.tensor([20]), protected=6, layer_idx=0, num_layers=1)
+        return AdaKVAllocator(alpha).allocate(
+            scores, torch.tensor([20]), torch.tensor([40]), protected=6, layer_idx=0, num_layers=1
+        )
 
     assert allocate(0.0).tolist() == [[6 + 2, 6 + 26]]
     assert allocate(0.5).tolist() == [[6 + 7, 6 + 21]]  # floor: 7 = 0.5 * 14

@@ -57,6 +57,37 @@ class EvictingLayer(DynamicLayer):
         self.is_compressed = True
         self.is_croppable = False
 
+    @classmethod
+    def stack(cls, layers: list[EvictingLayer]) -> EvictingLayer:
+        """One compressed layer whose batch rows are those of `layers` (compressed layers of one prompt, each with
+        as many tokens appended since): rows keeping fewer prompt slots are left-padded with masked slots."""
+        appended = {layer.keys.shape[-2] - layer.prompt_slots for layer in layers}
+        if len(appended) != 1 or not all(isinstance(layer, EvictingLayer) and layer.is_compressed for layer in layers):
+            raise ValueError(
+                "LookaheadCache.stack needs caches of the same model, each compressed, with as many tokens since."
+            )
+        prompt_slots = max(layer.prompt_slots for layer in layers)
+        keys, values, valid = [], [], []
+        for layer in layers:
+            batch, kv_heads, _, head_dim = layer.keys.shape
+            padding = prompt_slots - layer.prompt_slots
+            keys.append(torch.cat([layer.keys.new_zeros(batch, kv_heads, padding, head_dim), layer.keys], dim=-2))
+            values.append(torch.cat([layer.values.new_zeros(batch, kv_heads, padding, head_dim), layer.values], dim=-2))
+            row_valid = layer.prompt_slot_valid
+            if row_valid is None:
+                row_valid = torch.ones(batch, 1, layer.prompt_slots, dtype=torch.bool, device=layer.keys.device)
+            row_valid = row_valid.expand(batch, kv_heads, -1)
+            valid.append(torch.cat([row_valid.new_zeros(batch, kv_heads, padding), row_valid], dim=-1))
+        stacked = cls()
+        stacked.lazy_initialization(keys[0], values[0])
+        stacked.keys, stacked.values = torch.cat(keys), torch.cat(values)
+        stacked.cumulative_length = layers[0].cumulative_length
+        stacked.is_compressed, stacked.is_croppable = True, False
+        stacked.prompt_slots = prompt_slots
+        slot_valid = torch.cat(valid)
+        stacked.prompt_slot_valid = None if bool(slot_valid.all()) else slot_valid
+        return stacked
+
     def slot_valid(self) -> torch.Tensor | None:
         """`[batch, kv_heads, slots]`, False on padding slots; None when every slot is attended."""
         if self.prompt_slot_valid is None:

@@ -29,7 +29,7 @@ class AdaKVAllocator(Allocator):
         if not 0.0 <= self.alpha_safeguard <= 1.0:
             raise ValueError(f"adakv alpha_safeguard={self.alpha_safeguard} must be in [0, 1].")
 
-    def allocate(self, scores, row_budgets, protected, layer_idx, num_layers) -> torch.Tensor:
+    def allocate(self, scores, row_budgets, prompt_lengths, protected, layer_idx, num_layers) -> torch.Tensor:
         batch, kv_heads, length = scores.shape
         counts = torch.empty(batch, kv_heads, dtype=torch.long, device=scores.device)
         for row in range(batch):

@@ -22,7 +22,13 @@ class Allocator(ABC):
 
     @abstractmethod
     def allocate(
-        self, scores: torch.Tensor, row_budgets: torch.Tensor, protected: int, layer_idx: int, num_layers: int
+        self,
+        scores: torch.Tensor,
+        row_budgets: torch.Tensor,
+        prompt_lengths: torch.Tensor,
+        protected: int,
+        layer_idx: int,
+        num_layers: int,
     ) -> torch.Tensor:
         """Return the number of tokens to keep, `[batch, kv_heads]` (int64).
 
@@ -30,6 +36,7 @@ class Allocator(ABC):
             scores: `[batch, kv_heads, prompt_len]` scores of this layer; `-inf` where a token is not the allocator's
                 to share out: padding, and the sink and window tokens that every head keeps anyway.
             row_budgets: `[batch]` tokens per KV head that each row keeps on average over layers and heads.
+            prompt_lengths: `[batch]` real (non-padding) prompt tokens of each row.
             protected: Sink + window tokens every head keeps; an allocation never goes below it.
             layer_idx: Index of this layer among the `num_layers` compressed layers.
             num_layers: Number of compressed layers of the model.

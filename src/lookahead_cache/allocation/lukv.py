@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import torch
@@ -8,6 +9,9 @@ from torch import nn
 from ..adapters.config import BaseModelSignature
 from ..profiling.profile import HeadProfile
 from .base import Allocator
+
+# The profiles shipped beside each loaded lookahead adapter, by scorer.
+_ADAPTER_PROFILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class LUKVAllocator(Allocator):
@@ -58,9 +62,13 @@ class LUKVAllocator(Allocator):
                 "(lookahead_cache.load_default_model(lookahead=True) does), or pass "
                 "allocation_kwargs={'profile': folder_or_repo} (made by `lookahead-cache profile`)."
             )
-        return HeadProfile.from_pretrained(adapter.source, scorer, revision=adapter.source_revision)
+        # Read once per loaded adapter and scorer: a cache per `generate` call must not re-read (or re-download) it.
+        profiles = _ADAPTER_PROFILES.setdefault(adapter, {})
+        if scorer not in profiles:
+            profiles[scorer] = HeadProfile.from_pretrained(adapter.source, scorer, revision=adapter.source_revision)
+        return profiles[scorer]
 
-    def allocate(self, scores, row_budgets, protected, layer_idx, num_layers) -> torch.Tensor:
+    def allocate(self, scores, row_budgets, prompt_lengths, protected, layer_idx, num_layers) -> torch.Tensor:
         if self.profile is None:
             raise ValueError(
                 "The lukv allocation has no profile yet: pass allocation_kwargs={'profile': folder_or_repo} or "
@@ -76,11 +84,9 @@ class LUKVAllocator(Allocator):
                 f"The LU-KV profile has {self.profile.prune_ratios.shape[-1]} KV heads per layer; this model "
                 f"{kv_heads}."
             )
-        # Sink, window and padding are -inf: the rest, plus the protected tokens, is the row's prompt.
-        lengths = torch.isfinite(scores[:, 0]).sum(-1) + protected
         counts = torch.empty(batch, kv_heads, dtype=torch.long)
         for row in range(batch):
-            key = (int(lengths[row]), int(row_budgets[row]), protected)
+            key = (int(prompt_lengths[row]), int(row_budgets[row]), protected)
             if key not in self._counts:
                 self._counts[key] = self.profile.keep_counts(*key)
             counts[row] = self._counts[key][layer_idx]

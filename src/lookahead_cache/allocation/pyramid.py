@@ -28,7 +28,7 @@ class PyramidAllocator(Allocator):
         if self.beta < 1:
             raise ValueError(f"pyramid beta={self.beta} must be >= 1 (1 gives the uniform allocation).")
 
-    def allocate(self, scores, row_budgets, protected, layer_idx, num_layers) -> torch.Tensor:
+    def allocate(self, scores, row_budgets, prompt_lengths, protected, layer_idx, num_layers) -> torch.Tensor:
         batch, kv_heads, _ = scores.shape
         selectable = (row_budgets.to(torch.float64) - protected).clamp(min=0)
         budgets = (

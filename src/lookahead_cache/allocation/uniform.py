@@ -11,6 +11,6 @@ from .base import Allocator
 class UniformAllocator(Allocator):
     """Every layer and KV head keeps the same number of tokens."""
 
-    def allocate(self, scores, row_budgets, protected, layer_idx, num_layers) -> torch.Tensor:
+    def allocate(self, scores, row_budgets, prompt_lengths, protected, layer_idx, num_layers) -> torch.Tensor:
         batch, kv_heads, _ = scores.shape
         return row_budgets.to(torch.long).view(batch, 1).expand(batch, kv_heads).clone()

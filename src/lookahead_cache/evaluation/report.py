@@ -185,7 +185,10 @@ def plot_accuracy_vs_budget(summary: Sequence[dict[str, Any]], directory: str | 
     from matplotlib import colormaps
 
     colors = colormaps["tab20"].colors[0::2] + colormaps["tab20"].colors[1::2]
-    styles = {method: {"color": colors[i % len(colors)], "marker": MARKERS[i % len(MARKERS)]} for i, method in enumerate(methods)}
+    styles = {
+        method: {"color": colors[i % len(colors)], "marker": MARKERS[i % len(MARKERS)]}
+        for i, method in enumerate(methods)
+    }
     paths = []
     for (mode, length), entries in _by_table(summary).items():
         references = [entry for entry in entries if entry["budget"] is None]
