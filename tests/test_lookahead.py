@@ -41,7 +41,11 @@ def padded_batch(length=48, pad=9):
 
 def greedy(model, input_ids, attention_mask, cache=None, new_tokens=8):
     return model.generate(
-        input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, max_new_tokens=new_tokens, do_sample=False
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        past_key_values=cache,
+        max_new_tokens=new_tokens,
+        do_sample=False,
     )
 
 
@@ -98,10 +102,86 @@ def test_lora_runs_on_the_lookahead_rows_once_and_never_while_decoding():
     greedy(model, input_ids, attention_mask, LookaheadCache(budget=24, scorer="lookahead", sink=2, window=4))
     handle.remove()
     active = [(rows, offsets) for rows, offsets in calls if offsets and any(offsets)]
-    # The lookahead forward: q_proj once for the queries the scorer reads, once inside attention; both all rows.
-    assert active == [(NUM_TOKENS, [NUM_TOKENS, NUM_TOKENS])] * 2
-    assert len(calls) > len(active) + 7  # the prompt and every decoding step ran without the LoRA
+    # One prefill of prompt + lookahead rows with the LoRA on the last NUM_TOKENS rows, then the lookahead rows
+    # alone for the queries the scorer reads; no second forward.
+    prompt = input_ids.shape[-1]
+    assert active == [(prompt + NUM_TOKENS, [NUM_TOKENS, NUM_TOKENS]), (NUM_TOKENS, [NUM_TOKENS, NUM_TOKENS])]
+    assert len(calls) == len(active) + 7  # every decoding step ran without the LoRA
     assert adapter.config.num_tokens == NUM_TOKENS
+
+
+def test_lookahead_prefill_holds_at_most_one_uncompressed_layer_plus_its_lookahead_rows():
+    model = lookahead_model()
+    length, budget = 200, 16
+    cache = LookaheadCache(budget=budget, scorer="lookahead", window=4)
+    with torch.no_grad():
+        model(prompt_ids(length), past_key_values=cache)
+        full = DynamicCache()
+        model.get_base_model()(prompt_ids(length), past_key_values=full)
+    layer_bytes = full.layers[0].keys.nbytes + full.layers[0].values.nbytes
+    assert cache.nbytes() == 3 * layer_bytes * budget // length
+    # While layer l is prefilled, layers < l are compressed and l holds the prompt and the lookahead tokens.
+    assert cache.peak_nbytes == layer_bytes * (length + NUM_TOKENS) // length + 2 * layer_bytes * budget // length
+
+
+def test_decoder_outputs_have_the_prompt_rows_only():
+    model = lookahead_model()
+    base = tiny_model()
+    input_ids, attention_mask = padded_batch()
+    with torch.no_grad():
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            past_key_values=LookaheadCache(budget=16, scorer="lookahead", sink=2, window=4),
+            output_hidden_states=True,
+        )
+        reference = base(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    assert len(out.hidden_states) == len(reference.hidden_states)
+    for hidden, reference_hidden in zip(out.hidden_states, reference.hidden_states):
+        assert torch.equal(hidden, reference_hidden)
+
+
+def test_a_prefill_that_fails_leaves_the_lookahead_lora_off():
+    model = lookahead_model()
+    base = tiny_model()
+    input_ids, attention_mask = padded_batch()
+    attention = model.get_base_model().model.layers[1].self_attn
+
+    def fail(module, args, kwargs):
+        raise RuntimeError("interrupted")
+
+    handle = attention.register_forward_pre_hook(fail, with_kwargs=True)
+    with pytest.raises(RuntimeError, match="interrupted"), torch.no_grad():
+        model(input_ids=input_ids, past_key_values=LookaheadCache(budget=16, scorer="lookahead", window=4))
+    handle.remove()
+    # The model PEFT wraps, called directly: no PEFT hook of its own decides the offsets there.
+    with torch.no_grad():
+        logits = model.get_base_model()(input_ids=input_ids, attention_mask=attention_mask).logits
+        assert torch.equal(logits, base(input_ids=input_ids, attention_mask=attention_mask).logits)
+
+
+def test_lookahead_queries_in_the_prefill_equal_those_run_after_a_recorded_prompt():
+    """The live prefill carries the lookahead rows in the prompt's forward; training and replay run them after a
+    recorded prompt. Both give the same queries, for every row of a left-padded batch."""
+    model = lookahead_model()
+    input_ids, attention_mask = padded_batch()
+    live: dict[int, torch.Tensor] = {}
+
+    class Recording(LookaheadScorer):
+        def score(self, prefill):
+            live[prefill.layer_idx] = prefill.lookahead_queries
+            return super().score(prefill)
+
+    # Positions as generate gives them: each row's real tokens from 0, so the lookahead rows follow at its length.
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    cache = LookaheadCache(budget=16, scorer=Recording(), sink=2, window=4)
+    with torch.no_grad():
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache)
+        for row in range(2):
+            real = input_ids[row : row + 1, attention_mask[row].bool()]
+            replayed = lookahead_queries(model, record_prefill(model.get_base_model(), real).prefills)
+            for layer_idx, queries in enumerate(replayed):
+                torch.testing.assert_close(live[layer_idx][row : row + 1], queries, rtol=1e-4, atol=1e-5)
 
 
 def test_decoding_after_eviction_is_the_base_model_on_the_kept_tokens():
@@ -199,7 +279,9 @@ def test_save_then_load_gives_the_same_scores_and_text(tmp_path):
         greedy(model, input_ids, attention_mask, LookaheadCache(**settings)),
     )
     card = (tmp_path / "README.md").read_text()
-    assert card.startswith("---\nbase_model:") and "library_name: peft" in card and "pipeline_tag: text-generation" in card
+    assert (
+        card.startswith("---\nbase_model:") and "library_name: peft" in card and "pipeline_tag: text-generation" in card
+    )
 
 
 def test_peft_from_pretrained_alone_is_the_base_model_and_our_cache_explains_what_is_missing(tmp_path):
@@ -244,7 +326,9 @@ def test_tokenizer_mismatch_is_refused(tmp_path):
         load_lookahead(tiny_model(), tmp_path, tokenizer=Tokenizer())
 
 
-@pytest.mark.parametrize("missing", ["adapter_model.safetensors", "lookahead_embeddings.safetensors", "lookahead_config.json"])
+@pytest.mark.parametrize(
+    "missing", ["adapter_model.safetensors", "lookahead_embeddings.safetensors", "lookahead_config.json"]
+)
 def test_missing_file_is_named(tmp_path, missing):
     saved_adapter(tmp_path)
     (tmp_path / missing).unlink()

@@ -14,7 +14,6 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicSlidingWindowLayer, get_layer_types_and_kwargs
 from transformers.utils import logging
 
-from .adapters.lookahead import get_lookahead
 from .allocation import Allocator, get_allocator
 from .config import DEFAULT_BUDGET, DEFAULT_SINK, DEFAULT_WINDOW, LookaheadCacheConfig
 from .layers import EvictingLayer
@@ -25,7 +24,7 @@ from .selection import protected_positions, select_tokens
 logger = logging.get_logger(__name__)
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
-_WAITING, _PREFILLING, _LOOKAHEAD, _DONE = "waiting", "prefilling", "lookahead", "done"
+_WAITING, _PREFILLING, _DONE = "waiting", "prefilling", "done"
 
 
 class LookaheadCache(Cache):
@@ -38,9 +37,10 @@ class LookaheadCache(Cache):
     The first forward through the cache is the prefill. Each attention layer runs on the full prompt, so the
     first generated token is exactly what it would be without eviction; right after a layer's attention, its
     prompt tokens are scored, the best ones kept and the rest freed, so prefill never holds more than one
-    uncompressed layer. The `lookahead` scorer instead keeps every layer whole until the prompt has passed, then
-    runs the lookahead tokens of the model's lookahead adapter after it (one short forward of those rows, with the
-    lookahead LoRA on them only), scores every layer with their queries, evicts, and drops their keys and values.
+    uncompressed layer. With the `lookahead` scorer, the model's lookahead adapter appends its lookahead tokens
+    after the prompt in that same forward, with the lookahead LoRA on their rows only; causal attention keeps the
+    prompt rows blind to them. Each layer is scored with their queries, their keys and values are dropped, and
+    their rows leave the model's output, so the prompt's cache and first token are the base model's.
     Later forwards (decoding, or a new turn continuing the same cache) append tokens without further eviction.
     Sliding-window layers (e.g. Gemma 3's local layers) keep their window as in `DynamicCache` and are not
     compressed.
@@ -91,7 +91,7 @@ class LookaheadCache(Cache):
         self._layer_kwargs: list[dict] | None = None
         self._compressed_layers: list[int] = []
         self._prefilled_layers: set[int] = set()
-        self._awaiting_lookahead: dict[int, LayerPrefill] = {}
+        self._lookahead_rows = 0
         self._attention_modules: dict[int, nn.Module] = {}
         self._module_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._watch = _watch_for_modules(self)
@@ -205,6 +205,18 @@ class LookaheadCache(Cache):
         return keys, values
 
     @property
+    def wants_lookahead_rows(self) -> bool:
+        """True before the prefill of a cache whose scorer reads lookahead queries: the model's lookahead adapter
+        then appends its rows to the prefill (see `lookahead_cache.adapters.lookahead`)."""
+        return self._state == _WAITING and self.scorer.needs_lookahead
+
+    def receive_lookahead_rows(self, num_tokens: int) -> None:
+        """Told by the lookahead adapter's hooks: the coming prefill ends with `num_tokens` lookahead rows."""
+        if not self.wants_lookahead_rows:
+            raise RuntimeError("Lookahead rows can only join the prefill of a cache with the lookahead scorer.")
+        self._lookahead_rows = num_tokens
+
+    @property
     def is_compressed(self) -> bool:
         """True once the prefill has ended and its eviction has run."""
         return self._state == _DONE
@@ -242,8 +254,6 @@ class LookaheadCache(Cache):
             missing = sorted(set(range(len(self.layers))) - self._prefilled_layers)
             if missing:
                 raise self._attention_not_found(missing[0])
-            if self._awaiting_lookahead:
-                self._run_lookahead(module, kwargs)
             self._state = _DONE
             self._watch.remove()
             self.peak_nbytes = max(self.peak_nbytes, self.nbytes())
@@ -291,21 +301,9 @@ class LookaheadCache(Cache):
             position_embeddings=kwargs.get("position_embeddings"),
             valid=padding_from_mask(kwargs.get("attention_mask"), batch, length, layer.keys.device),
         )
-        if self.scorer.needs_lookahead:
-            # Every layer waits, sliding-window ones too, so that the lookahead tokens can be cropped off afterwards.
-            # The lookahead scorer reads no prompt hidden states: free them while the other layers run (a new empty
-            # tensor, not a slice, which would keep the whole buffer alive).
-            self._awaiting_lookahead[layer_idx] = replace(
-                prefill, hidden_states=hidden_states.new_empty(batch, 0, hidden_states.shape[-1])
-            )
-            self._prefilled_layers.add(layer_idx)
-            return
-        self._evict_layer(prefill)
-
-    def _run_lookahead(self, decoder: nn.Module, kwargs: dict) -> None:
-        """Run the lookahead tokens after the whole prompt, then evict every layer that waited for them."""
-        adapter = get_lookahead(decoder)
-        if adapter is None:
+        if self._lookahead_rows:
+            prefill = self._split_lookahead_rows(prefill)
+        elif self.scorer.needs_lookahead:
             raise ValueError(
                 "scorer='lookahead' needs a model with a lookahead adapter: load one with "
                 "`model = lookahead_cache.load_lookahead(base_model, repo_or_dir)` (PEFT's own "
@@ -313,26 +311,27 @@ class LookaheadCache(Cache):
                 "`lookahead_cache.load_default_model(lookahead=True)`. Otherwise pick a heuristic scorer, e.g. "
                 "LookaheadCache(budget=256, scorer='snapkv')."
             )
-        self._state = _LOOKAHEAD
-        first = self._awaiting_lookahead[min(self._awaiting_lookahead)]
-        prompt_length = first.prompt_length
-        position_ids = kwargs.get("position_ids")
-        if position_ids is not None:
-            start_positions = position_ids[:, -1] + 1
-        else:
-            start_positions = torch.full((first.valid.shape[0],), prompt_length, device=first.valid.device)
-        attention_mask = None if bool(first.valid.all()) else first.valid.long()
-        attention_modules = [self._awaiting_lookahead[i].module for i in range(len(self.layers))]
-        queries = adapter.run(decoder, self, attention_modules, attention_mask, start_positions)
-        for layer in self.layers:
-            # The lookahead tokens only vote: their keys and values leave the cache.
-            layer.crop(-adapter.config.num_tokens)
-        for layer_idx in sorted(self._awaiting_lookahead):
-            prefill = self._awaiting_lookahead.pop(layer_idx)
-            layer = self.layers[layer_idx]
-            self._evict_layer(
-                replace(prefill, keys=layer.keys, values=layer.values, lookahead_queries=queries[layer_idx])
-            )
+        self._evict_layer(prefill)
+
+    def _split_lookahead_rows(self, prefill: LayerPrefill) -> LayerPrefill:
+        """The prompt part of a layer whose prefill ended with lookahead rows, with their queries; the lookahead
+        tokens only vote, so their keys and values leave the cache."""
+        prompt_length = prefill.prompt_length - self._lookahead_rows
+        queries = prefill.queries(prompt_length)
+        layer = self.layers[prefill.layer_idx]
+        layer.crop(-self._lookahead_rows)
+        position_embeddings = prefill.position_embeddings
+        if position_embeddings is not None:
+            position_embeddings = tuple(part[:, :prompt_length] for part in position_embeddings)
+        return replace(
+            prefill,
+            keys=layer.keys,
+            values=layer.values,
+            hidden_states=prefill.hidden_states[:, :prompt_length],
+            position_embeddings=position_embeddings,
+            valid=prefill.valid[:, :prompt_length],
+            lookahead_queries=queries,
+        )
 
     def _evict_layer(self, prefill: LayerPrefill) -> None:
         """Compress one layer whose prompt KV is complete (sliding-window layers only keep their window)."""

@@ -58,9 +58,9 @@ class LayerPrefill:
         if self.position_embeddings is not None:
             cos, sin = self.position_embeddings
             position_embeddings = (cos[:, start:end], sin[:, start:end])
-        return attention_queries(
-            self.module, self.hidden_states[:, start:end], position_embeddings, self.keys.shape[-1], self.layer_idx
-        )
+        # Contiguous: PEFT's LoRA layers (the lookahead rows go through them) view their input flat.
+        hidden_states = self.hidden_states[:, start:end].contiguous()
+        return attention_queries(self.module, hidden_states, position_embeddings, self.keys.shape[-1], self.layer_idx)
 
 
 def attention_queries(

@@ -3,7 +3,12 @@
 The LoRA is a standard PEFT LoRA in its activated-LoRA form (`alora_invocation_tokens`), so PEFT loads and saves
 it, and a model that carries it computes exactly what the base model computes: PEFT only applies an aLoRA update to
 the last `alora_offsets[i]` rows of an input, and the invocation sequence that would set them is a token id that no
-tokenizer produces. lookahead-cache sets the offsets itself, for the one forward of the lookahead rows.
+tokenizer produces. lookahead-cache sets the offsets itself, to the lookahead rows, for the one prefill that
+carries them.
+
+A prefill through a `LookaheadCache` with the lookahead scorer carries them: hooks on the model's decoder append
+the lookahead embeddings after the prompt (the prompt rows, earlier in causal order, cannot see them), and take
+their rows off the decoder's output, so the first generated token still comes from the last prompt position.
 
 PEFT has no place for the embeddings (trainable tokens would change real tokens' embeddings), so they live in a
 small module of ours, saved next to PEFT's files and attached to the model it was loaded into.
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -47,7 +52,9 @@ class LookaheadAdapter(nn.Module):
         base = model.get_base_model()
         embedding = base.get_input_embeddings()
         weight = embedding.weight
-        self.embeddings = nn.Parameter(torch.empty(config.num_tokens, weight.shape[-1], dtype=weight.dtype, device=weight.device))
+        self.embeddings = nn.Parameter(
+            torch.empty(config.num_tokens, weight.shape[-1], dtype=weight.dtype, device=weight.device)
+        )
         with torch.no_grad():
             # Random rows at the scale of the real token embeddings, as the paper initialises them.
             self.embeddings.normal_(0.0, float(weight.float().std()))
@@ -82,27 +89,52 @@ class LookaheadAdapter(nn.Module):
         return [m for m in module.modules() if isinstance(m, LoraLayer) and self.adapter_name in m.lora_A]
 
     @contextmanager
-    def lora_on_every_row(self, module: nn.Module, batch_size: int) -> Iterator[None]:
-        """Within the block, forwards through `module` apply the lookahead LoRA to every row of their input."""
+    def lora_on_lookahead_rows(self, module: nn.Module, batch_size: int) -> Iterator[None]:
+        """Within the block, forwards through `module` apply the lookahead LoRA to the last `num_tokens` rows of
+        each input (every row of an input of the lookahead rows alone)."""
         layers = self.lora_layers(module)
         if not layers:
             raise ValueError(
                 f"The model has no LoRA layers for adapter {self.adapter_name!r}: the lookahead LoRA is missing. Load "
                 "the adapter with lookahead_cache.load_lookahead(base_model, repo_or_dir)."
             )
+        offsets = [self.config.num_tokens] * batch_size
 
-        def every_row(layer, args, kwargs):
-            rows = (kwargs["x"] if "x" in kwargs else args[0]).shape[-2]
+        def lookahead_rows(layer, args, kwargs):
             # Registered after PEFT's own offset hook (if generate installed one), so this one has the last word.
-            kwargs["alora_offsets"] = [rows] * batch_size
+            kwargs["alora_offsets"] = offsets
             return args, kwargs
 
-        handles = [layer.register_forward_pre_hook(every_row, with_kwargs=True) for layer in layers]
+        handles = [layer.register_forward_pre_hook(lookahead_rows, with_kwargs=True) for layer in layers]
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
+
+    def append_to_prefill(self, decoder: nn.Module, kwargs: dict) -> dict:
+        """The decoder's keyword arguments with the lookahead rows after the prompt: embeddings, padding mask
+        and positions (the row after each prompt's last position)."""
+        input_ids, inputs_embeds = kwargs.get("input_ids"), kwargs.get("inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = decoder.get_input_embeddings()(input_ids)
+        batch, n = inputs_embeds.shape[0], self.config.num_tokens
+        lookahead = self.embeddings.to(inputs_embeds.dtype)[None].expand(batch, -1, -1)
+        kwargs = {**kwargs, "input_ids": None, "inputs_embeds": torch.cat([inputs_embeds, lookahead], dim=1)}
+        attention_mask = kwargs.get("attention_mask")
+        if attention_mask is not None:
+            if attention_mask.dim() != 2:
+                raise ValueError(
+                    f"The lookahead scorer appends its tokens to a prompt with a 2D padding mask `[batch, prompt_len]`; "
+                    f"got an attention mask of shape {tuple(attention_mask.shape)}. Pass the tokenizer's "
+                    "attention_mask, or use a heuristic scorer (e.g. scorer='snapkv') with custom masks."
+                )
+            kwargs["attention_mask"] = torch.cat([attention_mask, attention_mask.new_ones(batch, n)], dim=-1)
+        position_ids = kwargs.get("position_ids")
+        if position_ids is not None:
+            following = position_ids[..., -1:] + torch.arange(1, n + 1, device=position_ids.device)
+            kwargs["position_ids"] = torch.cat([position_ids, following], dim=-1)
+        return kwargs
 
     def run(
         self,
@@ -113,6 +145,9 @@ class LookaheadAdapter(nn.Module):
         start_positions: torch.Tensor,
     ) -> list[torch.Tensor]:
         """Run the lookahead tokens right after the prompt held by `cache`, and return their queries per layer.
+
+        Training and evaluation replay use it on a recorded prompt; a live prefill through `LookaheadCache` runs
+        the same rows inside the prompt's own forward instead.
 
         Args:
             decoder: The transformers decoder (e.g. `LlamaModel`) that holds the attention modules.
@@ -129,7 +164,9 @@ class LookaheadAdapter(nn.Module):
         n = self.config.num_tokens
         embedding_weight = decoder.get_input_embeddings().weight
         inputs_embeds = self.embeddings.to(embedding_weight.dtype)[None].expand(batch, -1, -1)
-        position_ids = start_positions[:, None].to(embedding_weight.device) + torch.arange(n, device=embedding_weight.device)
+        position_ids = start_positions[:, None].to(embedding_weight.device) + torch.arange(
+            n, device=embedding_weight.device
+        )
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, n)], dim=-1)
         queries: dict[int, torch.Tensor] = {}
@@ -137,7 +174,9 @@ class LookaheadAdapter(nn.Module):
         def capture(layer_idx: int):
             def hook(module, args, kwargs):
                 hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-                head_dim = getattr(module, "head_dim", None) or module.config.hidden_size // module.config.num_attention_heads
+                head_dim = (
+                    getattr(module, "head_dim", None) or module.config.hidden_size // module.config.num_attention_heads
+                )
                 queries[layer_idx] = attention_queries(
                     module, hidden_states, kwargs.get("position_embeddings"), head_dim, layer_idx
                 )
@@ -149,7 +188,7 @@ class LookaheadAdapter(nn.Module):
             for layer_idx, module in enumerate(attention_modules)
         ]
         try:
-            with self.lora_on_every_row(decoder, batch):
+            with self.lora_on_lookahead_rows(decoder, batch):
                 decoder(
                     inputs_embeds=inputs_embeds,
                     attention_mask=attention_mask,
@@ -206,9 +245,61 @@ def add_lookahead(
 
 
 def attach_lookahead(model: PeftModel, adapter: LookaheadAdapter) -> None:
+    base = model.get_base_model()
     # Keyed by every module of the base model, so that a cache that only sees an attention module finds it too.
-    for module in model.get_base_model().modules():
+    for module in base.modules():
         _ATTACHED[module] = adapter
+    decoder = base.get_decoder()
+    if decoder not in _PREFILL_HOOKS:
+        _PREFILL_HOOKS[decoder] = _register_prefill_hooks(decoder)
+
+
+# The hooks that carry the lookahead rows through a prefill, by decoder: registered once, whichever adapter is attached.
+_PREFILL_HOOKS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+
+
+def _register_prefill_hooks(decoder: nn.Module) -> tuple:
+    """Hooks on `decoder` that append the lookahead rows to a prefill whose `LookaheadCache` asks for them, apply
+    the lookahead LoRA to those rows during it, and take the rows off the decoder's output."""
+    running: list[tuple[object, int, ExitStack]] = []
+
+    def append_rows(decoder, args, kwargs):
+        from ..cache import LookaheadCache
+
+        cache = kwargs.get("past_key_values")
+        adapter = get_lookahead(decoder)
+        if adapter is None or not (isinstance(cache, LookaheadCache) and cache.wants_lookahead_rows):
+            return None
+        if args:
+            raise ValueError(
+                f"{type(decoder).__name__} was called with positional arguments; the lookahead scorer needs its inputs "
+                "as keyword arguments (input_ids=..., attention_mask=...), as transformers models pass them."
+            )
+        kwargs = adapter.append_to_prefill(decoder, kwargs)
+        lora = ExitStack()
+        lora.enter_context(adapter.lora_on_lookahead_rows(decoder, kwargs["inputs_embeds"].shape[0]))
+        cache.receive_lookahead_rows(adapter.config.num_tokens)
+        running.append((cache, adapter.config.num_tokens, lora))
+        return args, kwargs
+
+    def remove_rows(decoder, args, kwargs, output):
+        if not running or running[-1][0] is not kwargs.get("past_key_values"):
+            return None
+        _, n, lora = running.pop()
+        lora.close()
+        if output is None:  # the forward raised; the LoRA is off again all the same
+            return None
+        output.last_hidden_state = output.last_hidden_state[:, :-n]
+        if getattr(output, "hidden_states", None) is not None:
+            output.hidden_states = tuple(hidden[:, :-n] for hidden in output.hidden_states)
+        if getattr(output, "attentions", None) is not None:
+            output.attentions = tuple(weights[..., :-n, :-n] for weights in output.attentions)
+        return output
+
+    return (
+        decoder.register_forward_pre_hook(append_rows, with_kwargs=True),
+        decoder.register_forward_hook(remove_rows, with_kwargs=True, always_call=True),
+    )
 
 
 def get_lookahead(model: nn.Module) -> LookaheadAdapter | None:

@@ -132,8 +132,9 @@ def future_queries(
 def lookahead_queries(model: PreTrainedModel, prefills: list[LayerPrefill]) -> list[torch.Tensor]:
     """Per layer, the queries of `model`'s lookahead tokens run right after the recorded prompt (batch of one).
 
-    The lookahead tokens run on a full copy of the recorded cache, exactly as `LookaheadCache` runs them after a
-    live prefill. Gradients flow to the lookahead embeddings and LoRA unless grad is disabled.
+    The lookahead tokens run on a full copy of the recorded cache. A live `LookaheadCache` prefill computes the same
+    queries in the prompt's own forward (equal up to float rounding, tested). Gradients flow to the lookahead
+    embeddings and LoRA unless grad is disabled.
     """
     adapter = get_lookahead(model)
     if adapter is None:

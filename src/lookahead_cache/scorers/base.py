@@ -16,8 +16,8 @@ class Scorer(ABC):
     window tokens are handled by the cache, not by the scorer.
 
     Attributes:
-        needs_lookahead: True for scorers that read `LayerPrefill.lookahead_queries`: the cache then runs the
-            lookahead tokens of the model's lookahead adapter after the prompt before evicting.
+        needs_lookahead: True for scorers that read `LayerPrefill.lookahead_queries`: the model's lookahead
+            adapter then appends its lookahead tokens to the prefill, after the prompt.
     """
 
     needs_lookahead: ClassVar[bool] = False
