@@ -79,7 +79,7 @@ def test_scorer_returning_a_wrong_shape_is_reported():
 def test_unsupported_attention_implementation_is_refused():
     model = tiny_model()
     model.set_attn_implementation("flex_attention")
-    with pytest.raises(ValueError, match="supports attn_implementation 'sdpa' and 'eager'"):
+    with pytest.raises(ValueError, match="supports attn_implementation 'sdpa', 'eager' and 'lookahead_varlen'"):
         with torch.no_grad():
             model(prompt_ids(40), past_key_values=LookaheadCache(budget=16, scorer="snapkv", window=4))
 

@@ -79,6 +79,22 @@ def test_prompt_kv_and_first_token_logits_are_the_base_models_bit_for_bit(archit
             assert torch.equal(layer.values[row][:, -int(real[row].sum()) :], reference_layer.values[row][:, real[row]])
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("length", [200, 800])
+def test_long_prompts_keep_the_first_token_logits_bit_for_bit(attn, length):
+    """Attention kernels round differently with the number of query rows (CPU SDPA does at these lengths): the
+    prompt rows must not attend in the same call as the lookahead rows."""
+    base = tiny_model("llama", attn)
+    model = lookahead_model()
+    model.get_base_model().set_attn_implementation(attn)
+    input_ids = prompt_ids(length, seed=11)
+    with torch.no_grad():
+        reference = base(input_ids=input_ids).logits
+        logits = model(input_ids=input_ids, past_key_values=LookaheadCache(budget=64, scorer="lookahead")).logits
+    assert torch.equal(logits, reference)
+    assert model.config._attn_implementation == attn
+
+
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_budget_of_the_whole_prompt_generates_exactly_the_base_text(architecture):
     base = tiny_model(architecture)
@@ -154,6 +170,7 @@ def test_a_prefill_that_fails_leaves_the_lookahead_lora_off():
     with pytest.raises(RuntimeError, match="interrupted"), torch.no_grad():
         model(input_ids=input_ids, past_key_values=LookaheadCache(budget=16, scorer="lookahead", window=4))
     handle.remove()
+    assert model.config._attn_implementation == "sdpa"
     # The model PEFT wraps, called directly: no PEFT hook of its own decides the offsets there.
     with torch.no_grad():
         logits = model.get_base_model()(input_ids=input_ids, attention_mask=attention_mask).logits

@@ -15,15 +15,16 @@ from transformers.cache_utils import Cache, DynamicSlidingWindowLayer, get_layer
 from transformers.utils import logging
 
 from .allocation import Allocator, get_allocator
+from .attention import SUPPORTED_ATTENTION, VARLEN_ATTENTION, PackedAttention, base_implementation
 from .config import DEFAULT_BUDGET, DEFAULT_SINK, DEFAULT_WINDOW, LookaheadCacheConfig
 from .layers import EvictingLayer
+from .packed import PackedLayer
 from .prefill import LayerPrefill, padding_from_mask
 from .scorers import Scorer, get_scorer
 from .selection import protected_positions, select_tokens
 
 logger = logging.get_logger(__name__)
 
-SUPPORTED_ATTENTION = ("sdpa", "eager")
 _WAITING, _PREFILLING, _DONE = "waiting", "prefilling", "done"
 
 
@@ -92,6 +93,7 @@ class LookaheadCache(Cache):
         self._compressed_layers: list[int] = []
         self._prefilled_layers: set[int] = set()
         self._lookahead_rows = 0
+        self._attn_implementation: str | None = None
         self._attention_modules: dict[int, nn.Module] = {}
         self._module_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._watch = _watch_for_modules(self)
@@ -225,7 +227,7 @@ class LookaheadCache(Cache):
         """Stored tokens that attention reads, `[num_layers, batch, kv_heads]` (padding slots excluded)."""
         counts = []
         for layer in self.layers:
-            if isinstance(layer, EvictingLayer):
+            if isinstance(layer, (EvictingLayer, PackedLayer)):
                 counts.append(layer.kept_tokens())
             else:
                 batch, kv_heads, slots, _ = layer.keys.shape
@@ -237,9 +239,9 @@ class LookaheadCache(Cache):
     def nbytes(self) -> int:
         """Bytes held by the stored keys and values of every layer."""
         return sum(
-            layer.keys.nbytes + layer.values.nbytes
+            layer.nbytes() if isinstance(layer, PackedLayer) else layer.keys.nbytes + layer.values.nbytes
             for layer in self.layers
-            if layer.is_initialized and layer.keys is not None
+            if layer.is_initialized and (isinstance(layer, PackedLayer) or layer.keys is not None)
         )
 
     # ----- end of prefill --------------------------------------------------------------------------------
@@ -268,12 +270,13 @@ class LookaheadCache(Cache):
 
     def _bind(self, module: nn.Module) -> None:
         config = module.config
-        implementation = getattr(config, "_attn_implementation", None)
+        implementation = base_implementation(getattr(config, "_attn_implementation", None))
         if implementation not in SUPPORTED_ATTENTION:
             raise ValueError(
-                f"LookaheadCache supports attn_implementation 'sdpa' and 'eager', but the model uses "
-                f"{implementation!r}. Load it with `attn_implementation='sdpa'`."
+                f"LookaheadCache supports attn_implementation 'sdpa', 'eager' and '{VARLEN_ATTENTION}', but the model "
+                f"uses {implementation!r}. Load it with `attn_implementation='sdpa'`."
             )
+        self._attn_implementation = implementation
         self._layer_types, self._layer_kwargs = get_layer_types_and_kwargs(config)
         unsupported = sorted(set(self._layer_types) - {"full_attention", "sliding_attention"})
         if unsupported:
@@ -370,7 +373,15 @@ class LookaheadCache(Cache):
         positions, slot_valid = select_tokens(
             scores, prefill.valid, counts, sink=self.cache_config.sink, window=self.cache_config.window
         )
-        layer.compress(positions, slot_valid)
+        if bool((slot_valid == slot_valid[:, :1]).all()):
+            layer.compress(positions, slot_valid)
+        else:
+            # Heads keep different counts: stored without padding to the longest head.
+            packed = PackedLayer.from_selection(
+                layer.keys, layer.values, positions, slot_valid, layer.cumulative_length
+            )
+            packed.attends_packed = self._attn_implementation == VARLEN_ATTENTION
+            self.layers[layer_idx] = packed
         self.peak_nbytes = max(self.peak_nbytes, self.nbytes())
 
     def _register_mask_hook(self, layer_idx: int, module: nn.Module) -> None:
@@ -379,13 +390,16 @@ class LookaheadCache(Cache):
             module.register_forward_pre_hook(_physical_mask_hook(self, layer_idx), with_kwargs=True)
         )
 
-    def _physical_mask(self, layer: EvictingLayer, module: nn.Module, attention_mask, query_length: int):
+    def _physical_mask(
+        self, layer: EvictingLayer | PackedLayer, module: nn.Module, attention_mask, hidden_states: torch.Tensor
+    ):
         """The attention mask of a compressed layer: its own padding slots, then the new tokens' mask."""
         slot_valid = layer.slot_valid()
+        batch, query_length = hidden_states.shape[:2]
         if slot_valid is None and attention_mask is None and query_length == 1:
             return None
-        batch, _, slots, _ = layer.keys.shape
-        device = layer.keys.device
+        slots = layer.get_mask_sizes(0)[0]
+        device = hidden_states.device
         if attention_mask is None:
             new = torch.ones(query_length, query_length, dtype=torch.bool, device=device).tril()[None, None]
         else:
@@ -407,7 +421,7 @@ class LookaheadCache(Cache):
             dtype = (
                 attention_mask.dtype
                 if attention_mask is not None and attention_mask.is_floating_point()
-                else layer.keys.dtype
+                else layer.dtype
             )
             return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, torch.finfo(dtype).min)
         return mask
@@ -433,12 +447,17 @@ def _physical_mask_hook(cache: LookaheadCache, layer_idx: int):
         if cache is None or kwargs.get("past_key_values") is not cache:
             return None
         layer = cache.layers[layer_idx]
-        if not (isinstance(layer, EvictingLayer) and layer.is_compressed):
+        if not (isinstance(layer, (EvictingLayer, PackedLayer)) and layer.is_compressed):
             return None
         hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        kwargs["attention_mask"] = cache._physical_mask(
-            layer, module, kwargs.get("attention_mask"), hidden_states.shape[1]
-        )
+        if getattr(layer, "attends_packed", False):
+            # The varlen attention reads the packed layer itself; several new tokens also need the padded mask.
+            mask = None
+            if hidden_states.shape[1] > 1:
+                mask = cache._physical_mask(layer, module, kwargs.get("attention_mask"), hidden_states)
+            kwargs["attention_mask"] = PackedAttention(layer, mask)
+        else:
+            kwargs["attention_mask"] = cache._physical_mask(layer, module, kwargs.get("attention_mask"), hidden_states)
         return args, kwargs
 
     return hook
@@ -446,6 +465,7 @@ def _physical_mask_hook(cache: LookaheadCache, layer_idx: int):
 
 def _stack_layers(layers: list) -> EvictingLayer | DynamicSlidingWindowLayer:
     """The rows of `layers` (one layer of each cache) in one layer; compressed prompts are left-padded."""
+    layers = [layer.to_padded() if isinstance(layer, PackedLayer) else layer for layer in layers]
     first = layers[0]
     if not isinstance(first, EvictingLayer):
         if any(type(layer) is not type(first) for layer in layers):

@@ -260,10 +260,12 @@ _PREFILL_HOOKS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDic
 
 def _register_prefill_hooks(decoder: nn.Module) -> tuple:
     """Hooks on `decoder` that append the lookahead rows to a prefill whose `LookaheadCache` asks for them, apply
-    the lookahead LoRA to those rows during it, and take the rows off the decoder's output."""
+    the lookahead LoRA to those rows and keep the prompt rows' attention apart from theirs during it, and take the
+    rows off the decoder's output."""
     running: list[tuple[object, int, ExitStack]] = []
 
     def append_rows(decoder, args, kwargs):
+        from ..attention import LOOKAHEAD_PREFILL, SUPPORTED_ATTENTION
         from ..cache import LookaheadCache
 
         cache = kwargs.get("past_key_values")
@@ -276,18 +278,23 @@ def _register_prefill_hooks(decoder: nn.Module) -> tuple:
                 "as keyword arguments (input_ids=..., attention_mask=...), as transformers models pass them."
             )
         kwargs = adapter.append_to_prefill(decoder, kwargs)
-        lora = ExitStack()
-        lora.enter_context(adapter.lora_on_lookahead_rows(decoder, kwargs["inputs_embeds"].shape[0]))
+        during_prefill = ExitStack()
+        during_prefill.enter_context(adapter.lora_on_lookahead_rows(decoder, kwargs["inputs_embeds"].shape[0]))
+        implementation = decoder.config._attn_implementation
+        if implementation in SUPPORTED_ATTENTION:
+            # Keeps the prompt rows' attention bit for bit the base model's (see lookahead_cache.attention).
+            during_prefill.callback(setattr, decoder.config, "_attn_implementation", implementation)
+            decoder.config._attn_implementation = LOOKAHEAD_PREFILL + implementation
         cache.receive_lookahead_rows(adapter.config.num_tokens)
-        running.append((cache, adapter.config.num_tokens, lora))
+        running.append((cache, adapter.config.num_tokens, during_prefill))
         return args, kwargs
 
     def remove_rows(decoder, args, kwargs, output):
         if not running or running[-1][0] is not kwargs.get("past_key_values"):
             return None
-        _, n, lora = running.pop()
-        lora.close()
-        if output is None:  # the forward raised; the LoRA is off again all the same
+        _, n, during_prefill = running.pop()
+        during_prefill.close()
+        if output is None:  # the forward raised; the LoRA is off and the attention restored all the same
             return None
         output.last_hidden_state = output.last_hidden_state[:, :-n]
         if getattr(output, "hidden_states", None) is not None:

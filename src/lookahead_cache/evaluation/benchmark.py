@@ -46,7 +46,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--budget", type=budget_value, default=256, help="LookaheadCache budget (tokens, or a fraction in (0, 1])."
     )
     parser.add_argument(
-        "--scorers", nargs="+", default=["snapkv", "streaming"], help="LookaheadCache scorers to compare."
+        "--scorers",
+        nargs="+",
+        default=["snapkv", "streaming"],
+        help="LookaheadCache configurations to compare: a scorer name, or scorer+allocation (e.g. snapkv+adakv, "
+        "lookahead+lukv; the allocation defaults to uniform).",
+    )
+    parser.add_argument(
+        "--attn-implementation",
+        default="sdpa",
+        choices=["sdpa", "eager", "lookahead_varlen"],
+        help="Attention implementation of the model (lookahead_varlen decodes packed per-head layers in place).",
     )
     parser.add_argument("--decode-tokens", type=positive_int, default=32, help="Timed decode steps after the prefill.")
     parser.add_argument(
@@ -79,9 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse bad settings before the model is loaded; the cache itself validates budget and scorer names."""
     if len(set(args.scorers)) != len(args.scorers):
-        raise ValueError(f"--scorers lists a scorer twice: {' '.join(args.scorers)}.")
-    for scorer in args.scorers:
-        LookaheadCache(budget=args.budget, scorer=scorer)
+        raise ValueError(f"--scorers lists a configuration twice: {' '.join(args.scorers)}.")
+    for config in args.scorers:
+        new_cache(config, args.budget)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device} was asked for, but torch sees no CUDA device.")
@@ -96,16 +106,19 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     if args.random_weights:
-        model = random_weight_model(dtype=dtype, device=device, seed=args.seed)
+        model = random_weight_model(
+            dtype=dtype, device=device, seed=args.seed, attn_implementation=args.attn_implementation
+        )
         model_name = f"random weights, config of {DEFAULT_MODEL_FILE}"
         generator = torch.Generator().manual_seed(args.seed)
         prompts = {n: torch.randint(model.config.vocab_size, (1, n), generator=generator) for n in args.lengths}
     else:
         logger.info(f"Loading {DEFAULT_MODEL_FILE} ...")
         model, tokenizer = load_default_model(dtype=dtype, device=device)
+        model.set_attn_implementation(args.attn_implementation)
         model_name = DEFAULT_MODEL_FILE
         prompts = {n: torch.tensor([haystack_ids(tokenizer, n, args.seed)]) for n in args.lengths}
-    if "lookahead" in args.scorers:
+    if any(needs_adapter(config) for config in args.scorers):
         # Every configuration then runs through the same PEFT-wrapped model, whose LoRA is idle outside the lookahead
         # rows, so the ratios compare caches, not wrappers.
         if args.adapter is not None:
@@ -136,13 +149,14 @@ def run(args: argparse.Namespace) -> int:
             torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
         ),
         "dtype": str(dtype).removeprefix("torch."),
+        "attn_implementation": args.attn_implementation,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "budget": args.budget,
         "scorers": args.scorers,
         "lookahead_adapter": (args.adapter or ("untrained" if args.random_weights else "shipped default"))
-        if "lookahead" in args.scorers
+        if any(needs_adapter(config) for config in args.scorers)
         else None,
         "decode_tokens": args.decode_tokens,
         "repeats": args.repeats,
@@ -168,13 +182,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def random_weight_model(
-    dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    attn_implementation: str = "sdpa",
 ) -> PreTrainedModel:
     """A model with the default model's architecture and random weights: as fast as the real one, loads quicker."""
     path = default_model_path()
     config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
     return model.to(device).eval()
 
 
@@ -192,21 +209,18 @@ def run_benchmark(
         model: The causal LM.
         prompts: `[1, length]` token ids by length, on the model's device.
         budget: LookaheadCache budget.
-        scorers: LookaheadCache scorer names.
+        scorers: LookaheadCache configurations, `scorer` or `scorer+allocation`.
         decode_tokens: Timed decode steps per run (the token from the prefill comes on top).
         repeats: Measured runs per configuration, after one warm-up run each.
     """
     configs = [FULL, *scorers]
-
-    def new_cache(config: str) -> Cache:
-        return DynamicCache() if config == FULL else LookaheadCache(budget=budget, scorer=config)
 
     rows = []
     progress = tqdm(total=len(prompts) * len(configs) * (repeats + 1), desc="bench", unit="run")
     for length, input_ids in prompts.items():
         for config in configs:
             progress.set_postfix(length=length, cache=config, phase="warm-up")
-            timed_generation(model, input_ids, new_cache(config), WARM_UP_TOKENS)
+            timed_generation(model, input_ids, new_cache(config, budget), WARM_UP_TOKENS)
             progress.update()
         runs: dict[str, list[TimedGeneration]] = {config: [] for config in configs}
         # Interleaved, so that slow drifts of the machine (clock, other load) hit every configuration alike.
@@ -214,12 +228,28 @@ def run_benchmark(
             for config in configs:
                 progress.set_postfix(length=length, cache=config, phase="measure")
                 runs[config].append(
-                    timed_generation(model, input_ids, new_cache(config), decode_tokens + 1, measure_memory=True)
+                    timed_generation(
+                        model, input_ids, new_cache(config, budget), decode_tokens + 1, measure_memory=True
+                    )
                 )
                 progress.update()
         rows.extend(_summarize(length, runs))
     progress.close()
     return rows
+
+
+def new_cache(config: str, budget: int | float) -> Cache:
+    """The cache of a benchmark configuration: `full`, `scorer` or `scorer+allocation`."""
+    if config == FULL:
+        return DynamicCache()
+    scorer, _, allocation = config.partition("+")
+    return LookaheadCache(budget=budget, scorer=scorer, allocation=allocation or "uniform")
+
+
+def needs_adapter(config: str) -> bool:
+    """Whether a configuration reads the lookahead adapter: its scorer, or the LU-KV profile shipped beside it."""
+    scorer, _, allocation = config.partition("+")
+    return scorer == "lookahead" or allocation == "lukv"
 
 
 def _summarize(length: int, runs: dict[str, list[TimedGeneration]]) -> list[dict[str, Any]]:
@@ -256,8 +286,19 @@ def _summarize(length: int, runs: dict[str, list[TimedGeneration]]) -> list[dict
 def format_results(rows: list[dict[str, Any]]) -> str:
     """The benchmark rows as a markdown table; ratios are against the full cache of the same prompt."""
     header = [
-        "prompt", "cache", "kept/head", "prefill s", "overhead", "decode ms/tok", "decode speedup",
-        "KV MiB", "KV ratio", "peak KV MiB", "peak KV ratio", "peak mem MiB", "peak mem ratio",
+        "prompt",
+        "cache",
+        "kept/head",
+        "prefill s",
+        "overhead",
+        "decode ms/tok",
+        "decode speedup",
+        "KV MiB",
+        "KV ratio",
+        "peak KV MiB",
+        "peak KV ratio",
+        "peak mem MiB",
+        "peak mem ratio",
     ]
     table = []
     for row in rows:

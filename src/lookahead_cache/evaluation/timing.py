@@ -62,6 +62,8 @@ class TimedGeneration:
 
 def kv_nbytes(cache: Cache) -> int:
     """Bytes held by the stored keys and values of any transformers `Cache`."""
+    if isinstance(cache, LookaheadCache):
+        return cache.nbytes()
     return sum(
         layer.keys.nbytes + layer.values.nbytes
         for layer in cache.layers

@@ -1,0 +1,137 @@
+"""Attention implementations of lookahead-cache, registered with transformers' `AttentionInterface`.
+
+`lookahead_varlen`: decoding reads per-head packed layers in place.
+
+`import lookahead_cache` registers it with transformers' `AttentionInterface` (and SDPA's mask function under the
+same name); pick it when loading a model, `from_pretrained(..., attn_implementation="lookahead_varlen")`, or later
+with `model.set_attn_implementation("lookahead_varlen")`. It is SDPA everywhere but in one place: a decoding step
+(one new token) through a layer that a `LookaheadCache` stored packed (`lookahead_cache.packed.PackedLayer`, for
+head-level budgets such as `adakv` and `lukv`). There it runs the varlen decode-attention kernel on the packed
+buffers directly (Triton on GPU, its torch reference on CPU) instead of attending to a padded copy.
+
+`lookahead_prefill|<implementation>` (not for users to pick): the lookahead adapter's hooks switch a model to it
+for the one prefill that carries lookahead rows after the prompt. The prompt rows then attend exactly as
+`<implementation>` would on the prompt alone, in a call of the same shapes, so their keys, values and the first
+token's logits are the base model's bit for bit (attention kernels round differently with the number of query
+rows); the lookahead rows attend in a second call, to the prompt and to each other.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .kernels.varlen_decode import varlen_decode_attention
+from .packed import PackedLayer
+
+VARLEN_ATTENTION = "lookahead_varlen"
+LOOKAHEAD_PREFILL = "lookahead_prefill|"
+# The implementations a LookaheadCache works with; a lookahead prefill wraps each of them.
+SUPPORTED_ATTENTION = ("sdpa", "eager", VARLEN_ATTENTION)
+
+
+def base_implementation(implementation: str | None) -> str | None:
+    """The implementation a model attends with outside a lookahead prefill."""
+    return implementation.removeprefix(LOOKAHEAD_PREFILL) if implementation else implementation
+
+
+@dataclass
+class PackedAttention:
+    """What a `LookaheadCache` passes as `attention_mask` to the attention of a packed layer under
+    `lookahead_varlen`: the layer itself, and for several new tokens the mask of its padded layout."""
+
+    layer: PackedLayer
+    padded_mask: torch.Tensor | None = None
+
+
+def lookahead_varlen_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | PackedAttention | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    if not isinstance(attention_mask, PackedAttention):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    layer = attention_mask.layer
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if query.shape[2] > 1:
+        # Several new tokens (a new turn on a compressed cache): causal among themselves, on the padded layout.
+        keys, values = layer.padded()
+        return sdpa_attention_forward(
+            module, query, keys, values, attention_mask.padded_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    output = varlen_decode_attention(
+        query[:, :, 0],
+        layer.prompt_keys,
+        layer.prompt_values,
+        layer.prompt_starts,
+        layer.prompt_lengths,
+        layer.tail_keys,
+        layer.tail_values,
+        layer.tail_length,
+        scaling,
+    )
+    return output[:, None], None
+
+
+def lookahead_prefill_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention of a prefill whose last rows are the lookahead tokens: the prompt rows alone first, as the base
+    implementation computes them, then the lookahead rows over every key."""
+    from .adapters.lookahead import get_lookahead
+
+    implementation = base_implementation(module.config._attn_implementation)
+    attend = _implementation_function(module, implementation)
+    rows = get_lookahead(module).config.num_tokens
+    prompt = query.shape[2] - rows
+    prompt_mask = None if attention_mask is None else attention_mask[:, :, :prompt, :prompt]
+    prompt_output, _ = attend(
+        module, query[:, :, :prompt], key[:, :, :prompt], value[:, :, :prompt], prompt_mask, **kwargs
+    )
+    if attention_mask is not None:
+        lookahead_mask = attention_mask[:, :, prompt:]
+    else:
+        # SDPA skipped the mask (causal, no padding); the lookahead rows need one, its is_causal aligns top-left.
+        query_positions = torch.arange(prompt, prompt + rows, device=query.device)[:, None]
+        key_positions = torch.arange(prompt + rows, device=query.device)
+        lookahead_mask = key_positions <= query_positions
+        window = kwargs.get("sliding_window")
+        if window is not None:
+            lookahead_mask &= key_positions > query_positions - window
+        lookahead_mask = lookahead_mask[None, None]
+    lookahead_output, _ = attend(module, query[:, :, prompt:], key, value, lookahead_mask, **kwargs)
+    return torch.cat([prompt_output, lookahead_output], dim=1), None
+
+
+def _implementation_function(module: nn.Module, implementation: str) -> Callable:
+    if implementation == "eager":
+        # Each model defines its own eager attention (softcapping, sinks, ...), as the attention module picks it.
+        return sys.modules[type(module).__module__].eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[implementation]
+
+
+AttentionInterface.register(VARLEN_ATTENTION, lookahead_varlen_attention)
+AttentionMaskInterface.register(VARLEN_ATTENTION, sdpa_mask)
+for _implementation in SUPPORTED_ATTENTION:
+    AttentionInterface.register(LOOKAHEAD_PREFILL + _implementation, lookahead_prefill_attention)
+    AttentionMaskInterface.register(LOOKAHEAD_PREFILL + _implementation, ALL_MASK_ATTENTION_FUNCTIONS[_implementation])
