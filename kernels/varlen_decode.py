@@ -86,23 +86,26 @@ def varlen_decode_attention_reference(
     tail_length: int,
     scaling: float,
 ) -> torch.Tensor:
-    """Torch reference of :func:`varlen_decode_attention`: gathers each head's tokens into a padded tensor and runs
-    a masked softmax (the padding costs memory traffic the kernel does not pay)."""
+    """Torch reference of :func:`varlen_decode_attention`, and its CPU path: one (row, KV head) at a time, on views
+    of its prompt segment and tail (no padding is gathered; the loop costs a few microseconds per head)."""
     _validate(query, prompt_keys, prompt_values, prompt_starts, prompt_lengths, tail_keys, tail_values, tail_length)
     batch, q_heads, head_dim = query.shape
     kv_heads = prompt_lengths.shape[1]
-    slots = int(prompt_lengths.max()) if prompt_lengths.numel() else 0
-    slot = torch.arange(slots, device=query.device)
-    valid = slot < prompt_lengths[..., None]
-    index = (prompt_starts[..., None] + slot).masked_fill(~valid, 0)
-    keys = torch.cat([prompt_keys[index], tail_keys[:, :, :tail_length]], dim=2).float()
-    values = torch.cat([prompt_values[index], tail_values[:, :, :tail_length]], dim=2).float()
-    valid = torch.cat([valid, valid.new_ones(batch, kv_heads, tail_length)], dim=-1)
-    q = query.float().view(batch, kv_heads, q_heads // kv_heads, head_dim)
-    logits = torch.einsum("bhgd,bhnd->bhgn", q, keys) * scaling
-    probs = torch.softmax(logits.masked_fill(~valid[:, :, None], float("-inf")), dim=-1)
-    out = torch.einsum("bhgn,bhnd->bhgd", probs, values)
-    return out.reshape(batch, q_heads, head_dim).to(query.dtype)
+    group = q_heads // kv_heads
+    out = torch.empty(batch, q_heads, head_dim, dtype=torch.float32, device=query.device)
+    starts, lengths = prompt_starts.tolist(), prompt_lengths.tolist()
+    for b in range(batch):
+        for h in range(kv_heads):
+            segment = slice(starts[b][h], starts[b][h] + lengths[b][h])
+            q = query[b, h * group : (h + 1) * group].float()
+            prompt_k, prompt_v = prompt_keys[segment].float(), prompt_values[segment].float()
+            tail_k, tail_v = tail_keys[b, h, :tail_length].float(), tail_values[b, h, :tail_length].float()
+            logits = torch.cat([q @ prompt_k.T, q @ tail_k.T], dim=-1) * scaling
+            probs = torch.softmax(logits, dim=-1)
+            out[b, h * group : (h + 1) * group] = (
+                probs[:, : prompt_k.shape[0]] @ prompt_v + probs[:, prompt_k.shape[0] :] @ tail_v
+            )
+    return out.to(query.dtype)
 
 
 if triton is not None:
