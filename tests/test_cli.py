@@ -47,8 +47,11 @@ def test_demo_console_script_compares_full_and_evicted_cache():
     )
     table = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")]
     rows = {cells[0].strip(): [cell.strip() for cell in cells[1:]] for cells in table}
-    # The demo's default scorer is the library's: lookahead, with the adapter shipped for the default model.
-    assert list(rows[""]) == ["DynamicCache (full)", "LookaheadCache(budget=256, scorer='lookahead', allocation='uniform')"]
+    # The demo's default: the lookahead scorer with the adapter shipped for the default model, and its LU-KV profile.
+    assert list(rows[""]) == [
+        "DynamicCache (full)",
+        "LookaheadCache(budget=256, scorer='lookahead', allocation='lukv')",
+    ]
     # The full cache finds the needle; whether the evicted one does is what the demo is there to show.
     code_row = next(cells for name, cells in rows.items() if name.startswith("code "))
     assert code_row[0] == "yes", result.stdout
@@ -101,9 +104,28 @@ def test_eval_runs_every_method_resumes_and_reports(tiny_model_dir, tmp_path):
 
     out = tmp_path / "eval"
     argv = [
-        "eval", "--model", str(tiny_model_dir), "--tasks", "niah_single_noise", "few_shot_classification",
-        "--lengths", "1024", "--samples", "2", "--budgets", "64", "0.1", "--methods", "full", "snapkv", "oracle", "laq",
-        "--out", str(out), "--results-page", str(tmp_path / "docs" / "results.md"),
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--tasks",
+        "niah_single_noise",
+        "few_shot_classification",
+        "--lengths",
+        "1024",
+        "--samples",
+        "2",
+        "--budgets",
+        "64",
+        "0.1",
+        "--methods",
+        "full",
+        "snapkv",
+        "oracle",
+        "laq",
+        "--out",
+        str(out),
+        "--results-page",
+        str(tmp_path / "docs" / "results.md"),
     ]
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]

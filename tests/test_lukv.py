@@ -148,6 +148,13 @@ def test_profiling_a_model_gives_ratios_that_add_up_and_resumes(tiny_model_dir, 
     assert torch.equal(again["lookahead"].prune_ratios, profiles["lookahead"].prune_ratios)
     with pytest.raises(ValueError, match="other settings"):
         profiler.profile_model(model, tokenizer, ["snapkv"], tmp_path / "adapter", **{**settings, "answer_tokens": 8})
+    # Tables scored by another adapter are not reused.
+    with torch.no_grad():
+        get_lookahead(model).embeddings.add_(1.0)
+    with pytest.raises(ValueError, match="other settings"):
+        profiler.profile_model(model, tokenizer, ["lookahead"], tmp_path / "adapter", **settings)
+    with torch.no_grad():
+        get_lookahead(model).embeddings.sub_(1.0)
 
     # The cache finds the profile shipped beside the loaded adapter, for the scorer it uses.
     cache = LookaheadCache(budget=40, scorer="lookahead", allocation="lukv", sink=2, window=4)

@@ -40,9 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--allocation",
-        default="uniform",
-        help="LookaheadCache allocation: uniform (default), pyramid, adakv, or lukv (with the LU-KV profiles shipped "
-        "beside the adapter; per-head budgets are stored padded to a layer's longest head for now).",
+        default="lukv",
+        help="LookaheadCache allocation: lukv (default: per-head budgets from the LU-KV profile shipped beside the "
+        "adapter, the strongest on the evaluation suite), uniform, pyramid or adakv.",
     )
     parser.add_argument(
         "--context-tokens", type=positive_int, default=2000, help="Length of the chat prompt in tokens."

@@ -16,6 +16,7 @@ small module of ours, saved next to PEFT's files and attached to the model it wa
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -83,6 +84,15 @@ class LookaheadAdapter(nn.Module):
         from .hub import push_lookahead_to_hub
 
         return push_lookahead_to_hub(self, repo_id, **kwargs)
+
+    def fingerprint(self) -> str:
+        """sha256 of the trained parameters (embeddings and lookahead LoRA weights): what anything derived from
+        this adapter's scores (an LU-KV profile, cached tables) records, to tell it apart from another adapter's."""
+        digest = hashlib.sha256(self.embeddings.detach().float().cpu().numpy().tobytes())
+        for layer in self.lora_layers(self.model):
+            for weights in (layer.lora_A, layer.lora_B):
+                digest.update(weights[self.adapter_name].weight.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()
 
     def lora_layers(self, module: nn.Module) -> list[LoraLayer]:
         """The LoRA layers under `module` that hold this adapter's lookahead LoRA."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from ..adapters.lookahead import get_lookahead
+from ..adapters.lookahead import LookaheadAdapter, get_lookahead
 from ..cache import LookaheadCache
 from ..prefill import LayerPrefill
 
@@ -129,6 +129,17 @@ def future_queries(
     return queries
 
 
+def required_lookahead(model: PreTrainedModel) -> LookaheadAdapter:
+    """`model`'s lookahead adapter, or an error saying how to load one."""
+    adapter = get_lookahead(model)
+    if adapter is None:
+        raise ValueError(
+            "The lookahead method needs a model with a lookahead adapter: load one with "
+            "lookahead_cache.load_lookahead(base_model, repo_or_dir)."
+        )
+    return adapter
+
+
 def lookahead_queries(model: PreTrainedModel, prefills: list[LayerPrefill]) -> list[torch.Tensor]:
     """Per layer, the queries of `model`'s lookahead tokens run right after the recorded prompt (batch of one).
 
@@ -136,12 +147,7 @@ def lookahead_queries(model: PreTrainedModel, prefills: list[LayerPrefill]) -> l
     queries in the prompt's own forward (equal up to float rounding, tested). Gradients flow to the lookahead
     embeddings and LoRA unless grad is disabled.
     """
-    adapter = get_lookahead(model)
-    if adapter is None:
-        raise ValueError(
-            "The lookahead method needs a model with a lookahead adapter: load one with "
-            "lookahead_cache.load_lookahead(base_model, repo_or_dir)."
-        )
+    adapter = required_lookahead(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     prompt_length = prefills[0].prompt_length
     return adapter.run(

@@ -21,7 +21,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import get_layer_types_and_kwargs
 
 from ..adapters.config import BaseModelSignature
-from ..evaluation.replay import PrefillRecording, continue_recording, future_queries, lookahead_queries, record_prefill
+from ..adapters.lookahead import get_lookahead
+from ..evaluation.replay import (
+    PrefillRecording,
+    continue_recording,
+    future_queries,
+    lookahead_queries,
+    record_prefill,
+    required_lookahead,
+)
 from ..prefill import LayerPrefill
 from ..scorers import get_scorer
 from ..selection import protected_positions
@@ -109,8 +117,6 @@ def profile_model(
     out = Path(out_dir)
     work = out / "calibration"
     work.mkdir(parents=True, exist_ok=True)
-    for name in scorers:
-        get_scorer(name)
     prompts, digest = calibration_prompts(tokenizer, context_length, questions=questions, seed=seed)
     settings = {
         "prompts": len(prompts),
@@ -121,6 +127,12 @@ def profile_model(
         "sha256": digest,
         "source": "lookahead_cache.profiling.calibration (pydoc_data prose, planted facts, varied questions)",
     }
+    if any(get_scorer(name).needs_lookahead for name in scorers):
+        required_lookahead(model)
+    adapter = get_lookahead(model)
+    if adapter is not None:
+        # Cached lookahead tables are only valid for the adapter that scored them.
+        settings["lookahead_adapter_sha256"] = adapter.fingerprint()
     settings_path = work / "settings.json"
     if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
         raise ValueError(f"{work} holds a profiling run with other settings ({settings_path}); use another --out.")
