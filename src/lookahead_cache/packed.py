@@ -125,9 +125,12 @@ class PackedLayer(CacheLayerMixin):
     def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values `[batch, kv_heads, prompt_slots + tail_length, head_dim]` in the padded layout, padding
         slots first (they hold arbitrary kept tokens and must be masked: see `slot_valid`)."""
-        keys = torch.cat([self.prompt_keys[self._padded_index], self.tail_keys[:, :, : self.tail_length]], dim=-2)
-        values = torch.cat([self.prompt_values[self._padded_index], self.tail_values[:, :, : self.tail_length]], dim=-2)
-        return keys, values
+        return self._padded(self.prompt_keys, self.tail_keys), self._padded(self.prompt_values, self.tail_values)
+
+    def _padded(self, prompt: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+        # index_select on the flat index: advanced indexing with a [batch, heads, slots] index is ~5x slower on CPU.
+        gathered = prompt.index_select(0, self._padded_index.flatten()).view(*self._padded_index.shape, -1)
+        return torch.cat([gathered, tail[:, :, : self.tail_length]], dim=-2)
 
     def get_seq_length(self) -> int:
         return self.cumulative_length
