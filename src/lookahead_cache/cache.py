@@ -390,42 +390,6 @@ class LookaheadCache(Cache):
             module.register_forward_pre_hook(_physical_mask_hook(self, layer_idx), with_kwargs=True)
         )
 
-    def _physical_mask(
-        self, layer: EvictingLayer | PackedLayer, module: nn.Module, attention_mask, hidden_states: torch.Tensor
-    ):
-        """The attention mask of a compressed layer: its own padding slots, then the new tokens' mask."""
-        slot_valid = layer.slot_valid()
-        batch, query_length = hidden_states.shape[:2]
-        if slot_valid is None and attention_mask is None and query_length == 1:
-            return None
-        slots = layer.get_mask_sizes(0)[0]
-        device = hidden_states.device
-        if attention_mask is None:
-            new = torch.ones(query_length, query_length, dtype=torch.bool, device=device).tril()[None, None]
-        else:
-            new = attention_mask[..., -query_length:]
-            new = new if new.dtype == torch.bool else new == 0
-        past = (
-            torch.ones(batch, 1, 1, slots, dtype=torch.bool, device=device)
-            if slot_valid is None
-            else slot_valid[:, :, None]
-        )
-        heads = max(past.shape[1], new.shape[1])
-        mask = torch.cat(
-            [past.expand(batch, heads, query_length, slots), new.expand(batch, heads, query_length, query_length)],
-            dim=-1,
-        )
-        if heads > 1:
-            mask = mask.repeat_interleave(module.num_key_value_groups, dim=1)
-        if module.config._attn_implementation == "eager":
-            dtype = (
-                attention_mask.dtype
-                if attention_mask is not None and attention_mask.is_floating_point()
-                else layer.dtype
-            )
-            return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, torch.finfo(dtype).min)
-        return mask
-
 
 def _watch_for_modules(cache: LookaheadCache) -> torch.utils.hooks.RemovableHandle:
     """A process-wide forward hook that reports to `cache` every module called with it, until its prefill ends."""
@@ -437,6 +401,42 @@ def _watch_for_modules(cache: LookaheadCache) -> torch.utils.hooks.RemovableHand
             cache._on_module_done(module, args, kwargs)
 
     return nn.modules.module.register_module_forward_hook(hook, with_kwargs=True)
+
+
+def compressed_layer_mask(
+    layer: EvictingLayer | PackedLayer, module: nn.Module, attention_mask, hidden_states: torch.Tensor
+):
+    """The attention mask of a compressed layer for `module` (its attention module): its own padding slots, then the
+    new tokens' mask; None when nothing needs masking."""
+    slot_valid = layer.slot_valid()
+    batch, query_length = hidden_states.shape[:2]
+    if slot_valid is None and attention_mask is None and query_length == 1:
+        return None
+    slots = layer.get_mask_sizes(0)[0]
+    device = hidden_states.device
+    if attention_mask is None:
+        new = torch.ones(query_length, query_length, dtype=torch.bool, device=device).tril()[None, None]
+    else:
+        new = attention_mask[..., -query_length:]
+        new = new if new.dtype == torch.bool else new == 0
+    past = (
+        torch.ones(batch, 1, 1, slots, dtype=torch.bool, device=device)
+        if slot_valid is None
+        else slot_valid[:, :, None]
+    )
+    heads = max(past.shape[1], new.shape[1])
+    mask = torch.cat(
+        [past.expand(batch, heads, query_length, slots), new.expand(batch, heads, query_length, query_length)],
+        dim=-1,
+    )
+    if heads > 1:
+        mask = mask.repeat_interleave(module.num_key_value_groups, dim=1)
+    if module.config._attn_implementation == "eager":
+        dtype = (
+            attention_mask.dtype if attention_mask is not None and attention_mask.is_floating_point() else layer.dtype
+        )
+        return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, torch.finfo(dtype).min)
+    return mask
 
 
 def _physical_mask_hook(cache: LookaheadCache, layer_idx: int):
@@ -454,10 +454,10 @@ def _physical_mask_hook(cache: LookaheadCache, layer_idx: int):
             # The varlen attention reads the packed layer itself; several new tokens also need the padded mask.
             mask = None
             if hidden_states.shape[1] > 1:
-                mask = cache._physical_mask(layer, module, kwargs.get("attention_mask"), hidden_states)
+                mask = compressed_layer_mask(layer, module, kwargs.get("attention_mask"), hidden_states)
             kwargs["attention_mask"] = PackedAttention(layer, mask)
         else:
-            kwargs["attention_mask"] = cache._physical_mask(layer, module, kwargs.get("attention_mask"), hidden_states)
+            kwargs["attention_mask"] = compressed_layer_mask(layer, module, kwargs.get("attention_mask"), hidden_states)
         return args, kwargs
 
     return hook
