@@ -8,6 +8,7 @@ from transformers import DynamicCache
 
 from lookahead_cache import LookaheadCache
 from lookahead_cache.packed import DEFAULT_GROWTH, PackedLayer
+from lookahead_cache.prefill import cache_argument
 
 BUDGET = dict(budget=20, scorer="snapkv", allocation="adakv", sink=2, window=4)
 
@@ -51,7 +52,7 @@ def test_attention_over_packed_heads_equals_full_attention_restricted_to_each_he
 
     def capture(index):
         def hook(module, args, kwargs, output):
-            if kwargs.get("past_key_values") is cache:
+            if cache_argument(kwargs) is cache:
                 captured[index] = (kwargs["hidden_states"], kwargs["position_embeddings"], output[0])
 
         return hook

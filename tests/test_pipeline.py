@@ -1,11 +1,13 @@
 """Pipelines: every input gets its own fresh LookaheadCache."""
 
+import pytest
 import torch
 from conftest import tiny_model
 from transformers import PreTrainedTokenizerFast, pipeline
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from lookahead_cache import LookaheadCache, LookaheadTextGenerationPipeline
+from lookahead_cache.prefill import CACHE_ARGUMENT
 
 
 def word_tokenizer():
@@ -20,11 +22,12 @@ def prompts():
     return [" ".join(f"w{3 + (7 * i + j) % 120}" for j in range(40 + 5 * i)) for i in range(3)]
 
 
-def test_pipeline_gives_each_input_a_fresh_cache_and_matches_generate():
+@pytest.mark.parametrize("argument", sorted({"past_key_values", CACHE_ARGUMENT}))
+def test_pipeline_gives_each_input_a_fresh_cache_and_matches_generate(argument):
     model, tokenizer = tiny_model(), word_tokenizer()
     pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, pipeline_class=LookaheadTextGenerationPipeline)
     template = LookaheadCache(budget=16, scorer="snapkv", window=4)
-    outputs = pipe(prompts(), past_key_values=template, max_new_tokens=6, do_sample=False, return_full_text=False)
+    outputs = pipe(prompts(), **{argument: template}, max_new_tokens=6, do_sample=False, return_full_text=False)
 
     assert not template.layers, "the template itself must stay unused"
     for prompt, output in zip(prompts(), outputs):

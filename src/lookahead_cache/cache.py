@@ -19,7 +19,7 @@ from .attention import SUPPORTED_ATTENTION, VARLEN_ATTENTION, PackedAttention, b
 from .config import DEFAULT_BUDGET, DEFAULT_SINK, DEFAULT_WINDOW, LookaheadCacheConfig
 from .layers import EvictingLayer
 from .packed import PackedLayer
-from .prefill import LayerPrefill, padding_from_mask
+from .prefill import LayerPrefill, cache_argument, padding_from_mask
 from .scorers import Scorer, get_scorer
 from .selection import protected_positions, select_tokens
 
@@ -46,9 +46,10 @@ class LookaheadCache(Cache):
     Sliding-window layers (e.g. Gemma 3's local layers) keep their window as in `DynamicCache` and are not
     compressed.
 
-    The cache finds the model's attention modules through the `past_key_values` argument they receive: a
-    process-wide forward hook watches for this cache until its prefill ends, then per-module hooks supply
-    the attention masks of the compressed layers. No model code is modified.
+    The cache finds the model's attention modules through the cache argument they receive (`cache=`, or
+    `past_key_values=` before transformers 5.24): a process-wide forward hook watches for this cache until its
+    prefill ends, then per-module hooks supply the attention masks of the compressed layers. No model code is
+    modified.
 
     Args:
         budget: Prompt tokens kept per layer and KV head on average (int), or a fraction of each prompt in
@@ -263,9 +264,9 @@ class LookaheadCache(Cache):
     def _attention_not_found(self, layer_idx: int) -> RuntimeError:
         return RuntimeError(
             f"LookaheadCache could not find the attention module of layer {layer_idx}: it stored keys but no module "
-            "that received the cache as the `past_key_values` keyword argument returned afterwards. LookaheadCache "
-            "supports transformers models whose attention modules take `past_key_values=` (Llama, Qwen2/3, "
-            "Mistral, Gemma 3 and other models written in the transformers v5 style)."
+            "that received the cache as its `cache` (or `past_key_values`) keyword argument returned afterwards. "
+            "LookaheadCache supports transformers models whose attention modules take the cache as a keyword argument "
+            "(Llama, Qwen2/3, Mistral, Gemma 3 and other models written in the transformers v5 style)."
         )
 
     def _bind(self, module: nn.Module) -> None:
@@ -397,7 +398,7 @@ def _watch_for_modules(cache: LookaheadCache) -> torch.utils.hooks.RemovableHand
 
     def hook(module, args, kwargs, output):
         cache = cache_ref()
-        if cache is not None and kwargs.get("past_key_values") is cache:
+        if cache is not None and cache_argument(kwargs) is cache:
             cache._on_module_done(module, args, kwargs)
 
     return nn.modules.module.register_module_forward_hook(hook, with_kwargs=True)
@@ -444,7 +445,7 @@ def _physical_mask_hook(cache: LookaheadCache, layer_idx: int):
 
     def hook(module, args, kwargs):
         cache = cache_ref()
-        if cache is None or kwargs.get("past_key_values") is not cache:
+        if cache is None or cache_argument(kwargs) is not cache:
             return None
         layer = cache.layers[layer_idx]
         if not (isinstance(layer, (EvictingLayer, PackedLayer)) and layer.is_compressed):

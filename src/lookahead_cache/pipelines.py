@@ -8,7 +8,7 @@ from .cache import LookaheadCache
 
 
 class LookaheadTextGenerationPipeline(TextGenerationPipeline):
-    """`TextGenerationPipeline` where a `past_key_values=LookaheadCache(...)` argument is a template.
+    """`TextGenerationPipeline` where a `past_key_values=LookaheadCache(...)` (or `cache=`) argument is a template.
 
     The stock pipeline forwards generate kwargs as they are, so a single cache object would be shared by every
     input of a call and the second input would continue the first one's cache. Here each forward gets
@@ -20,7 +20,7 @@ class LookaheadTextGenerationPipeline(TextGenerationPipeline):
     """
 
     def _forward(self, model_inputs, **generate_kwargs):
-        template = generate_kwargs.get("past_key_values")
-        if isinstance(template, LookaheadCache):
-            generate_kwargs["past_key_values"] = template.fresh()
+        for name in ("cache", "past_key_values"):
+            if isinstance(generate_kwargs.get(name), LookaheadCache):
+                generate_kwargs[name] = generate_kwargs[name].fresh()
         return super()._forward(model_inputs, **generate_kwargs)

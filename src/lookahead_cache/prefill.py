@@ -7,7 +7,23 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
+import transformers
+from packaging import version
 from torch import nn
+
+
+# The keyword under which transformers models take a cache: renamed from `past_key_values` in 5.24, whose alias goes
+# away in 5.40 for `forward` (6.0 for `generate`).
+CACHE_ARGUMENT = (
+    "cache" if version.parse(transformers.__version__) >= version.parse("5.24.0.dev0") else "past_key_values"
+)
+
+
+def cache_argument(kwargs: dict):
+    """The cache a transformers module was called with: `cache=` since transformers 5.24, `past_key_values=` before
+    (still accepted by the models' forward until its removal)."""
+    cache = kwargs.get("cache")
+    return kwargs.get("past_key_values") if cache is None else cache
 
 
 @dataclass

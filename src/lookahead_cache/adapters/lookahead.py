@@ -27,7 +27,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..prefill import attention_queries
+from ..prefill import CACHE_ARGUMENT, attention_queries, cache_argument
 from .config import BaseModelSignature, LookaheadConfig
 
 # A token id no tokenizer produces: PEFT's own invocation search never activates the lookahead LoRA.
@@ -203,7 +203,7 @@ class LookaheadAdapter(nn.Module):
                     inputs_embeds=inputs_embeds,
                     attention_mask=attention_mask,
                     position_ids=position_ids,
-                    past_key_values=cache,
+                    **{CACHE_ARGUMENT: cache},
                     use_cache=True,
                 )
         finally:
@@ -278,7 +278,7 @@ def _register_prefill_hooks(decoder: nn.Module) -> tuple:
         from ..attention import LOOKAHEAD_PREFILL, SUPPORTED_ATTENTION
         from ..cache import LookaheadCache
 
-        cache = kwargs.get("past_key_values")
+        cache = cache_argument(kwargs)
         adapter = get_lookahead(decoder)
         if adapter is None or not (isinstance(cache, LookaheadCache) and cache.wants_lookahead_rows):
             return None
@@ -300,7 +300,7 @@ def _register_prefill_hooks(decoder: nn.Module) -> tuple:
         return args, kwargs
 
     def remove_rows(decoder, args, kwargs, output):
-        if not running or running[-1][0] is not kwargs.get("past_key_values"):
+        if not running or running[-1][0] is not cache_argument(kwargs):
             return None
         _, n, during_prefill = running.pop()
         during_prefill.close()

@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
 from ..cache import LookaheadCache
+from ..prefill import CACHE_ARGUMENT
 from ..scorers.future_queries import FutureQueriesScorer
 from .replay import PrefillRecording, dynamic_cache_from, future_queries, lookahead_queries
 
@@ -79,7 +80,7 @@ class SampleRun:
         output = self.model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
-            past_key_values=caches[0] if rows == 1 else LookaheadCache.stack(caches),
+            **{CACHE_ARGUMENT: caches[0] if rows == 1 else LookaheadCache.stack(caches)},
             max_new_tokens=limit,
             do_sample=False,
             eos_token_id=self.eos_token_id,

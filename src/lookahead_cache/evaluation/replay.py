@@ -16,7 +16,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from ..adapters.lookahead import LookaheadAdapter, get_lookahead
 from ..cache import LookaheadCache
-from ..prefill import LayerPrefill
+from ..prefill import CACHE_ARGUMENT, LayerPrefill
 
 
 class _RecordingCache(LookaheadCache):
@@ -56,7 +56,7 @@ def record_prefill(model: PreTrainedModel, input_ids: torch.Tensor) -> PrefillRe
     """Run the prompt `input_ids` (`[1, prompt_len]`) through `model` once and record it."""
     cache = _RecordingCache()
     start = time.perf_counter()
-    logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    logits = model(input_ids=input_ids, **{CACHE_ARGUMENT: cache}, use_cache=True, logits_to_keep=1).logits
     seconds = time.perf_counter() - start
     prefills = sorted(cache.prefills, key=lambda prefill: prefill.layer_idx)
     return PrefillRecording(prefills=prefills, next_token_logits=logits[:, -1], seconds=seconds)
@@ -87,7 +87,7 @@ def continue_recording(
     output = model.generate(
         input_ids=fed,
         attention_mask=torch.ones_like(fed),
-        past_key_values=dynamic_cache_from(recording.prefills),
+        **{CACHE_ARGUMENT: dynamic_cache_from(recording.prefills)},
         max_new_tokens=max_new_tokens - 1,
         pad_token_id=model.generation_config.pad_token_id,
         **generate_kwargs,
@@ -117,7 +117,7 @@ def future_queries(
         prefill.module.register_forward_pre_hook(capture(prefill.layer_idx), with_kwargs=True) for prefill in prefills
     ]
     try:
-        model(input_ids=future_ids, past_key_values=dynamic_cache_from(prefills), use_cache=True, logits_to_keep=1)
+        model(input_ids=future_ids, **{CACHE_ARGUMENT: dynamic_cache_from(prefills)}, use_cache=True, logits_to_keep=1)
     finally:
         for handle in handles:
             handle.remove()

@@ -25,6 +25,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
 from ..cache import LookaheadCache
+from ..prefill import CACHE_ARGUMENT
 
 
 @dataclass
@@ -203,7 +204,7 @@ def timed_generation(
         start = clock.mark()
         # logits_to_keep=1: the other prompt positions' logits are never used, and at vocabulary size they
         # would dwarf the KV cache in memory (generate does the same).
-        logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        logits = model(input_ids=input_ids, **{CACHE_ARGUMENT: cache}, use_cache=True, logits_to_keep=1).logits
         token = logits[:, -1].argmax(-1, keepdim=True)
         end = clock.mark()
     prefill_seconds = clock.seconds(start, end)
@@ -215,7 +216,7 @@ def timed_generation(
     marks = []
     while len(tokens) < new_tokens and not (stop and int(tokens[-1]) in stop):
         start = clock.mark()
-        logits = model(input_ids=tokens[-1], past_key_values=cache, use_cache=True).logits
+        logits = model(input_ids=tokens[-1], **{CACHE_ARGUMENT: cache}, use_cache=True).logits
         tokens.append(logits[:, -1].argmax(-1, keepdim=True))
         marks.append((start, clock.mark()))
     return TimedGeneration(
