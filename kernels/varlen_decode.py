@@ -1,12 +1,13 @@
 """Decode attention over a KV cache whose heads keep different numbers of tokens.
 
-A compressed layer with head-level budgets (`lookahead_cache.packed.PackedLayer`) stores, for every (row b, KV
-head h), its kept prompt tokens as one segment of flat buffers ``prompt_keys`` / ``prompt_values``
-``[kept, head_dim]`` (segment start ``prompt_starts[b, h]``, length ``prompt_lengths[b, h]``), followed by the
+The kernel reads, for every (row b, KV head h), a prompt segment of flat buffers ``prompt_keys`` / ``prompt_values``
+``[tokens, head_dim]`` (segment start ``prompt_starts[b, h]``, length ``prompt_lengths[b, h]``), followed by the
 tokens decoded since, in ``tail_keys`` / ``tail_values`` ``[batch, kv_heads, capacity, head_dim]`` (the first
-``tail_length`` slots). One decoding query per query head, ``query`` ``[batch, q_heads, head_dim]``, attends to
-the prompt segment and the tail of its KV head (grouped-query attention: query head ``q`` reads KV head
-``q // (q_heads // kv_heads)``)::
+``tail_length`` slots; any strides). A compressed layer with head-level budgets
+(`lookahead_cache.packed.PackedLayer`) hands over its row buffers as such views, without copying: the flattened
+row buffers with row-offset starts, and the interleaved tail viewed per head. One decoding query per query head,
+``query`` ``[batch, q_heads, head_dim]``, attends to the prompt segment and the tail of its KV head (grouped-query
+attention: query head ``q`` reads KV head ``q // (q_heads // kv_heads)``)::
 
     out[b, q] = softmax((query[b, q] . K_bh^T) * scaling) V_bh
 
@@ -86,8 +87,9 @@ def varlen_decode_attention_reference(
     tail_length: int,
     scaling: float,
 ) -> torch.Tensor:
-    """Torch reference of :func:`varlen_decode_attention`, and its CPU path: one (row, KV head) at a time, on views
-    of its prompt segment and tail (no padding is gathered; the loop costs a few microseconds per head)."""
+    """Torch reference of :func:`varlen_decode_attention`: one (row, KV head) at a time, on views of its prompt
+    segment and tail. (A model decoding on CPU attends with `lookahead_cache.attention.packed_decode_attention`,
+    one masked SDPA call per layer, rather than this loop.)"""
     _validate(query, prompt_keys, prompt_values, prompt_starts, prompt_lengths, tail_keys, tail_values, tail_length)
     batch, q_heads, head_dim = query.shape
     kv_heads = prompt_lengths.shape[1]

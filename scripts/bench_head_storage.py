@@ -10,8 +10,8 @@ library's own layer classes, mask and attention functions:
 * ``uniform``: every head keeps `budget` tokens (`EvictingLayer`), SDPA; the same total size as the packed layers;
 * ``packed-sdpa``: per-head counts from the LU-KV profile shipped with the default adapter (lookahead scorer: the
   most uneven allocation we ship), stored packed (`PackedLayer`), attended by SDPA over its padded view;
-* ``packed-varlen``: the same layers attended in place by `lookahead_varlen` (the Triton kernel on GPU, its torch
-  reference on CPU).
+* ``packed-varlen``: the same layers attended in place by `lookahead_varlen` (the Triton kernel on GPU, one masked
+  attention per layer over the row buffer on CPU).
 
 Rounds are interleaved; each prints the median ms per decoded token (all layers) and the ratios to ``uniform``.
 

@@ -4,9 +4,12 @@ kept tokens of every head."""
 import pytest
 import torch
 from conftest import prompt_ids, tiny_model
+from lookahead_cache.kernels import varlen_decode as kernel_module
+from lookahead_cache.kernels.varlen_decode import varlen_decode_attention_triton
 from transformers import DynamicCache
 
 from lookahead_cache import LookaheadCache
+from lookahead_cache.attention import packed_decode_attention
 from lookahead_cache.packed import DEFAULT_GROWTH, PackedLayer
 from lookahead_cache.prefill import cache_argument
 
@@ -92,7 +95,7 @@ def test_bytes_are_the_kept_tokens_bytes_and_decoding_appends_in_place():
     cache = LookaheadCache(**BUDGET)
     with torch.no_grad():
         model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache)
-    head_dim = cache.layers[0].prompt_keys.shape[-1]
+    head_dim = cache.layers[0].row_keys.shape[-1]
     token_bytes = 2 * head_dim * 4  # a key and a value in float32
     assert cache.nbytes() == int(cache.kept_tokens().sum()) * token_bytes
     packed = [layer for layer in cache.layers if isinstance(layer, PackedLayer)]
@@ -101,21 +104,19 @@ def test_bytes_are_the_kept_tokens_bytes_and_decoding_appends_in_place():
     padded = sum(layer.prompt_slots * layer.prompt_lengths.numel() for layer in packed) * token_bytes
     assert sum(layer.nbytes() for layer in packed) < padded
 
-    prompt_buffers = [layer.prompt_keys.data_ptr() for layer in packed]
-    tail_buffers = [set() for _ in packed]
+    buffers = [{layer.row_keys.data_ptr()} for layer in packed]
     steps = DEFAULT_GROWTH * 2 + 3
     mask = attention_mask
     for step in range(steps):
         mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=-1)
         with torch.no_grad():
             model(input_ids=prompt_ids(1, batch=2, seed=step), attention_mask=mask, past_key_values=cache)
-        for layer, buffers in zip(packed, tail_buffers):
-            buffers.add(layer.tail_keys.data_ptr())
+        for layer, seen in zip(packed, buffers):
+            seen.add(layer.row_keys.data_ptr())
             slack = layer.nbytes() - int(layer.kept_tokens().sum()) * token_bytes
             assert 0 <= slack < layer.prompt_lengths.numel() * DEFAULT_GROWTH * token_bytes
-    # The prompt is never copied again; the tail moves only when its slack runs out, every DEFAULT_GROWTH steps.
-    assert [layer.prompt_keys.data_ptr() for layer in packed] == prompt_buffers
-    assert all(len(buffers) == -(-steps // DEFAULT_GROWTH) for buffers in tail_buffers)
+    # Decoding writes in place; the layer moves only when the tail's slack runs out, every DEFAULT_GROWTH steps.
+    assert all(len(seen) == 1 + -(-steps // DEFAULT_GROWTH) for seen in buffers)
 
 
 def packed_layer(seed=0, growth=2):
@@ -136,7 +137,8 @@ def packed_layer(seed=0, growth=2):
 
 def test_padded_view_holds_each_heads_kept_tokens_after_its_padding():
     layer, expected, slot_valid = packed_layer()
-    assert layer.prompt_keys.shape == (3 + 5 + 6 + 1 + 4 + 4, 4)
+    assert layer.row_keys.shape == (3, 8, 4)  # rows keep 8, 7 and 8 tokens
+    assert layer.nbytes() == 3 * 8 * 4 * 2 * 4
     new_keys = torch.randn(3, 2, 3, 4)
     keys, _ = layer.update(new_keys, new_keys)
     assert keys.shape == (3, 2, 9, 4)
@@ -165,7 +167,7 @@ def test_batch_operations_repack_the_selected_rows(select):
     assert layer.prompt_slots == int(lengths[rows].max())  # the padded view fits the rows kept
     assert torch.equal(new_keys[layer.slot_valid()], keys[rows][slot_valid[rows]])
     assert torch.equal(new_values[layer.slot_valid()], values[rows][slot_valid[rows]])
-    assert layer.nbytes() == (int(layer.prompt_lengths.sum()) * 4 + layer.tail_keys[..., 0].numel() * 4) * 2 * 4
+    assert layer.nbytes() == len(rows) * (8 + 2 * layer.tail_capacity) * 4 * 2 * 4
 
 
 def test_packed_caches_stack_with_padded_ones():
@@ -189,8 +191,8 @@ def test_packed_caches_stack_with_padded_ones():
 
 @pytest.mark.parametrize("architecture", ["llama", "qwen3", "gemma3"])
 def test_varlen_attention_generates_what_sdpa_generates(architecture):
-    """Under `lookahead_varlen` decoding reads the packed layers in place (the varlen kernel, interpreted on CPU in
-    the tests); the text equals SDPA's over the padded copy, on a left-padded batch, across a second turn."""
+    """Under `lookahead_varlen` decoding reads the packed layers in place (one masked SDPA call per layer on CPU);
+    the text equals SDPA's over the padded copy, on a left-padded batch, across a second turn."""
     input_ids, attention_mask = padded_batch()
     outputs = {}
     for attn in ("sdpa", "lookahead_varlen"):
@@ -211,3 +213,45 @@ def test_varlen_attention_generates_what_sdpa_generates(architecture):
             input_ids=turn, attention_mask=mask, past_key_values=cache, max_new_tokens=4, do_sample=False
         )
     assert torch.equal(outputs["lookahead_varlen"], outputs["sdpa"])
+
+
+@pytest.mark.parametrize("steps", [0, 3])
+def test_decode_attention_over_the_row_buffers_is_each_heads_attention_over_its_kept_tokens(steps):
+    """The CPU path (one masked attention over the row buffers) and the Triton kernel (interpreted on CPU) read the
+    layer in place; both equal softmax attention of each query head over its KV head's tokens alone."""
+    layer, _, _ = packed_layer(growth=4)
+    if steps:
+        layer.update(torch.randn(3, 2, steps, 4), torch.randn(3, 2, steps, 4))
+    group, scaling = 3, 0.5
+    query = torch.randn(3, 2 * group, 1, 4)
+    bfloat16 = PackedLayer(
+        layer.row_keys.bfloat16(), layer.row_values.bfloat16(), layer.prompt_lengths, layer.cumulative_length
+    )
+    keys, values = layer.padded()
+    valid = layer.slot_valid()
+    expected = torch.empty(3, 2 * group, 4)
+    for b in range(3):
+        for h in range(2):
+            kept = slice(None) if valid is None else valid[b, h]
+            q = query[b, h * group : (h + 1) * group, 0]
+            probs = torch.softmax(q @ keys[b, h, kept].T * scaling, dim=-1)
+            expected[b, h * group : (h + 1) * group] = probs @ values[b, h, kept]
+
+    torch.testing.assert_close(packed_decode_attention(layer, query, group, scaling)[:, 0], expected)
+    if not steps:  # the half-precision path (SDPA), on the same tokens rounded
+        output = packed_decode_attention(bfloat16, query.bfloat16(), group, scaling)[:, 0]
+        torch.testing.assert_close(output.float(), expected, rtol=0.05, atol=0.05)
+    if not kernel_module._INTERPRETED:
+        pytest.skip("the Triton interpreter is off (TRITON_INTERPRET=1 runs the kernel on CPU)")
+    kernel = varlen_decode_attention_triton(
+        query[:, :, 0],
+        layer.row_keys.flatten(0, 1),
+        layer.row_values.flatten(0, 1),
+        layer.flat_prompt_starts,
+        layer.prompt_lengths,
+        layer.tail(layer.row_keys),
+        layer.tail(layer.row_values),
+        layer.tail_length,
+        scaling,
+    )
+    torch.testing.assert_close(kernel, expected)

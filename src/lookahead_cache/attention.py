@@ -6,8 +6,8 @@
 same name); pick it when loading a model, `from_pretrained(..., attn_implementation="lookahead_varlen")`, or later
 with `model.set_attn_implementation("lookahead_varlen")`. It is SDPA everywhere but in one place: a decoding step
 (one new token) through a layer that a `LookaheadCache` stored packed (`lookahead_cache.packed.PackedLayer`, for
-head-level budgets such as `adakv` and `lukv`). There it runs the varlen decode-attention kernel on the packed
-buffers directly (Triton on GPU, its torch reference on CPU) instead of attending to a padded copy.
+head-level budgets such as `adakv` and `lukv`). There it attends to the packed buffers in place (the Triton varlen
+decode kernel on GPU, one masked attention call on CPU: `packed_decode_attention`) instead of to a padded copy.
 
 `lookahead_prefill|<implementation>` (not for users to pick): the lookahead adapter's hooks switch a model to it
 for the one prefill that carries lookahead rows after the prompt. The prompt rows then attend exactly as
@@ -74,18 +74,44 @@ def lookahead_varlen_attention(
         return sdpa_attention_forward(
             module, query, keys, values, attention_mask.padded_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    output = varlen_decode_attention(
-        query[:, :, 0],
-        layer.prompt_keys,
-        layer.prompt_values,
-        layer.prompt_starts,
-        layer.prompt_lengths,
-        layer.tail_keys,
-        layer.tail_values,
-        layer.tail_length,
-        scaling,
-    )
-    return output[:, None], None
+    return packed_decode_attention(layer, query, module.num_key_value_groups, scaling), None
+
+
+def packed_decode_attention(
+    layer: PackedLayer, query: torch.Tensor, num_key_value_groups: int, scaling: float
+) -> torch.Tensor:
+    """`[batch, 1, q_heads, head_dim]` attention of one decoding query per query head (`[batch, q_heads, 1,
+    head_dim]`) over the tokens `layer` keeps for its KV head, read in place.
+
+    On GPU, the Triton varlen decode kernel. On CPU, one attention per layer whose query rows are all the query
+    heads of a batch row and whose keys are the whole row buffer, with `layer.decode_mask` hiding the other heads'
+    tokens: three ops per layer instead of a few per head, at the price of scoring every query head against every
+    head's keys (a kv_heads-fold of the logits, cheap at the sizes a CPU decodes).
+    """
+    if query.is_cuda:
+        output = varlen_decode_attention(
+            query[:, :, 0],
+            layer.row_keys.flatten(0, 1),
+            layer.row_values.flatten(0, 1),
+            layer.flat_prompt_starts,
+            layer.prompt_lengths,
+            layer.tail(layer.row_keys),
+            layer.tail(layer.row_values),
+            layer.tail_length,
+            scaling,
+        )
+        return output[:, None]
+    used = layer.used_slots
+    keys, values = layer.row_keys[:, :used], layer.row_values[:, :used]
+    mask = layer.decode_mask(num_key_value_groups, query.dtype)[..., :used]
+    if query.dtype != torch.float32:
+        # SDPA computes the softmax of half-precision inputs in float32.
+        return torch.nn.functional.scaled_dot_product_attention(
+            query.transpose(1, 2), keys[:, None], values[:, None], attn_mask=mask, scale=scaling
+        )
+    # Three plain ops are a quarter faster than SDPA's masked CPU kernel for a single query row per head.
+    logits = torch.baddbmm(mask[:, 0], query[:, :, 0], keys.transpose(1, 2), alpha=scaling)
+    return torch.bmm(logits.softmax(-1), values)[:, None]
 
 
 def lookahead_prefill_attention(

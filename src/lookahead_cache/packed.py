@@ -1,17 +1,26 @@
 """Storage of a compressed layer whose KV heads keep different numbers of prompt tokens, without padding.
 
 Head-level allocations (`adakv`, `lukv`) give every KV head its own count. Padding each head to the longest one,
-as masking implementations do, keeps the bytes of the longest head for every head. `PackedLayer` stores the kept
-prompt tokens of all (row, KV head) pairs back to back in one flat buffer, so its bytes are the kept tokens'
-bytes, and appends decoded tokens to a per-head tail that grows `growth` slots at a time, so a decoding step
-writes its new token in place instead of copying the layer.
+as masking implementations do, keeps the bytes of the longest head for every head. `PackedLayer` keeps one buffer
+per batch row, `row_keys` / `row_values` `[batch, slots, head_dim]`:
+
+* the row's kept prompt tokens, head after head (head h's segment starts at `prompt_starts[b, h]` and holds
+  `prompt_lengths[b, h]` tokens, in prompt order), in the first `prompt_width` slots;
+* then the tokens decoded since, interleaved by head (step t of head h in slot `prompt_width + t * kv_heads + h`),
+  in a tail that grows `growth` steps at a time.
+
+So its bytes are the kept tokens' bytes plus at most `growth` slots of slack per head, and a decoding step writes
+its new tokens in place; only every `growth` steps does the layer move to larger buffers. Rows of a batch share
+`prompt_width`, the largest row total: rows keep equal totals unless their budgets differ (a fractional budget over
+prompts of different lengths), and only then does a row hold padding slots.
 
 Attention reads it in one of two ways:
 
 * `sdpa` / `eager` (any device): `update` returns the layer gathered into the padded `[batch, kv_heads, slots,
   head_dim]` layout those implementations expect, with the padding masked, a transient copy per step;
-* the `lookahead_varlen` attention implementation (see `lookahead_cache.attention`): attention runs on the flat
-  buffer and the tail directly (the Triton varlen decode kernel on GPU), with no copy.
+* the `lookahead_varlen` attention implementation (see `lookahead_cache.attention`): attention runs on the row
+  buffers in place, with the Triton varlen decode kernel on GPU and one masked SDPA call per layer on CPU
+  (`decode_mask`).
 """
 
 from __future__ import annotations
@@ -23,16 +32,16 @@ DEFAULT_GROWTH = 16
 
 
 class PackedLayer(CacheLayerMixin):
-    """A compressed layer stored per (row, KV head) without padding.
+    """A compressed layer stored per batch row, its KV heads' kept tokens back to back without padding.
 
     Attributes:
-        prompt_keys: `[kept, head_dim]`, the kept prompt keys of every (row, KV head), in row-major (row, head)
-            order and in prompt order within each; `prompt_values` alike.
+        row_keys: `[batch, prompt_width + kv_heads * tail_capacity, head_dim]`, see the module docstring;
+            `row_values` alike.
         prompt_lengths: `[batch, kv_heads]` prompt tokens kept per (row, KV head).
-        prompt_starts: `[batch, kv_heads]` offset of each (row, KV head) in `prompt_keys`.
-        tail_keys: `[batch, kv_heads, capacity, head_dim]` keys appended after the prompt; the first
-            `tail_length` slots hold tokens, the rest is the slack new tokens are written into.
-        growth: Slots the tail gains when it is full, so the slack never exceeds `growth` tokens per head.
+        prompt_starts: `[batch, kv_heads]` slot of each (row, KV head)'s first prompt token in its row buffer.
+        prompt_width: Slots of the prompt part of the row buffers (the largest row total of `prompt_lengths`).
+        tail_length: Tokens appended per head since the prompt; the tail holds room for `tail_capacity`.
+        growth: Steps the tail gains when it is full, so the slack never exceeds `growth` tokens per head.
     """
 
     is_compileable = False
@@ -42,8 +51,8 @@ class PackedLayer(CacheLayerMixin):
 
     def __init__(
         self,
-        prompt_keys: torch.Tensor,
-        prompt_values: torch.Tensor,
+        row_keys: torch.Tensor,
+        row_values: torch.Tensor,
         prompt_lengths: torch.Tensor,
         cumulative_length: int,
         growth: int = DEFAULT_GROWTH,
@@ -51,16 +60,14 @@ class PackedLayer(CacheLayerMixin):
         super().__init__()
         if growth < 1:
             raise ValueError(f"growth={growth} must be at least 1 slot.")
-        self.prompt_keys, self.prompt_values = prompt_keys, prompt_values
+        self.row_keys, self.row_values = row_keys, row_values
         self.growth = growth
         self.cumulative_length = cumulative_length
-        self.dtype, self.device = prompt_keys.dtype, prompt_keys.device
+        self.dtype, self.device = row_keys.dtype, row_keys.device
         self.is_initialized = True
-        self._set_lengths(prompt_lengths.to(self.device))
-        batch, kv_heads = prompt_lengths.shape
-        self.tail_keys = prompt_keys.new_empty(batch, kv_heads, 0, prompt_keys.shape[-1])
-        self.tail_values = prompt_values.new_empty(batch, kv_heads, 0, prompt_values.shape[-1])
+        self.prompt_width = row_keys.shape[1]
         self.tail_length = 0
+        self._set_lengths(prompt_lengths.to(self.device))
         # Set by the cache when the model attends with `lookahead_varlen`: `update` then skips the padded copy.
         self.attends_packed = False
 
@@ -78,23 +85,57 @@ class PackedLayer(CacheLayerMixin):
         the full prompt `keys` / `values` (`[batch, kv_heads, prompt_len, head_dim]`)."""
         rows, heads, slots = slot_valid.nonzero(as_tuple=True)
         kept = positions[rows, heads, slots]
-        return cls(keys[rows, heads, kept], values[rows, heads, kept], slot_valid.sum(-1), cumulative_length, growth)
+        lengths = slot_valid.sum(-1)
+        row_totals = lengths.sum(-1)
+        # nonzero lists the kept tokens row after row, head after head: their slot is their rank within the row.
+        row_slot = torch.arange(rows.numel(), device=rows.device) - (row_totals.cumsum(0) - row_totals)[rows]
+        width = int(row_totals.max()) if row_totals.numel() else 0
+        buffers = []
+        for full in (keys, values):
+            buffer = full.new_zeros(full.shape[0], width, full.shape[-1])
+            buffer[rows, row_slot] = full[rows, heads, kept]
+            buffers.append(buffer)
+        return cls(*buffers, lengths, cumulative_length, growth)
 
     def _set_lengths(self, prompt_lengths: torch.Tensor) -> None:
         self.prompt_lengths = prompt_lengths
-        flat = prompt_lengths.flatten()
-        self.prompt_starts = (flat.cumsum(0) - flat).view_as(prompt_lengths)
+        self.prompt_starts = prompt_lengths.cumsum(-1) - prompt_lengths
         self.prompt_slots = int(prompt_lengths.max()) if prompt_lengths.numel() else 0
         # The padded layout puts each head's kept tokens last, after its padding slots, as EvictingLayer does.
         slot = torch.arange(self.prompt_slots, device=self.device)
         first_kept = (self.prompt_slots - prompt_lengths)[..., None]
         valid = slot >= first_kept
-        self._padded_index = (self.prompt_starts[..., None] + slot - first_kept).masked_fill(~valid, 0)
+        self._padded_slots = (self.prompt_starts[..., None] + slot - first_kept).masked_fill(~valid, 0)
         self.prompt_slot_valid = None if bool(valid.all()) else valid
+        self._on_new_buffers()
+
+    def _on_new_buffers(self) -> None:
+        """Recompute what depends on the buffers' size: flat indices and the decode masks."""
+        row_offsets = torch.arange(self.batch_size, device=self.device) * self.row_keys.shape[1]
+        self._padded_index = (self._padded_slots + row_offsets[:, None, None]).flatten()
+        self.flat_prompt_starts = self.prompt_starts + row_offsets[:, None]
+        self._decode_masks = {}
 
     @property
     def batch_size(self) -> int:
         return self.prompt_lengths.shape[0]
+
+    @property
+    def kv_heads(self) -> int:
+        return self.prompt_lengths.shape[1]
+
+    @property
+    def tail_capacity(self) -> int:
+        return (self.row_keys.shape[1] - self.prompt_width) // self.kv_heads
+
+    @property
+    def used_slots(self) -> int:
+        """Slots of the row buffers that hold tokens (or row padding): the prompt part and the decoded steps."""
+        return self.prompt_width + self.kv_heads * self.tail_length
+
+    def tail(self, buffer: torch.Tensor) -> torch.Tensor:
+        """The tail of `buffer` (`row_keys` or `row_values`) as a `[batch, kv_heads, tail_capacity, head_dim]` view."""
+        return buffer[:, self.prompt_width :].unflatten(1, (self.tail_capacity, self.kv_heads)).transpose(1, 2)
 
     # ----- Cache layer API ---------------------------------------------------------------------------------
 
@@ -104,33 +145,55 @@ class PackedLayer(CacheLayerMixin):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         new = key_states.shape[-2]
         end = self.tail_length + new
-        if end > self.tail_keys.shape[-2]:
+        if end > self.tail_capacity:
             self._grow(end + self.growth - 1)
-        self.tail_keys[:, :, self.tail_length : end] = key_states
-        self.tail_values[:, :, self.tail_length : end] = value_states
+        written = slice(self.used_slots, self.prompt_width + self.kv_heads * end)
+        self.row_keys[:, written] = key_states.transpose(1, 2).flatten(1, 2)
+        self.row_values[:, written] = value_states.transpose(1, 2).flatten(1, 2)
         self.tail_length = end
         self.cumulative_length += new
         if self.attends_packed:
-            return self.prompt_keys, self.prompt_values
+            return self.row_keys, self.row_values
         return self.padded()
 
     def _grow(self, capacity: int) -> None:
-        """Move the tail to a buffer of `capacity` slots: the only copy decoding makes, of the tail alone."""
-        for name in ("tail_keys", "tail_values"):
+        """Move the layer to buffers with room for `capacity` decoded steps: the only copy decoding makes."""
+        for name in ("row_keys", "row_values"):
             old = getattr(self, name)
-            grown = old.new_empty(*old.shape[:2], capacity, old.shape[-1])
-            grown[:, :, : self.tail_length] = old[:, :, : self.tail_length]
+            grown = old.new_empty(old.shape[0], self.prompt_width + self.kv_heads * capacity, old.shape[-1])
+            grown[:, : self.used_slots] = old[:, : self.used_slots]
             setattr(self, name, grown)
+        self._on_new_buffers()
 
     def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values `[batch, kv_heads, prompt_slots + tail_length, head_dim]` in the padded layout, padding
         slots first (they hold arbitrary kept tokens and must be masked: see `slot_valid`)."""
-        return self._padded(self.prompt_keys, self.tail_keys), self._padded(self.prompt_values, self.tail_values)
+        return self._padded(self.row_keys), self._padded(self.row_values)
 
-    def _padded(self, prompt: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+    def _padded(self, buffer: torch.Tensor) -> torch.Tensor:
         # index_select on the flat index: advanced indexing with a [batch, heads, slots] index is ~5x slower on CPU.
-        gathered = prompt.index_select(0, self._padded_index.flatten()).view(*self._padded_index.shape, -1)
-        return torch.cat([gathered, tail[:, :, : self.tail_length]], dim=-2)
+        prompt = buffer.flatten(0, 1).index_select(0, self._padded_index)
+        prompt = prompt.view(self.batch_size, self.kv_heads, self.prompt_slots, -1)
+        return torch.cat([prompt, self.tail(buffer)[:, :, : self.tail_length]], dim=-2)
+
+    def decode_mask(self, num_key_value_groups: int, dtype: torch.dtype) -> torch.Tensor:
+        """`[batch, 1, q_heads, slots]` additive mask over the row buffers for one query per query head: 0 where the
+        slot holds a token of the query head's KV head, -inf elsewhere (other heads' tokens, row padding). With it,
+        attention over a row buffer is each head's attention over its own tokens; slice it to `used_slots`."""
+        key = (num_key_value_groups, dtype)
+        if key not in self._decode_masks:
+            slots = torch.arange(self.prompt_width, device=self.device).expand(self.batch_size, -1)
+            # A prompt slot belongs to the first head whose segment ends after it (kv_heads: row padding).
+            prompt_head = torch.searchsorted(
+                self.prompt_lengths.cumsum(-1).contiguous(), slots.contiguous(), right=True
+            )
+            tail_head = torch.arange(self.kv_heads, device=self.device).repeat(self.tail_capacity)
+            slot_head = torch.cat([prompt_head, tail_head.expand(self.batch_size, -1)], dim=-1)
+            query_head = torch.arange(self.kv_heads * num_key_value_groups, device=self.device) // num_key_value_groups
+            visible = slot_head[:, None, None, :] == query_head[None, None, :, None]
+            mask = torch.zeros(visible.shape, dtype=dtype, device=self.device)
+            self._decode_masks[key] = mask.masked_fill_(~visible, float("-inf"))
+        return self._decode_masks[key]
 
     def get_seq_length(self) -> int:
         return self.cumulative_length
@@ -155,8 +218,9 @@ class PackedLayer(CacheLayerMixin):
         return (self.prompt_lengths + self.tail_length).cpu()
 
     def nbytes(self) -> int:
-        """Bytes held: the kept prompt tokens, the decoded tokens and the tail's slack (at most `growth` slots)."""
-        return sum(t.nbytes for t in (self.prompt_keys, self.prompt_values, self.tail_keys, self.tail_values))
+        """Bytes held: the kept prompt tokens, the decoded tokens, the tail's slack (at most `growth` steps) and the
+        padding of rows that keep fewer prompt tokens than the row that keeps most (none when the totals agree)."""
+        return self.row_keys.nbytes + self.row_values.nbytes
 
     def to_padded(self):
         """The same layer as an `EvictingLayer` in the padded layout (to stack it with other caches' layers)."""
@@ -179,16 +243,9 @@ class PackedLayer(CacheLayerMixin):
         )
 
     def _select_rows(self, rows: torch.Tensor) -> None:
-        """Keep batch rows `rows` (indices, repeats allowed), in that order, repacking the prompt buffer."""
+        """Keep batch rows `rows` (indices, repeats allowed), in that order."""
         rows = rows.to(self.device)
-        valid = (
-            torch.ones_like(self._padded_index, dtype=torch.bool)
-            if self.prompt_slot_valid is None
-            else self.prompt_slot_valid
-        )
-        flat_index = self._padded_index[rows][valid[rows]]
-        self.prompt_keys, self.prompt_values = self.prompt_keys[flat_index], self.prompt_values[flat_index]
-        self.tail_keys, self.tail_values = self.tail_keys[rows], self.tail_values[rows]
+        self.row_keys, self.row_values = self.row_keys[rows], self.row_values[rows]
         self._set_lengths(self.prompt_lengths[rows])
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -206,9 +263,11 @@ class PackedLayer(CacheLayerMixin):
         raise RuntimeError("A PackedLayer holds a compressed prompt; start a new LookaheadCache for a new prompt.")
 
     def offload(self):
-        for name in ("prompt_keys", "prompt_values", "tail_keys", "tail_values"):
-            setattr(self, name, getattr(self, name).to("cpu", non_blocking=True))
+        self.row_keys, self.row_values = (
+            self.row_keys.to("cpu", non_blocking=True),
+            self.row_values.to("cpu", non_blocking=True),
+        )
 
     def prefetch(self):
-        for name in ("prompt_keys", "prompt_values", "tail_keys", "tail_values"):
-            setattr(self, name, getattr(self, name).to(self.device, non_blocking=True))
+        self.row_keys = self.row_keys.to(self.device, non_blocking=True)
+        self.row_values = self.row_values.to(self.device, non_blocking=True)
