@@ -382,6 +382,13 @@ class LookaheadCache(Cache):
                 layer.keys, layer.values, positions, slot_valid, layer.cumulative_length
             )
             packed.attends_packed = self._attn_implementation == VARLEN_ATTENTION
+            if not packed.attends_packed:
+                logger.warning_once(
+                    f"LookaheadCache stores per-head budgets packed, and under attn_implementation="
+                    f"{self._attn_implementation!r} each decoding step attends to a padded copy of every packed layer. "
+                    f"Load the model with attn_implementation='{VARLEN_ATTENTION}' (registered by `import "
+                    "lookahead_cache`) to decode them in place, at about the speed of uniform budgets."
+                )
             self.layers[layer_idx] = packed
         self.peak_nbytes = max(self.peak_nbytes, self.nbytes())
 

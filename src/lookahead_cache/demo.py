@@ -13,6 +13,7 @@ import argparse
 from transformers import DynamicCache, PreTrainedTokenizerBase
 from transformers.utils import logging
 
+from .attention import VARLEN_ATTENTION
 from .cache import LookaheadCache
 from .cli import budget_value, positive_int
 from .config import DEFAULT_BUDGET
@@ -64,8 +65,11 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logger.info(f"Loading {DEFAULT_MODEL_FILE} ...")
-    # The LU-KV profiles lie beside the lookahead adapter, so lukv needs it loaded too.
-    model, tokenizer = load_default_model(lookahead=args.scorer == "lookahead" or args.allocation == "lukv")
+    # The LU-KV profiles lie beside the lookahead adapter, so lukv needs it loaded too. lookahead_varlen is SDPA but
+    # for decoding per-head budgets, which it reads in place.
+    model, tokenizer = load_default_model(
+        attn_implementation=VARLEN_ATTENTION, lookahead=args.scorer == "lookahead" or args.allocation == "lukv"
+    )
     task = build_needle_task(tokenizer, args.context_tokens, args.seed)
     input_ids = task.prompt_ids(tokenizer)
     eos_token_id = model.generation_config.eos_token_id
