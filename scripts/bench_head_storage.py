@@ -2,9 +2,10 @@
 
 A decoding step of a compressed model differs from another only where the cache is touched: appending the new
 token's key and value, the layer's mask, and attention over the stored tokens. This benchmark times exactly that,
-for the 30 layers of SmolLM2-135M-Instruct (9 query / 3 KV heads, head_dim 64, float32), without the weight
-matmuls that dominate a full decode step on a CPU and make whole-model timings noisy. Per step and layer, with the
-library's own layer classes, mask and attention functions:
+for the 30 layers of SmolLM2-135M-Instruct (9 query / 3 KV heads, head_dim 64, float32 by default), without the
+weight matmuls that dominate a full decode step on a CPU and make whole-model timings noisy (`--device cuda
+--dtype bfloat16` runs the same on a GPU). Per step and layer, with the library's own layer classes, mask and
+attention functions:
 
 * ``full``: a full cache of the prompt (`DynamicLayer`), SDPA;
 * ``uniform``: every head keeps `budget` tokens (`EvictingLayer`), SDPA; the same total size as the packed layers;
@@ -54,8 +55,9 @@ def build_layers(storage: str, prompt: torch.Tensor, counts: torch.Tensor, budge
             layers.append(layer)
             continue
         heads = torch.full((1, KV_HEADS), budget) if storage == "uniform" else counts[index][None]
-        scores = torch.rand(1, KV_HEADS, length, generator=torch.Generator().manual_seed(index))
-        valid = torch.ones(1, length, dtype=torch.bool)
+        heads = heads.to(keys.device)
+        scores = torch.rand(1, KV_HEADS, length, generator=torch.Generator().manual_seed(index)).to(keys.device)
+        valid = torch.ones(1, length, dtype=torch.bool, device=keys.device)
         positions, slot_valid = select_tokens(scores, valid, heads, sink=DEFAULT_SINK, window=DEFAULT_WINDOW)
         if storage == "uniform":
             layer = EvictingLayer()
@@ -76,9 +78,12 @@ def decode(layers: list, storage: str, steps: torch.Tensor) -> list[float]:
         training=False,
         config=SimpleNamespace(_attn_implementation="lookahead_varlen" if storage == "packed-varlen" else "sdpa"),
     )
-    hidden = torch.zeros(1, 1, Q_HEADS * HEAD_DIM)
+    query = steps[0][0]
+    hidden = query.new_zeros(1, 1, Q_HEADS * HEAD_DIM)
+    synchronize = torch.cuda.synchronize if query.is_cuda else lambda: None
     seconds = []
     for query, keys, values in steps:
+        synchronize()
         start = time.perf_counter()
         for layer in layers:
             if storage == "packed-varlen":
@@ -90,6 +95,7 @@ def decode(layers: list, storage: str, steps: torch.Tensor) -> list[float]:
             all_keys, all_values = layer.update(keys, values)
             attend = lookahead_varlen_attention if storage == "packed-varlen" else sdpa_attention_forward
             attend(module, query, all_keys, all_values, mask, scaling=HEAD_DIM**-0.5)
+        synchronize()
         seconds.append(time.perf_counter() - start)
     return seconds
 
@@ -100,6 +106,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=256)
     parser.add_argument("--steps", type=int, default=64, help="Decoded tokens per round.")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (packed-varlen then runs the Triton kernel).")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--out", help="Write the results as JSON here.")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -107,12 +115,13 @@ def main() -> None:
     results = []
     for length in args.lengths:
         counts = profile.keep_counts(length, args.budget, floor=DEFAULT_SINK + DEFAULT_WINDOW)
-        prompt = torch.randn(LAYERS, 2, 1, KV_HEADS, length, HEAD_DIM)
+        options = {"device": args.device, "dtype": getattr(torch, args.dtype)}
+        prompt = torch.randn(LAYERS, 2, 1, KV_HEADS, length, HEAD_DIM, **options)
         steps = [
             (
-                torch.randn(1, Q_HEADS, 1, HEAD_DIM),
-                torch.randn(1, KV_HEADS, 1, HEAD_DIM),
-                torch.randn(1, KV_HEADS, 1, HEAD_DIM),
+                torch.randn(1, Q_HEADS, 1, HEAD_DIM, **options),
+                torch.randn(1, KV_HEADS, 1, HEAD_DIM, **options),
+                torch.randn(1, KV_HEADS, 1, HEAD_DIM, **options),
             )
             for _ in range(args.steps)
         ]

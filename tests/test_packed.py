@@ -1,6 +1,8 @@
 """Per-head packed storage: exact bytes, in-place appends, and attention equal to the full cache restricted to the
 kept tokens of every head."""
 
+import copy
+
 import pytest
 import torch
 from conftest import prompt_ids, tiny_model
@@ -241,17 +243,23 @@ def test_decode_attention_over_the_row_buffers_is_each_heads_attention_over_its_
     if not steps:  # the half-precision path (SDPA), on the same tokens rounded
         output = packed_decode_attention(bfloat16, query.bfloat16(), group, scaling)[:, 0]
         torch.testing.assert_close(output.float(), expected, rtol=0.05, atol=0.05)
-    if not kernel_module._INTERPRETED:
-        pytest.skip("the Triton interpreter is off (TRITON_INTERPRET=1 runs the kernel on CPU)")
-    kernel = varlen_decode_attention_triton(
-        query[:, :, 0],
-        layer.row_keys.flatten(0, 1),
-        layer.row_values.flatten(0, 1),
-        layer.flat_prompt_starts,
-        layer.prompt_lengths,
-        layer.tail(layer.row_keys),
-        layer.tail(layer.row_values),
-        layer.tail_length,
-        scaling,
-    )
-    torch.testing.assert_close(kernel, expected)
+    if torch.cuda.is_available():  # on a GPU the layer is read by the Triton kernel
+        on_gpu = copy.copy(layer)
+        on_gpu.row_keys, on_gpu.row_values = layer.row_keys.cuda(), layer.row_values.cuda()
+        on_gpu.device = on_gpu.row_keys.device
+        on_gpu._set_lengths(layer.prompt_lengths.cuda())
+        output = packed_decode_attention(on_gpu, query.cuda(), group, scaling)[:, 0]
+        torch.testing.assert_close(output.cpu(), expected, rtol=1e-4, atol=1e-4)
+    if kernel_module._INTERPRETED:  # the kernel itself, under the Triton interpreter
+        kernel = varlen_decode_attention_triton(
+            query[:, :, 0],
+            layer.row_keys.flatten(0, 1),
+            layer.row_values.flatten(0, 1),
+            layer.flat_prompt_starts,
+            layer.prompt_lengths,
+            layer.tail(layer.row_keys),
+            layer.tail(layer.row_values),
+            layer.tail_length,
+            scaling,
+        )
+        torch.testing.assert_close(kernel, expected)
