@@ -227,8 +227,11 @@ def varlen_decode_attention_triton(
     tail_values: torch.Tensor,
     tail_length: int,
     scaling: float,
+    max_prompt_length: int | None = None,
 ) -> torch.Tensor:
-    """The Triton kernel of :func:`varlen_decode_attention` (CUDA, or CPU under ``TRITON_INTERPRET=1``)."""
+    """The Triton kernel of :func:`varlen_decode_attention` (CUDA, or CPU under ``TRITON_INTERPRET=1``).
+
+    `max_prompt_length`, the longest prompt segment when the caller knows it, spares a device-to-host sync."""
     if triton is None:
         raise RuntimeError("Triton is not installed: use varlen_decode_attention_reference (or pip install triton).")
     _validate(query, prompt_keys, prompt_values, prompt_starts, prompt_lengths, tail_keys, tail_values, tail_length)
@@ -238,7 +241,9 @@ def varlen_decode_attention_triton(
     # tl.dot needs tiles of at least 16 rows and columns.
     block_g = max(16, triton.next_power_of_2(group))
     block_d = max(16, triton.next_power_of_2(head_dim))
-    longest = int(prompt_lengths.max()) if prompt_lengths.numel() else 0
+    if max_prompt_length is None:
+        max_prompt_length = int(prompt_lengths.max()) if prompt_lengths.numel() else 0
+    longest = max_prompt_length
     blocks = max(1, triton.cdiv(longest, _BLOCK_N))
     num_splits = min(blocks, _MAX_SPLITS, max(1, _TARGET_PROGRAMS // max(1, batch * kv_heads)))
     blocks_per_split = triton.cdiv(blocks, num_splits)
@@ -258,10 +263,13 @@ def varlen_decode_attention_triton(
         kv_heads, group, head_dim, tail_length, blocks_per_split, num_splits, scaling * _LOG2E,
         UPCAST=query.dtype != torch.float32, BLOCK_G=block_g, BLOCK_N=_BLOCK_N, BLOCK_D=block_d,
     )  # fmt: skip
-    # Merge the splits by their softmax statistics (a split that saw no key has max -inf and weight 0).
-    top = m.amax(dim=1, keepdim=True)
-    weight = torch.exp2(m - top.masked_fill(top == float("-inf"), 0.0))
-    out = (acc * weight[..., None]).sum(1) / (l * weight).sum(1)[..., None]
+    if num_splits == 1:
+        out = acc[:, 0] / l[:, 0, :, None]
+    else:
+        # Merge the splits by their softmax statistics (a split that saw no key has max -inf and weight 0).
+        top = m.amax(dim=1, keepdim=True)
+        weight = torch.exp2(m - top.masked_fill(top == float("-inf"), 0.0))
+        out = (acc * weight[..., None]).sum(1) / (l * weight).sum(1)[..., None]
     out = out[:, :group, :head_dim].reshape(batch, kv_heads * group, head_dim)
     return out.to(query.dtype)
 
@@ -276,11 +284,12 @@ def varlen_decode_attention(
     tail_values: torch.Tensor,
     tail_length: int,
     scaling: float,
+    max_prompt_length: int | None = None,
 ) -> torch.Tensor:
     """`[batch, q_heads, head_dim]` attention output of one decoding query per query head over each KV head's
     packed prompt segment and tail (see the module docstring): the Triton kernel on CUDA or under the Triton
     interpreter, the torch reference otherwise."""
     args = (query, prompt_keys, prompt_values, prompt_starts, prompt_lengths, tail_keys, tail_values, tail_length)
     if triton is not None and (query.is_cuda or _INTERPRETED):
-        return varlen_decode_attention_triton(*args, scaling)
+        return varlen_decode_attention_triton(*args, scaling, max_prompt_length)
     return varlen_decode_attention_reference(*args, scaling)

@@ -99,6 +99,7 @@ def packed_decode_attention(
             layer.tail(layer.row_values),
             layer.tail_length,
             scaling,
+            max_prompt_length=layer.prompt_slots,
         )
         return output[:, None]
     used = layer.used_slots
