@@ -278,7 +278,10 @@ class LookaheadCache(Cache):
                 f"uses {implementation!r}. Load it with `attn_implementation='sdpa'`."
             )
         self._attn_implementation = implementation
-        self._layer_types, self._layer_kwargs = get_layer_types_and_kwargs(config)
+        self._layer_types, layer_kwargs = get_layer_types_and_kwargs(config)
+        if isinstance(layer_kwargs, dict):  # before transformers 5.24: one dict for every layer
+            layer_kwargs = [layer_kwargs] * len(self._layer_types)
+        self._layer_kwargs = layer_kwargs
         unsupported = sorted(set(self._layer_types) - {"full_attention", "sliding_attention"})
         if unsupported:
             raise ValueError(
