@@ -89,7 +89,7 @@ def varlen_decode_attention_reference(
 ) -> torch.Tensor:
     """Torch reference of :func:`varlen_decode_attention`: one (row, KV head) at a time, on views of its prompt
     segment and tail. (A model decoding on CPU attends with `lookahead_cache.attention.packed_decode_attention`,
-    one masked SDPA call per layer, rather than this loop.)"""
+    one masked attention per layer, rather than this loop.)"""
     _validate(query, prompt_keys, prompt_values, prompt_starts, prompt_lengths, tail_keys, tail_values, tail_length)
     batch, q_heads, head_dim = query.shape
     kv_heads = prompt_lengths.shape[1]
@@ -243,8 +243,7 @@ def varlen_decode_attention_triton(
     block_d = max(16, triton.next_power_of_2(head_dim))
     if max_prompt_length is None:
         max_prompt_length = int(prompt_lengths.max()) if prompt_lengths.numel() else 0
-    longest = max_prompt_length
-    blocks = max(1, triton.cdiv(longest, _BLOCK_N))
+    blocks = max(1, triton.cdiv(max_prompt_length, _BLOCK_N))
     num_splits = min(blocks, _MAX_SPLITS, max(1, _TARGET_PROGRAMS // max(1, batch * kv_heads)))
     blocks_per_split = triton.cdiv(blocks, num_splits)
     num_splits = triton.cdiv(blocks, blocks_per_split)

@@ -251,15 +251,5 @@ def test_decode_attention_over_the_row_buffers_is_each_heads_attention_over_its_
         output = packed_decode_attention(on_gpu, query.cuda(), group, scaling)[:, 0]
         torch.testing.assert_close(output.cpu(), expected, rtol=1e-4, atol=1e-4)
     if kernel_module._INTERPRETED:  # the kernel itself, under the Triton interpreter
-        kernel = varlen_decode_attention_triton(
-            query[:, :, 0],
-            layer.row_keys.flatten(0, 1),
-            layer.row_values.flatten(0, 1),
-            layer.flat_prompt_starts,
-            layer.prompt_lengths,
-            layer.tail(layer.row_keys),
-            layer.tail(layer.row_values),
-            layer.tail_length,
-            scaling,
-        )
+        kernel = varlen_decode_attention_triton(query[:, :, 0], *layer.varlen_inputs(), scaling)
         torch.testing.assert_close(kernel, expected)

@@ -90,16 +90,7 @@ def packed_decode_attention(
     """
     if query.is_cuda:
         output = varlen_decode_attention(
-            query[:, :, 0],
-            layer.row_keys.flatten(0, 1),
-            layer.row_values.flatten(0, 1),
-            layer.flat_prompt_starts,
-            layer.prompt_lengths,
-            layer.tail(layer.row_keys),
-            layer.tail(layer.row_values),
-            layer.tail_length,
-            scaling,
-            max_prompt_length=layer.prompt_slots,
+            query[:, :, 0], *layer.varlen_inputs(), scaling, max_prompt_length=layer.prompt_slots
         )
         return output[:, None]
     used = layer.used_slots

@@ -137,6 +137,19 @@ class PackedLayer(CacheLayerMixin):
         """The tail of `buffer` (`row_keys` or `row_values`) as a `[batch, kv_heads, tail_capacity, head_dim]` view."""
         return buffer[:, self.prompt_width :].unflatten(1, (self.tail_capacity, self.kv_heads)).transpose(1, 2)
 
+    def varlen_inputs(self) -> tuple:
+        """The layer as the varlen decode kernel reads it, views without copies: `(prompt_keys, prompt_values,
+        prompt_starts, prompt_lengths, tail_keys, tail_values, tail_length)` (see `kernels/varlen_decode.py`)."""
+        return (
+            self.row_keys.flatten(0, 1),
+            self.row_values.flatten(0, 1),
+            self.flat_prompt_starts,
+            self.prompt_lengths,
+            self.tail(self.row_keys),
+            self.tail(self.row_values),
+            self.tail_length,
+        )
+
     # ----- Cache layer API ---------------------------------------------------------------------------------
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -184,9 +197,8 @@ class PackedLayer(CacheLayerMixin):
         if key not in self._decode_masks:
             slots = torch.arange(self.prompt_width, device=self.device).expand(self.batch_size, -1)
             # A prompt slot belongs to the first head whose segment ends after it (kv_heads: row padding).
-            prompt_head = torch.searchsorted(
-                self.prompt_lengths.cumsum(-1).contiguous(), slots.contiguous(), right=True
-            )
+            prompt_ends = self.prompt_starts + self.prompt_lengths
+            prompt_head = torch.searchsorted(prompt_ends, slots.contiguous(), right=True)
             tail_head = torch.arange(self.kv_heads, device=self.device).repeat(self.tail_capacity)
             slot_head = torch.cat([prompt_head, tail_head.expand(self.batch_size, -1)], dim=-1)
             query_head = torch.arange(self.kv_heads * num_key_value_groups, device=self.device) // num_key_value_groups
