@@ -140,8 +140,13 @@ def test_eval_runs_every_method_resumes_and_reports(tiny_model_dir, tmp_path):
     assert "| full" in (out / "summary.md").read_text()
     assert (tmp_path / "docs" / "results.md").exists()
 
+    # Rows made under another transformers stay credited to it when a later run adds to the directory.
+    settings = json.loads((out / "settings.json").read_text())
+    current = settings["transformers"]
+    (out / "settings.json").write_text(json.dumps({**settings, "transformers": "5.0.0"}))
     assert main(argv) == 0  # everything is done already: nothing is appended
     assert len((out / "predictions.jsonl").read_text().splitlines()) == len(rows)
+    assert json.loads((out / "settings.json").read_text())["transformers"] == ["5.0.0", current]
 
 
 def test_eval_refuses_a_sweep_without_the_full_cache(capsys):

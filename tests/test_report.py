@@ -10,6 +10,7 @@ import pytest
 from lookahead_cache.evaluation.report import (
     AVERAGE,
     load_rows,
+    lookahead_table,
     markdown_summary,
     plot_accuracy_vs_budget,
     plot_overhead,
@@ -198,6 +199,22 @@ def test_average_is_the_macro_mean_of_family_means():
     assert average["mean"] == pytest.approx((1.0 + 1 / 3) / 2)
     assert average["n"] == 12
     assert average["ci_low"] <= average["mean"] <= average["ci_high"]
+
+
+def test_lookahead_table_lists_held_out_families_and_means_over_held_out_training_and_all_families():
+    rows = []
+    for family, full, lookahead in (("kept", 1.0, 0.0), ("trained_a", 1.0, 1.0), ("trained_b", 0.0, 1.0)):
+        rows.append(row(family=family, method="full", budget=None, score=full))
+        rows.append(row(family=family, method="lookahead", budget=64, score=lookahead))
+    table = lookahead_table(summarize(rows), held_out=["kept"], budgets=[64], methods=["lookahead"])
+    lines = table.splitlines()
+    assert lines[0] == "| family | full | lookahead 64 |"
+    assert lines[2] == "| kept (held out) | 100.0 | 0.0 |"
+    assert lines[3:] == [
+        "| **mean, held out** (1) | **100.0** | **0.0** |",
+        "| **mean, training families** (2) | **50.0** | **100.0** |",
+        "| **mean, all families** (3) | **66.7** | **66.7** |",
+    ]
 
 
 def test_average_is_left_out_for_a_method_missing_a_family():

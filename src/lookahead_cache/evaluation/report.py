@@ -162,7 +162,9 @@ def eviction_cost_table(rows: Sequence[dict[str, Any]]) -> str:
     for (length, method), group in groups.items():
         prefill = float(np.median([row["prefill_s"] for row in group]))
         build = float(np.median([row["compress_s"] for row in group]))
-        table.append([str(length), method, str(len(group)), f"{prefill:.2f}", f"{build:.3f}", f"{100 * build / prefill:.1f}%"])
+        table.append(
+            [str(length), method, str(len(group)), f"{prefill:.2f}", f"{build:.3f}", f"{100 * build / prefill:.1f}%"]
+        )
     header = ["context", "method", "answers", "median prefill s", "median cache build s", "build / prefill"]
     return markdown_table(header, table)
 
@@ -511,8 +513,9 @@ def lookahead_table(
     budgets: Sequence[int] = (64, 128, 256),
     methods: Sequence[str] = ("snapkv", "lookahead", "oracle"),
 ) -> str:
-    """Question-aware scores of `full` and `methods` per budget: the families held out of training, their mean, and the
-    mean over every family (macro averages of family means, over the families every column has)."""
+    """Question-aware scores of `full` and `methods` per budget: the families held out of training, their mean, the
+    mean over the training families and over every family (macro averages of family means, over the families every
+    column has)."""
     entries = [e for e in summary if e["mode"] == "question-aware" and e["family"] != "average"]
     columns = [(FULL, None)] + [(method, budget) for budget in budgets for method in methods]
 
@@ -526,7 +529,12 @@ def lookahead_table(
     lines = [header, ["---"] * len(header)]
     for family in [f for f in complete if f in held_out]:
         lines.append([f"{family} (held out)", *(f"{100 * score(family, m, b):.1f}" for m, b in columns)])
-    for label, group in (("mean, held out", [f for f in complete if f in held_out]), ("mean, all families", complete)):
+    groups = (
+        ("mean, held out", [f for f in complete if f in held_out]),
+        ("mean, training families", [f for f in complete if f not in held_out]),
+        ("mean, all families", complete),
+    )
+    for label, group in groups:
         if group:
             means = [sum(score(f, m, b) for f in group) / len(group) for m, b in columns]
             lines.append([f"**{label}** ({len(group)})", *(f"**{100 * v:.1f}**" for v in means)])

@@ -265,7 +265,9 @@ def _done_keys(path: Path) -> set[tuple[Any, ...]]:
 
 
 def _write_settings(args: argparse.Namespace, model: PreTrainedModel) -> None:
-    """Record what ran; a later run into the same directory adds its methods, budgets, ... to the lists."""
+    """Record what ran; a later run into the same directory adds its methods, budgets, ... to the lists, and
+    where its environment differs (a newer transformers, another day) lists both values, so that rows kept from
+    the earlier run are not credited to the later environment."""
     path = args.out / "settings.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     settings = {
@@ -287,8 +289,12 @@ def _write_settings(args: argparse.Namespace, model: PreTrainedModel) -> None:
         "date": date.today().isoformat(),
     }
     for key, value in settings.items():
-        if isinstance(value, list) and isinstance(previous.get(key), list):
-            settings[key] = previous[key] + [item for item in value if item not in previous[key]]
+        if key not in previous or previous[key] == value:
+            continue
+        earlier = previous[key] if isinstance(previous[key], list) else [previous[key]]
+        settings[key] = earlier + [
+            item for item in (value if isinstance(value, list) else [value]) if item not in earlier
+        ]
     path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
