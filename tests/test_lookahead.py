@@ -247,12 +247,13 @@ def test_scores_follow_the_lookahead_attention():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0]
-    cache = LookaheadCache(budget=3, scorer="lookahead", sink=0, window=0)
+    # Unpooled, to see the learned attention itself.
+    cache = LookaheadCache(budget=3, scorer="lookahead", sink=0, window=0, scorer_kwargs={"kernel_size": 1})
     with torch.no_grad():
         model(input_ids=input_ids, past_key_values=cache)
         queries = lookahead_queries(model, recording.prefills)
     for layer, prefill, layer_queries in zip(cache.layers, recording.prefills, queries):
-        scores = LookaheadScorer().score(replace(prefill, lookahead_queries=layer_queries))[0]
+        scores = LookaheadScorer(kernel_size=1).score(replace(prefill, lookahead_queries=layer_queries))[0]
         assert (scores[:, [5, 17, 23]].sum(-1) > 0.6).all()
         for head in range(2):
             top = scores[head].topk(3).indices.sort().values
