@@ -10,6 +10,7 @@ from lookahead_cache import LookaheadCache
 from lookahead_cache.adapters.config import BaseModelSignature
 from lookahead_cache.profiling import HeadProfile
 from lookahead_cache.profiling.solver import GLOBAL_RATIOS, cumulative_losses, hull_marginal_costs, prune_ratios
+from lookahead_cache.scorers import SnapKVScorer
 
 
 def test_hull_costs_are_the_lower_convex_hull():
@@ -89,6 +90,24 @@ def test_lukv_cache_keeps_the_profiled_counts_per_head(tmp_path):
     assert torch.equal(kept, profile.keep_counts(64, 20, floor=6))
     assert int(kept.sum()) == 20 * kept.numel()
     assert cache.nbytes() > 0
+
+
+def test_lukv_finds_the_profile_of_a_configured_scorer_instance(tmp_path):
+    # A scorer passed as an instance is profiled under its registered name, like the same scorer named.
+    model = tiny_model()
+    profile = synthetic_profile()
+    profile.save_pretrained(tmp_path)
+    cache = LookaheadCache(
+        budget=20,
+        scorer=SnapKVScorer(kernel_size=3),
+        allocation="lukv",
+        sink=2,
+        window=4,
+        allocation_kwargs={"profile": str(tmp_path)},
+    )
+    with torch.no_grad():
+        model(prompt_ids(64), past_key_values=cache)
+    assert torch.equal(cache.kept_tokens()[:, 0], profile.keep_counts(64, 20, floor=6))
 
 
 def test_lukv_refuses_a_profile_of_another_scorer_or_model(tmp_path):

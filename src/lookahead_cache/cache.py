@@ -20,7 +20,7 @@ from .config import DEFAULT_BUDGET, DEFAULT_SINK, DEFAULT_WINDOW, LookaheadCache
 from .layers import EvictingLayer
 from .packed import PackedLayer
 from .prefill import LayerPrefill, cache_argument, padding_from_mask
-from .scorers import Scorer, get_scorer
+from .scorers import Scorer, get_scorer, scorer_name
 from .selection import protected_positions, select_tokens
 
 logger = logging.get_logger(__name__)
@@ -65,7 +65,7 @@ class LookaheadCache(Cache):
 
     def __init__(
         self,
-        budget: int | float = DEFAULT_BUDGET,
+        budget: float = DEFAULT_BUDGET,
         scorer: str | Scorer = "lookahead",
         allocation: str | Allocator = "uniform",
         *,
@@ -288,7 +288,7 @@ class LookaheadCache(Cache):
                 f"LookaheadCache supports full and sliding-window attention layers; this model also has {unsupported}."
             )
         self._compressed_layers = [i for i, kind in enumerate(self._layer_types) if kind == "full_attention"]
-        self.allocator.bind(module, self.cache_config.scorer)
+        self.allocator.bind(module, scorer_name(self.scorer))
         if not self._compressed_layers:
             logger.warning("Every attention layer of this model uses a sliding window: LookaheadCache evicts nothing.")
 

@@ -33,4 +33,9 @@ def get_scorer(scorer: str | Scorer, **kwargs: Any) -> Scorer:
     return SCORERS[scorer](**kwargs)
 
 
-__all__ = ["SCORERS", "Scorer", "get_scorer", *(cls.__name__ for cls in SCORERS.values())]
+def scorer_name(scorer: Scorer) -> str:
+    """The registered name of a scorer's class (what LU-KV profiles are filed under), else the class name."""
+    return next((name for name, cls in SCORERS.items() if type(scorer) is cls), type(scorer).__name__)
+
+
+__all__ = ["SCORERS", "Scorer", "get_scorer", "scorer_name", *(cls.__name__ for cls in SCORERS.values())]
