@@ -1,14 +1,16 @@
 """Chooses, by measurement, how the lookahead scorer turns its scores into a kept set: pooling kernel and recent window.
 
-Every (kernel_size, window) pair compresses the same recorded prefill with the lookahead scorer at each budget
-(uniform allocation) and answers greedily; scores are the evaluation suite's. The samples come from the families
+Every (kernel_size, window, allocation) setting compresses the same recorded prefill with the lookahead scorer at
+each budget and answers greedily; scores are the evaluation suite's. The `lukv` allocation needs, per kernel size, a
+LU-KV profile made with the scorer at that kernel size (its ranking orders the profile's loss curves). The samples come from the families
 the adapter was trained on, with a seed of their own (500): the choice sees neither the held-out families
 (`lookahead_cache.training.HELD_OUT_TASKS`) nor the training prompts (seed 1000) nor the samples the results are
 reported on (seed 0). Rows append to OUT/sweep.jsonl (resumable); the table of mean scores goes to OUT/summary.md.
 
 Usage:
     python scripts/sweep_lookahead_selection.py --adapter src/lookahead_cache/default_adapter --out runs/sweep \
-        [--kernel-sizes 1 5] [--windows 8 32] [--budgets 64 128 256] [--samples 2] [--seed 500]
+        [--kernel-sizes 1 5] [--windows 8 32] [--allocations uniform lukv] [--lukv-profiles 1=DIR 5=DIR] \
+        [--budgets 64 128 256] [--samples 2] [--seed 500]
 """
 
 from __future__ import annotations
@@ -39,23 +41,35 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--kernel-sizes", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--windows", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--allocations", nargs="+", choices=["uniform", "lukv"], default=["uniform"])
+    parser.add_argument(
+        "--lukv-profiles",
+        nargs="+",
+        default=[],
+        metavar="KERNEL_SIZE=DIR",
+        help="For --allocations lukv: per kernel size, the folder of a profile made with the scorer at that size.",
+    )
     parser.add_argument("--budgets", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--samples", type=int, default=2, help="Samples per training family.")
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=500)
     args = parser.parse_args()
+    profiles = {int(kernel): directory for kernel, directory in (item.split("=", 1) for item in args.lukv_profiles)}
+    missing = [k for k in args.kernel_sizes if k not in profiles]
+    if "lukv" in args.allocations and missing:
+        parser.error(f"--allocations lukv needs --lukv-profiles for kernel sizes {missing} (e.g. 5=DIR).")
 
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "sweep.jsonl"
     done = {_key(row) for row in _rows(path)}
-    settings = list(itertools.product(args.kernel_sizes, args.windows))
+    settings = list(itertools.product(args.kernel_sizes, args.windows, args.allocations))
     model, tokenizer = load_model(DEFAULT_MODEL, args.adapter)
     samples = build_samples(tokenizer, TRAINING_TASKS, (args.length,), args.samples, args.seed)
     with path.open("a") as file, torch.no_grad():
         for sample in tqdm(samples, desc="sweep", unit="sample"):
-            todo = [(b, k, w) for b in args.budgets for k, w in settings if (sample.id, b, k, w) not in done]
+            todo = [(b, *setting) for b in args.budgets for setting in settings if (sample.id, b, *setting) not in done]
             if todo:
-                for row in _sweep_sample(model, tokenizer, sample, todo):
+                for row in _sweep_sample(model, tokenizer, sample, todo, profiles):
                     file.write(json.dumps(row) + "\n")
                     file.flush()
     asked = {(sample.id, budget, *setting) for sample in samples for budget in args.budgets for setting in settings}
@@ -64,7 +78,7 @@ def main() -> None:
     print(summary)
 
 
-def _sweep_sample(model, tokenizer, sample, todo):
+def _sweep_sample(model, tokenizer, sample, todo, profiles):
     context_ids, question_ids = sample.prompt_ids(tokenizer)
     prompt_ids = torch.cat([context_ids, question_ids], dim=-1)
     run = SampleRun(
@@ -77,15 +91,21 @@ def _sweep_sample(model, tokenizer, sample, todo):
     )
     queries = lookahead_queries(model, run.recording.prefills)
     prefills = [replace(prefill, lookahead_queries=q) for prefill, q in zip(run.recording.prefills, queries)]
-    for budget in dict.fromkeys(b for b, _, _ in todo):
-        settings = [(k, w) for b, k, w in todo if b == budget]
+    for budget in dict.fromkeys(b for b, *_ in todo):
+        settings = [setting for b, *setting in todo if b == budget]
         caches = [
             LookaheadCache.from_prefill(
-                prefills, budget=budget, scorer=LookaheadScorer(kernel_size=k), sink=DEFAULT_SINK, window=w
+                prefills,
+                budget=budget,
+                scorer=LookaheadScorer(kernel_size=k),
+                sink=DEFAULT_SINK,
+                window=w,
+                allocation=allocation,
+                allocation_kwargs={"profile": profiles[k]} if allocation == "lukv" else None,
             )
-            for k, w in settings
+            for k, w, allocation in settings
         ]
-        for (kernel_size, window), answer_ids in zip(settings, run.answers(caches)):
+        for (kernel_size, window, allocation), answer_ids in zip(settings, run.answers(caches)):
             prediction = tokenizer.decode(answer_ids[0], skip_special_tokens=True).strip()
             yield {
                 "sample_id": sample.id,
@@ -93,6 +113,7 @@ def _sweep_sample(model, tokenizer, sample, todo):
                 "budget": budget,
                 "kernel_size": kernel_size,
                 "window": window,
+                "allocation": allocation,
                 "prediction": prediction,
                 "score": score(sample.metric, [prediction], [list(sample.answers)])[0],
             }
@@ -102,19 +123,19 @@ def _summary(rows: list[dict]) -> str:
     """Mean score x100 per setting and budget: the mean over families of each family's mean."""
     by_family = defaultdict(list)
     for row in rows:
-        by_family[(row["kernel_size"], row["window"], row["budget"], row["family"])].append(row["score"])
+        by_family[(*_setting(row), row["budget"], row["family"])].append(row["score"])
     table = defaultdict(list)
-    for (kernel_size, window, budget, _), scores in by_family.items():
-        table[(kernel_size, window, budget)].append(sum(scores) / len(scores))
-    budgets = sorted({budget for _, _, budget in table})
+    for (*setting, budget, _), scores in by_family.items():
+        table[(*setting, budget)].append(sum(scores) / len(scores))
+    budgets = sorted({key[-1] for key in table})
     lines = [
-        "| kernel_size | window | " + " | ".join(f"budget {b}" for b in budgets) + " | mean |",
-        "| --- | --- | " + " | ".join("---" for _ in budgets) + " | --- |",
+        "| kernel_size | window | allocation | " + " | ".join(f"budget {b}" for b in budgets) + " | mean |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in budgets) + " | --- |",
     ]
-    for kernel_size, window in sorted({(k, w) for k, w, _ in table}):
-        means = [100 * sum(table[kernel_size, window, b]) / len(table[kernel_size, window, b]) for b in budgets]
+    for setting in sorted({key[:-1] for key in table}, key=lambda s: (s[2] != "uniform", s)):
+        means = [100 * sum(table[(*setting, b)]) / len(table[(*setting, b)]) for b in budgets]
         cells = " | ".join(f"{m:.1f}" for m in means)
-        lines.append(f"| {kernel_size} | {window} | {cells} | {sum(means) / len(means):.1f} |")
+        lines.append("| " + " | ".join(map(str, setting)) + f" | {cells} | {sum(means) / len(means):.1f} |")
     return "\n".join(lines)
 
 
@@ -122,8 +143,13 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def _setting(row: dict) -> tuple:
+    # Rows written before the sweep covered allocations are uniform.
+    return row["kernel_size"], row["window"], row.get("allocation", "uniform")
+
+
 def _key(row: dict) -> tuple:
-    return row["sample_id"], row["budget"], row["kernel_size"], row["window"]
+    return row["sample_id"], row["budget"], *_setting(row)
 
 
 if __name__ == "__main__":
