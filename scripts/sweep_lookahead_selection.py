@@ -2,10 +2,10 @@
 
 Every (kernel_size, window, allocation) setting compresses the same recorded prefill with the lookahead scorer at
 each budget and answers greedily; scores are the evaluation suite's. The `lukv` allocation needs, per kernel size, a
-LU-KV profile made with the scorer at that kernel size (its ranking orders the profile's loss curves). The samples come from the families
-the adapter was trained on, with a seed of their own (500): the choice sees neither the held-out families
-(`lookahead_cache.training.HELD_OUT_TASKS`) nor the training prompts (seed 1000) nor the samples the results are
-reported on (seed 0). Rows append to OUT/sweep.jsonl (resumable); the table of mean scores goes to OUT/summary.md.
+LU-KV profile made with the scorer at that kernel size (its ranking orders the profile's loss curves). The samples
+come from the families the adapter was trained on, with a seed of their own (500): the choice sees neither the
+held-out families (`lookahead_cache.training.HELD_OUT_TASKS`) nor the training prompts (seed 1000) nor the samples
+the results are reported on (seed 0). Rows append to OUT/sweep.jsonl (resumable); the table of mean scores goes to OUT/summary.md.
 
 Usage:
     python scripts/sweep_lookahead_selection.py --adapter src/lookahead_cache/default_adapter --out runs/sweep \
@@ -19,7 +19,6 @@ import argparse
 import itertools
 import json
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,10 +26,9 @@ from tqdm.auto import tqdm
 
 from lookahead_cache import LookaheadCache
 from lookahead_cache.config import DEFAULT_SINK
-from lookahead_cache.evaluation.methods import SampleRun
+from lookahead_cache.evaluation.methods import lookahead_prefills
 from lookahead_cache.evaluation.metrics import score
-from lookahead_cache.evaluation.replay import lookahead_queries, record_prefill
-from lookahead_cache.evaluation.suite import DEFAULT_MODEL, build_samples, load_model
+from lookahead_cache.evaluation.suite import DEFAULT_MODEL, build_samples, load_model, start_run
 from lookahead_cache.scorers.lookahead import LookaheadScorer
 from lookahead_cache.training import TRAINING_TASKS
 
@@ -79,18 +77,8 @@ def main() -> None:
 
 
 def _sweep_sample(model, tokenizer, sample, todo, profiles):
-    context_ids, question_ids = sample.prompt_ids(tokenizer)
-    prompt_ids = torch.cat([context_ids, question_ids], dim=-1)
-    run = SampleRun(
-        model=model,
-        prefilled_ids=prompt_ids,
-        question_ids=prompt_ids[:, :0],
-        recording=record_prefill(model, prompt_ids),
-        max_new_tokens=sample.max_new_tokens,
-        eos_token_id=model.generation_config.eos_token_id,
-    )
-    queries = lookahead_queries(model, run.recording.prefills)
-    prefills = [replace(prefill, lookahead_queries=q) for prefill, q in zip(run.recording.prefills, queries)]
+    run = start_run(model, tokenizer, sample, "question-aware")
+    prefills = lookahead_prefills(run)
     for budget in dict.fromkeys(b for b, *_ in todo):
         settings = [setting for b, *setting in todo if b == budget]
         caches = [

@@ -65,7 +65,7 @@ class LookaheadCache(Cache):
 
     def __init__(
         self,
-        budget: float = DEFAULT_BUDGET,
+        budget: int | float = DEFAULT_BUDGET,
         scorer: str | Scorer = "lookahead",
         allocation: str | Allocator = "uniform",
         *,

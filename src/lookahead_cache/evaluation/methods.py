@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
 from ..cache import LookaheadCache
-from ..prefill import CACHE_ARGUMENT
+from ..prefill import CACHE_ARGUMENT, LayerPrefill
 from ..scorers.future_queries import FutureQueriesScorer
 from .replay import PrefillRecording, dynamic_cache_from, future_queries, lookahead_queries
 
@@ -138,13 +138,20 @@ def laq(run: SampleRun, budget: int | float) -> Cache:
     return LookaheadCache.from_prefill(run.recording.prefills, budget=budget, scorer=run.future_scorer(draft))
 
 
+@torch.no_grad()
+def lookahead_prefills(run: SampleRun) -> list[LayerPrefill]:
+    """The recorded prefills with the queries of the model's lookahead tokens run after the prompt."""
+    queries = lookahead_queries(run.model, run.recording.prefills)
+    return [replace(prefill, lookahead_queries=q) for prefill, q in zip(run.recording.prefills, queries)]
+
+
 def lookahead_method(allocation: str = "uniform") -> Callable[[SampleRun, int | float], Cache]:
     @torch.no_grad()
     def build(run: SampleRun, budget: int | float) -> Cache:
         """LookaheadKV: the model's lookahead tokens run after the recorded prompt; their attention picks the keys."""
-        queries = lookahead_queries(run.model, run.recording.prefills)
-        prefills = [replace(prefill, lookahead_queries=q) for prefill, q in zip(run.recording.prefills, queries)]
-        return LookaheadCache.from_prefill(prefills, budget=budget, scorer="lookahead", allocation=allocation)
+        return LookaheadCache.from_prefill(
+            lookahead_prefills(run), budget=budget, scorer="lookahead", allocation=allocation
+        )
 
     return build
 

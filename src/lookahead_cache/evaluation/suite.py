@@ -200,13 +200,14 @@ def evaluate_samples(
     progress.close()
 
 
-def _evaluate_sample(model, tokenizer, sample: Sample, mode: str, configs, progress):
+def start_run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sample: Sample, mode: str) -> SampleRun:
+    """The recorded prefill of `sample` in `mode`: context and question when question-aware, else the context."""
     context_ids, question_ids = sample.prompt_ids(tokenizer)
     if mode == "question-aware":
         prefilled_ids, question_ids = torch.cat([context_ids, question_ids], dim=-1), question_ids[:, :0]
     else:
         prefilled_ids = context_ids
-    run = SampleRun(
+    return SampleRun(
         model=model,
         prefilled_ids=prefilled_ids,
         question_ids=question_ids,
@@ -214,7 +215,11 @@ def _evaluate_sample(model, tokenizer, sample: Sample, mode: str, configs, progr
         max_new_tokens=sample.max_new_tokens,
         eos_token_id=model.generation_config.eos_token_id,
     )
-    prompt_tokens = prefilled_ids.shape[-1] + question_ids.shape[-1]
+
+
+def _evaluate_sample(model, tokenizer, sample: Sample, mode: str, configs, progress):
+    run = start_run(model, tokenizer, sample, mode)
+    prompt_tokens = run.prefilled_ids.shape[-1] + run.question_ids.shape[-1]
 
     def row(method: str, budget, cache, compress_s: float, answer_ids: torch.Tensor) -> dict[str, Any]:
         prediction = tokenizer.decode(answer_ids[0], skip_special_tokens=True).strip()
