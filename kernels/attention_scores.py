@@ -175,16 +175,22 @@ def _reference(
             visible &= key_valid[b][None, :]
         if query_valid is not None:
             visible &= query_valid[b][:, None]
-        q = queries[b].float().reshape(kv_heads, group * num_queries, head_dim)
-        logits = torch.matmul(q, keys[b].float().transpose(-1, -2)).mul_(scaling)
-        logits = logits.view(kv_heads, group, num_queries, num_keys).masked_fill_(~visible, float("-inf"))
-        # Rows without a visible key come out of softmax as NaN; all their entries are
-        # invisible, so the same masked_fill that zeroes masked keys also clears them.
-        # Out of place: softmax's backward needs its output (the lookahead scorer trains through this).
-        probs = torch.softmax(logits, dim=-1).masked_fill(~visible, 0.0)
-        # With no contributing row the sum is all zeros, so clamping the count avoids 0 / 0 without a host sync.
-        contributing_rows = (group * visible.any(dim=-1).sum()).clamp(min=1)
-        out.append(probs.sum(dim=(1, 2)) / contributing_rows)
+        contributes = visible.any(dim=-1)
+        # Scaling the queries rather than the logits touches Nq x D values instead of Nq x T.
+        q = queries[b].float().reshape(kv_heads, group * num_queries, head_dim) * scaling
+        logits = torch.matmul(q, keys[b].float().transpose(-1, -2))
+        if not bool(visible.all()):
+            # Invisible keys get -inf logits, so their probability is exactly 0. A row that contributes nothing
+            # keeps finite logits (its softmax would be NaN otherwise) and weight 0 in the mean below.
+            bias = torch.zeros(num_queries, num_keys, device=queries.device).masked_fill_(
+                ~visible & contributes[:, None], float("-inf")
+            )
+            logits = logits.view(kv_heads, group, num_queries, num_keys).add_(bias)
+        probs = torch.softmax(logits.view(kv_heads, group * num_queries, num_keys), dim=-1)
+        # Mean over the contributing rows (query heads of the group x queries) as one matrix-vector product; with
+        # none, the weights are all zero and so is the score.
+        row_weights = (contributes.float() / (group * contributes.sum()).clamp(min=1)).repeat(group)
+        out.append(torch.matmul(row_weights, probs))
     return torch.stack(out)
 
 

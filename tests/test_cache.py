@@ -305,3 +305,23 @@ def test_selection_breaks_score_ties_the_same_way_with_left_padding():
     assert slot_valid.all()
     assert positions[0, 0].tolist() == [1, 2, 3, 4]
     assert (positions[1, 0] - 5).tolist() == [1, 2, 3, 4]
+
+
+def test_cache_config_rebuilds_configured_instances_through_json(tmp_path):
+    from lookahead_cache.allocation import PyramidAllocator
+    from lookahead_cache.config import LookaheadCacheConfig
+    from lookahead_cache.scorers import SnapKVScorer
+
+    cache = LookaheadCache(
+        budget=24, scorer=SnapKVScorer(window=8, kernel_size=3), allocation=PyramidAllocator(), sink=2, window=4
+    )
+    cache.cache_config.to_json_file(tmp_path / "cache.json")
+    rebuilt = LookaheadCache.from_config(LookaheadCacheConfig.from_json_file(tmp_path / "cache.json"))
+    assert rebuilt.cache_config.scorer == "snapkv" and rebuilt.cache_config.allocation == "pyramid"
+    assert rebuilt.scorer == SnapKVScorer(window=8, kernel_size=3)
+    assert isinstance(rebuilt.allocator, PyramidAllocator)
+    model = tiny_model()
+    with torch.no_grad():
+        model(prompt_ids(64), past_key_values=cache)
+        model(prompt_ids(64), past_key_values=rebuilt)
+    assert torch.equal(cache.layers[0].keys, rebuilt.layers[0].keys)

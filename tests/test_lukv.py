@@ -10,7 +10,8 @@ from lookahead_cache import LookaheadCache
 from lookahead_cache.adapters.config import BaseModelSignature
 from lookahead_cache.profiling import HeadProfile
 from lookahead_cache.profiling.solver import GLOBAL_RATIOS, cumulative_losses, hull_marginal_costs, prune_ratios
-from lookahead_cache.scorers import SnapKVScorer
+from lookahead_cache.allocation import LUKVAllocator
+from lookahead_cache.scorers import LookaheadScorer, SnapKVScorer, scorer_settings
 
 
 def test_hull_costs_are_the_lower_convex_hull():
@@ -65,11 +66,13 @@ def test_keep_counts_hold_the_budget_and_the_floor(prompt_length, budget):
 
 def test_profile_round_trips_through_its_files(tmp_path):
     profile = synthetic_profile()
+    profile.scorer_settings = {"window": 32, "kernel_size": 7, "pooling": "max"}
     profile.save_pretrained(tmp_path)
     profile.plot(tmp_path / "heatmap.png")
     loaded = HeadProfile.from_pretrained(tmp_path, "snapkv")
     assert torch.equal(loaded.prune_ratios, profile.prune_ratios) and loaded.base_model == profile.base_model
     assert (loaded.sink, loaded.window, loaded.layers, loaded.calibration) == (2, 4, [0, 1, 2], profile.calibration)
+    assert loaded.scorer_settings == profile.scorer_settings
     with pytest.raises(FileNotFoundError, match="no LU-KV profile for scorer 'lookahead'.*lookahead-cache profile"):
         HeadProfile.from_pretrained(tmp_path, "lookahead")
     (tmp_path / "lukv_profile_snapkv.safetensors").write_bytes(b"not safetensors")
@@ -135,6 +138,23 @@ def test_lukv_refuses_a_profile_of_another_scorer_or_model(tmp_path):
             model(prompt_ids(64), past_key_values=no_profile)
 
 
+def test_lukv_refuses_a_profile_made_with_other_scorer_settings():
+    model = tiny_model()
+    profile = synthetic_profile()
+    profile.scorer_settings = scorer_settings(SnapKVScorer())
+    with torch.no_grad():
+        matching = LookaheadCache(
+            budget=20, scorer=SnapKVScorer(), allocation=LUKVAllocator(profile), sink=2, window=4
+        )
+        model(prompt_ids(64), past_key_values=matching)
+        assert torch.equal(matching.kept_tokens()[:, 0], profile.keep_counts(64, 20, floor=6))
+        other_kernel = LookaheadCache(
+            budget=20, scorer=SnapKVScorer(kernel_size=1), allocation=LUKVAllocator(profile), sink=2, window=4
+        )
+        with pytest.raises(ValueError, match="made with snapkv settings .*'kernel_size': 7.*'kernel_size': 1"):
+            model(prompt_ids(64), past_key_values=other_kernel)
+
+
 @pytest.mark.slow
 def test_profiling_a_model_gives_ratios_that_add_up_and_resumes(tiny_model_dir, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -160,11 +180,15 @@ def test_profiling_a_model_gives_ratios_that_add_up_and_resumes(tiny_model_dir, 
         torch.testing.assert_close(means[:90], torch.tensor(GLOBAL_RATIOS[:90], dtype=torch.float64), atol=2e-3, rtol=0)
         assert (tmp_path / "adapter" / f"lukv_profile_{profile.scorer}.png").stat().st_size > 0
     assert not torch.equal(profiles["snapkv"].prune_ratios, profiles["lookahead"].prune_ratios)
+    assert profiles["lookahead"].scorer_settings == scorer_settings(LookaheadScorer())
 
     # Resumed: nothing is recomputed, the same profiles come back.
     monkeypatch.setattr(profiler, "record_prefill", lambda *args: pytest.fail("recomputed a finished prompt"))
     again = profiler.profile_model(model, tokenizer, ["snapkv", "lookahead"], tmp_path / "adapter", **settings)
     assert torch.equal(again["lookahead"].prune_ratios, profiles["lookahead"].prune_ratios)
+    # Tables of a scorer with other settings are not reused.
+    with pytest.raises(pytest.fail.Exception, match="recomputed a finished prompt"):
+        profiler.profile_model(model, tokenizer, [LookaheadScorer(kernel_size=1)], tmp_path / "adapter", **settings)
     with pytest.raises(ValueError, match="other settings"):
         profiler.profile_model(model, tokenizer, ["snapkv"], tmp_path / "adapter", **{**settings, "answer_tokens": 8})
     # Tables scored by another adapter are not reused.

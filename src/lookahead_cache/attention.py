@@ -19,6 +19,7 @@ rows); the lookahead rows attend in a second call, to the prompt and to each oth
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,10 @@ VARLEN_ATTENTION = "lookahead_varlen"
 LOOKAHEAD_PREFILL = "lookahead_prefill|"
 # The implementations a LookaheadCache works with; a lookahead prefill wraps each of them.
 SUPPORTED_ATTENTION = ("sdpa", "eager", VARLEN_ATTENTION)
+
+# Post-RoPE queries of the lookahead rows, by attention module, from a lookahead prefill's attention to the end of
+# its layer: the cache scores the layer with them rather than recomputing them.
+_LOOKAHEAD_QUERIES: weakref.WeakKeyDictionary[nn.Module, torch.Tensor] = weakref.WeakKeyDictionary()
 
 
 def base_implementation(implementation: str | None) -> str | None:
@@ -122,6 +127,7 @@ def lookahead_prefill_attention(
     attend = _implementation_function(module, implementation)
     rows = get_lookahead(module).config.num_tokens
     prompt = query.shape[2] - rows
+    _LOOKAHEAD_QUERIES[module] = query[:, :, prompt:]
     prompt_mask = None if attention_mask is None else attention_mask[:, :, :prompt, :prompt]
     prompt_output, _ = attend(
         module, query[:, :, :prompt], key[:, :, :prompt], value[:, :, :prompt], prompt_mask, **kwargs
@@ -139,6 +145,18 @@ def lookahead_prefill_attention(
         lookahead_mask = lookahead_mask[None, None]
     lookahead_output, _ = attend(module, query[:, :, prompt:], key, value, lookahead_mask, **kwargs)
     return torch.cat([prompt_output, lookahead_output], dim=1), None
+
+
+def take_lookahead_queries(module: nn.Module) -> torch.Tensor:
+    """The post-RoPE queries `[batch, q_heads, num_tokens, head_dim]` of the lookahead rows that just attended in
+    `module` during a lookahead prefill (handed over once)."""
+    queries = _LOOKAHEAD_QUERIES.pop(module, None)
+    if queries is None:
+        raise RuntimeError(
+            f"{type(module).__name__} attended without the lookahead prefill attention, so the lookahead rows' queries "
+            f"were not seen; LookaheadCache supports attn_implementation {', '.join(map(repr, SUPPORTED_ATTENTION))}."
+        )
+    return queries
 
 
 def _implementation_function(module: nn.Module, implementation: str) -> Callable:

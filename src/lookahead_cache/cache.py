@@ -14,13 +14,19 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicSlidingWindowLayer, get_layer_types_and_kwargs
 from transformers.utils import logging
 
-from .allocation import Allocator, get_allocator
-from .attention import SUPPORTED_ATTENTION, VARLEN_ATTENTION, PackedAttention, base_implementation
+from .allocation import Allocator, allocation_name, get_allocator
+from .attention import (
+    SUPPORTED_ATTENTION,
+    VARLEN_ATTENTION,
+    PackedAttention,
+    base_implementation,
+    take_lookahead_queries,
+)
 from .config import DEFAULT_BUDGET, DEFAULT_SINK, DEFAULT_WINDOW, LookaheadCacheConfig
 from .layers import EvictingLayer
 from .packed import PackedLayer
 from .prefill import LayerPrefill, cache_argument, padding_from_mask
-from .scorers import Scorer, get_scorer, scorer_name
+from .scorers import Scorer, get_scorer, scorer_name, scorer_settings
 from .selection import protected_positions, select_tokens
 
 logger = logging.get_logger(__name__)
@@ -74,17 +80,19 @@ class LookaheadCache(Cache):
         scorer_kwargs: dict[str, Any] | None = None,
         allocation_kwargs: dict[str, Any] | None = None,
     ):
+        # Instances are recorded by registered name and settings, so that `from_config` rebuilds them (an allocator
+        # instance's own arguments, e.g. a loaded LU-KV profile, are not recorded).
         self.cache_config = LookaheadCacheConfig(
             budget=budget,
-            scorer=scorer if isinstance(scorer, str) else type(scorer).__name__,
-            allocation=allocation if isinstance(allocation, str) else type(allocation).__name__,
+            scorer=scorer if isinstance(scorer, str) else scorer_name(scorer),
+            allocation=allocation if isinstance(allocation, str) else allocation_name(allocation),
             sink=sink,
             window=window,
-            scorer_kwargs=dict(scorer_kwargs or {}),
+            scorer_kwargs=dict(scorer_kwargs or {}) if isinstance(scorer, str) else scorer_settings(scorer),
             allocation_kwargs=dict(allocation_kwargs or {}),
         )
-        self.scorer = get_scorer(scorer, **self.cache_config.scorer_kwargs)
-        self.allocator = get_allocator(allocation, **self.cache_config.allocation_kwargs)
+        self.scorer = get_scorer(scorer, **(scorer_kwargs or {}))
+        self.allocator = get_allocator(allocation, **(allocation_kwargs or {}))
         super().__init__(layer_class_to_replicate=EvictingLayer)
         self.peak_nbytes = 0
         self._state = _WAITING
@@ -288,7 +296,7 @@ class LookaheadCache(Cache):
                 f"LookaheadCache supports full and sliding-window attention layers; this model also has {unsupported}."
             )
         self._compressed_layers = [i for i, kind in enumerate(self._layer_types) if kind == "full_attention"]
-        self.allocator.bind(module, scorer_name(self.scorer))
+        self.allocator.bind(module, self.scorer)
         if not self._compressed_layers:
             logger.warning("Every attention layer of this model uses a sliding window: LookaheadCache evicts nothing.")
 
@@ -324,7 +332,7 @@ class LookaheadCache(Cache):
         """The prompt part of a layer whose prefill ended with lookahead rows, with their queries; the lookahead
         tokens only vote, so their keys and values leave the cache."""
         prompt_length = prefill.prompt_length - self._lookahead_rows
-        queries = prefill.queries(prompt_length)
+        queries = take_lookahead_queries(prefill.module)
         layer = self.layers[prefill.layer_idx]
         layer.crop(-self._lookahead_rows)
         position_embeddings = prefill.position_embeddings

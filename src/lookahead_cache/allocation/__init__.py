@@ -29,6 +29,11 @@ def get_allocator(allocation: str | Allocator, **kwargs: Any) -> Allocator:
     return ALLOCATIONS[allocation](**kwargs)
 
 
+def allocation_name(allocator: Allocator) -> str:
+    """The registered name of an allocator's class, else the class name."""
+    return next((name for name, cls in ALLOCATIONS.items() if type(allocator) is cls), type(allocator).__name__)
+
+
 __all__ = [
     "ALLOCATIONS",
     "AdaKVAllocator",

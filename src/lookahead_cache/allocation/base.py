@@ -5,6 +5,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
+from ..scorers import Scorer
+
 
 class Allocator(ABC):
     """Says how many prompt tokens each KV head of a layer keeps.
@@ -13,7 +15,7 @@ class Allocator(ABC):
     layer's scores (per-head allocation) but not at later layers'.
     """
 
-    def bind(self, attention_module: nn.Module, scorer: str) -> None:
+    def bind(self, attention_module: nn.Module, scorer: Scorer) -> None:
         """Called before a cache's first eviction with an attention module of the model and the cache's scorer.
 
         Allocators that depend on the model (an offline profile, say) load and check what they need here;

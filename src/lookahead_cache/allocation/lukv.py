@@ -8,6 +8,7 @@ from torch import nn
 
 from ..adapters.config import BaseModelSignature
 from ..profiling.profile import HeadProfile
+from ..scorers import Scorer, scorer_name, scorer_settings
 from .base import Allocator
 
 # The profiles shipped beside each loaded lookahead adapter, by scorer.
@@ -37,14 +38,22 @@ class LUKVAllocator(Allocator):
         self._revision = revision
         self._counts: dict[tuple[int, int, int], torch.Tensor] = {}
 
-    def bind(self, attention_module: nn.Module, scorer: str) -> None:
+    def bind(self, attention_module: nn.Module, scorer: Scorer) -> None:
+        name, settings = scorer_name(scorer), scorer_settings(scorer)
         if self.profile is None:
-            self.profile = self._load(attention_module, scorer)
-        if self.profile.scorer != scorer:
+            self.profile = self._load(attention_module, name)
+        if self.profile.scorer != name:
             raise ValueError(
-                f"The LU-KV profile was made for scorer {self.profile.scorer!r}, but the cache scores with {scorer!r}: "
-                f"profile that scorer (`lookahead-cache profile --scorers {scorer}`) or use "
+                f"The LU-KV profile was made for scorer {self.profile.scorer!r}, but the cache scores with {name!r}: "
+                f"profile that scorer (`lookahead-cache profile --scorers {name}`) or use "
                 f"scorer={self.profile.scorer!r}."
+            )
+        # Profiles saved before scorer settings were recorded carry none, and are taken as they are.
+        if self.profile.scorer_settings and self.profile.scorer_settings != settings:
+            raise ValueError(
+                f"The LU-KV profile was made with {name} settings {self.profile.scorer_settings}, but the cache's "
+                f"scorer has {settings}: its head budgets follow another ranking. Score with the profile's settings, "
+                "or profile these (`lookahead_cache.profiling.profiler.profile_model(..., scorers=[scorer])`)."
             )
         mismatches = self.profile.base_model.mismatches(BaseModelSignature.of(attention_module.config), label="profile")
         if mismatches:

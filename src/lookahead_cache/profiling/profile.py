@@ -35,6 +35,8 @@ class HeadProfile:
         layers: Model layer index of each profiled (compressed) layer.
         base_model: The model profiled.
         calibration: How the calibration data was made (prompts, lengths, sampling, seed, hash).
+        scorer_settings: The scorer's arguments (e.g. its pooling kernel), which change its ranking; empty in
+            profiles saved before they were recorded.
     """
 
     prune_ratios: torch.Tensor
@@ -44,6 +46,7 @@ class HeadProfile:
     layers: list[int]
     base_model: BaseModelSignature
     calibration: dict[str, Any] = field(default_factory=dict)
+    scorer_settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         expected = (len(GLOBAL_RATIOS), len(self.layers))
@@ -84,6 +87,7 @@ class HeadProfile:
         save_file({"prune_ratios": self.prune_ratios.float().contiguous()}, str(directory / weights_name))
         metadata = {
             "scorer": self.scorer,
+            "scorer_settings": self.scorer_settings,
             "sink": self.sink,
             "window": self.window,
             "layers": self.layers,
@@ -139,6 +143,7 @@ class HeadProfile:
             layers=list(metadata["layers"]),
             base_model=BaseModelSignature(**metadata["base_model"]),
             calibration=metadata.get("calibration", {}),
+            scorer_settings=metadata.get("scorer_settings", {}),
         )
 
     def plot(self, path: str | Path, global_ratio: float = 0.9) -> None:

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -31,7 +32,7 @@ from ..evaluation.replay import (
     required_lookahead,
 )
 from ..prefill import LayerPrefill
-from ..scorers import get_scorer
+from ..scorers import Scorer, get_scorer, scorer_name, scorer_settings
 from ..selection import protected_positions
 from .calibration import calibration_prompts
 from .profile import HeadProfile
@@ -73,10 +74,9 @@ def oracle_utility(model: PreTrainedModel, prefills: list[LayerPrefill], answer_
 
 
 @torch.no_grad()
-def scorer_scores(model: PreTrainedModel, prefills: list[LayerPrefill], scorer_name: str) -> torch.Tensor:
-    """`[layers, kv_heads, prompt_len]` the scores `scorer_name` gives the recorded prompt (lookahead: the
-    model's lookahead adapter runs after it)."""
-    scorer = get_scorer(scorer_name)
+def scorer_scores(model: PreTrainedModel, prefills: list[LayerPrefill], scorer: Scorer) -> torch.Tensor:
+    """`[layers, kv_heads, prompt_len]` the scores `scorer` gives the recorded prompt (lookahead: the model's
+    lookahead adapter runs after it)."""
     if scorer.needs_lookahead:
         queries = lookahead_queries(model, prefills)
         prefills = [replace(prefill, lookahead_queries=q) for prefill, q in zip(prefills, queries)]
@@ -96,7 +96,7 @@ def prompt_prune_ratios(utility: torch.Tensor, scores: torch.Tensor, sink: int, 
 def profile_model(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    scorers: list[str],
+    scorers: list[str | Scorer],
     out_dir: str | Path,
     *,
     context_length: int = 4096,
@@ -107,13 +107,21 @@ def profile_model(
     window: int = 32,
     seed: int = 0,
 ) -> dict[str, HeadProfile]:
-    """Profile `model` for each of `scorers`; each profile is saved into `out_dir` (with a heatmap) and returned.
+    """Profile `model` for each of `scorers`; each profile is saved into `out_dir` (with a heatmap) and returned,
+    by scorer name.
 
     Work files (per-prompt tables) go to `out_dir/calibration/`; rerunning resumes from them.
 
     Args:
+        scorers: Scorer names (default settings) or `Scorer` instances, at most one per scorer name: the profile
+            records the settings, and `lukv` only pairs it with a scorer that has them.
         questions: Use only the first this many calibration questions (default: all, about thirty).
     """
+    built = {scorer_name(scorer): scorer for scorer in map(get_scorer, scorers)}
+    if len(built) != len(scorers):
+        raise ValueError(f"Profile each scorer once per output folder (its files are named after it); got {scorers}.")
+    # The tables of a prompt are reused on resume only for the same scorer settings.
+    table_settings = {name: json.dumps(scorer_settings(scorer), sort_keys=True) for name, scorer in built.items()}
     out = Path(out_dir)
     work = out / "calibration"
     work.mkdir(parents=True, exist_ok=True)
@@ -127,7 +135,7 @@ def profile_model(
         "sha256": digest,
         "source": "lookahead_cache.profiling.calibration (pydoc_data prose, planted facts, varied questions)",
     }
-    if any(get_scorer(name).needs_lookahead for name in scorers):
+    if any(scorer.needs_lookahead for scorer in built.values()):
         required_lookahead(model)
     adapter = get_lookahead(model)
     if adapter is not None:
@@ -142,7 +150,7 @@ def profile_model(
 
     for index, input_ids in enumerate(tqdm(prompts, desc="profile", unit="prompt")):
         path = work / f"prompt_{index:02d}.safetensors"
-        if path.exists() and set(scorers) <= set(load_file(str(path))):
+        if path.exists() and _recorded_settings(path).items() >= table_settings.items():
             continue
         input_ids = input_ids.to(model.device)
         recording = record_prefill(model, input_ids)
@@ -150,13 +158,16 @@ def profile_model(
         answer = _sample_answer(model, input_ids, recording, answer_tokens, temperature, seed * 1000 + index)
         utility = oracle_utility(model, prefills, answer)
         tables = {
-            name: prompt_prune_ratios(utility, scorer_scores(model, prefills, name), sink, window) for name in scorers
+            name: prompt_prune_ratios(utility, scorer_scores(model, prefills, scorer), sink, window)
+            for name, scorer in built.items()
         }
-        save_file({name: table.float().contiguous() for name, table in tables.items()}, str(path))
+        save_file(
+            {name: table.float().contiguous() for name, table in tables.items()}, str(path), metadata=table_settings
+        )
 
     signature = BaseModelSignature.of(model.config, tokenizer)
     profiles = {}
-    for name in scorers:
+    for name, scorer in built.items():
         tables = [load_file(str(work / f"prompt_{i:02d}.safetensors"))[name] for i in range(len(prompts))]
         profile = HeadProfile(
             prune_ratios=torch.stack(tables).mean(0),
@@ -166,11 +177,18 @@ def profile_model(
             layers=layers,
             base_model=signature,
             calibration=settings,
+            scorer_settings=scorer_settings(scorer),
         )
         profile.save_pretrained(out)
         profile.plot(out / f"lukv_profile_{name}.png")
         profiles[name] = profile
     return profiles
+
+
+def _recorded_settings(path: Path) -> dict[str, str]:
+    """Scorer settings by scorer name of a prompt's saved tables (none in files written before they were recorded)."""
+    with safe_open(str(path), "pt") as tables:
+        return tables.metadata() or {}
 
 
 def _sample_answer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from .base import Scorer
@@ -38,4 +39,16 @@ def scorer_name(scorer: Scorer) -> str:
     return next((name for name, cls in SCORERS.items() if type(scorer) is cls), type(scorer).__name__)
 
 
-__all__ = ["SCORERS", "Scorer", "get_scorer", "scorer_name", *(cls.__name__ for cls in SCORERS.values())]
+def scorer_settings(scorer: Scorer) -> dict[str, Any]:
+    """The arguments a scorer was built with (its dataclass fields): what an LU-KV profile records of its scorer."""
+    return asdict(scorer) if is_dataclass(scorer) else {}
+
+
+__all__ = [
+    "SCORERS",
+    "Scorer",
+    "get_scorer",
+    "scorer_name",
+    "scorer_settings",
+    *(cls.__name__ for cls in SCORERS.values()),
+]
