@@ -216,7 +216,7 @@ def test_lukv_reads_the_profile_of_the_adapters_hub_revision(tmp_path, local_hub
         get_lookahead(untrained).save_pretrained(tmp_path / version)
         synthetic_profile(seed=seed).save_pretrained(tmp_path / version)
     first = local_hub.publish("lukv-org/tiny", tmp_path / "v1")
-    local_hub.publish("lukv-org/tiny", tmp_path / "v2")
+    second = local_hub.publish("lukv-org/tiny", tmp_path / "v2")
     # The two revisions' profiles give different budgets, so the test sees which one was read.
     assert not torch.equal(
         synthetic_profile(seed=0).keep_counts(64, 20, 6), synthetic_profile(seed=1).keep_counts(64, 20, 6)
@@ -227,6 +227,23 @@ def test_lukv_reads_the_profile_of_the_adapters_hub_revision(tmp_path, local_hub
         cache = LookaheadCache(budget=20, scorer="snapkv", allocation="lukv", sink=2, window=4)
         with torch.no_grad():
             model(prompt_ids(64), past_key_values=cache)
-        assert torch.equal(cache.kept_tokens()[:, 0], synthetic_profile(seed=seed).keep_counts(64, 20, floor=6))
+        kept = cache.kept_tokens()[:, 0]
+        assert torch.equal(kept, synthetic_profile(seed=seed).keep_counts(64, 20, floor=6)), _served_revisions(
+            "lukv-org/tiny", first, second, kept
+        )
     with pytest.raises(FileNotFoundError, match="no LU-KV profile|LU-KV profile for scorer 'knorm'"):
         HeadProfile.from_pretrained("lukv-org/tiny", "knorm")
+
+
+def _served_revisions(repo_id: str, first: str, second: str, kept: torch.Tensor) -> str:
+    """What the Hub server and the local HF cache answer for each revision, for a failure message (an earlier run
+    once read the first revision's profile for `main`, and did not reproduce)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    name = "lukv_profile_snapkv.safetensors"
+    lines = [f"kept {kept.tolist()}; published {first} then {second}"]
+    for revision in (first, "main"):
+        metadata = get_hf_file_metadata(hf_hub_url(repo_id, name, revision=revision))
+        counts = HeadProfile.from_pretrained(repo_id, "snapkv", revision=revision).keep_counts(64, 20, floor=6)
+        lines.append(f"{revision}: served commit {metadata.commit_hash}, etag {metadata.etag}, counts {counts.tolist()}")
+    return "\n".join(lines)

@@ -127,7 +127,7 @@ def lookahead_prefill_attention(
     attend = _implementation_function(module, implementation)
     rows = get_lookahead(module).config.num_tokens
     prompt = query.shape[2] - rows
-    _LOOKAHEAD_QUERIES[module] = query[:, :, prompt:]
+    _LOOKAHEAD_QUERIES[module] = query[:, :, prompt:].clone()
     prompt_mask = None if attention_mask is None else attention_mask[:, :, :prompt, :prompt]
     prompt_output, _ = attend(
         module, query[:, :, :prompt], key[:, :, :prompt], value[:, :, :prompt], prompt_mask, **kwargs

@@ -162,9 +162,9 @@ def run(args: argparse.Namespace) -> int:
         "repeats": args.repeats,
         "seed": args.seed,
         "peak_memory": (
-            "torch.cuda.max_memory_allocated during prefill, minus memory allocated before it"
+            "torch.cuda.max_memory_allocated during prefill, minus memory allocated before it (an untimed run)"
             if device.type == "cuda"
-            else "approximate: peak RSS sampled every ~1 ms during prefill, minus RSS before it"
+            else "approximate: peak RSS sampled every ~1 ms during prefill, minus RSS before it (an untimed run)"
         ),
     }
     print(
@@ -211,12 +211,12 @@ def run_benchmark(
         budget: LookaheadCache budget.
         scorers: LookaheadCache configurations, `scorer` or `scorer+allocation`.
         decode_tokens: Timed decode steps per run (the token from the prefill comes on top).
-        repeats: Measured runs per configuration, after one warm-up run each.
+        repeats: Timed runs per configuration, after one warm-up run each; one more run measures memory.
     """
     configs = [FULL, *scorers]
 
     rows = []
-    progress = tqdm(total=len(prompts) * len(configs) * (repeats + 1), desc="bench", unit="run")
+    progress = tqdm(total=len(prompts) * len(configs) * (repeats + 2), desc="bench", unit="run")
     for length, input_ids in prompts.items():
         for config in configs:
             progress.set_postfix(length=length, cache=config, phase="warm-up")
@@ -227,13 +227,15 @@ def run_benchmark(
         for _ in range(repeats):
             for config in configs:
                 progress.set_postfix(length=length, cache=config, phase="measure")
-                runs[config].append(
-                    timed_generation(
-                        model, input_ids, new_cache(config, budget), decode_tokens + 1, measure_memory=True
-                    )
-                )
+                runs[config].append(timed_generation(model, input_ids, new_cache(config, budget), decode_tokens + 1))
                 progress.update()
-        rows.extend(_summarize(length, runs))
+        # Memory in a run of its own: on CPU its sampling thread would compete with the timed work for the cores.
+        memory: dict[str, TimedGeneration] = {}
+        for config in configs:
+            progress.set_postfix(length=length, cache=config, phase="memory")
+            memory[config] = timed_generation(model, input_ids, new_cache(config, budget), 1, measure_memory=True)
+            progress.update()
+        rows.extend(_summarize(length, runs, memory))
     progress.close()
     return rows
 
@@ -252,10 +254,11 @@ def needs_adapter(config: str) -> bool:
     return scorer == "lookahead" or allocation == "lukv"
 
 
-def _summarize(length: int, runs: dict[str, list[TimedGeneration]]) -> list[dict[str, Any]]:
+def _summarize(
+    length: int, runs: dict[str, list[TimedGeneration]], memory: dict[str, TimedGeneration]
+) -> list[dict[str, Any]]:
     rows = []
     for config, results in runs.items():
-        memory = [r.peak_prefill_memory_bytes for r in results if r.peak_prefill_memory_bytes is not None]
         rows.append(
             {
                 "length": length,
@@ -266,7 +269,7 @@ def _summarize(length: int, runs: dict[str, list[TimedGeneration]]) -> list[dict
                 "decode_ms_per_token": 1000 * statistics.median(s for r in results for s in r.decode_seconds),
                 "kv_bytes_after_prefill": results[0].kv_bytes_after_prefill,
                 "peak_kv_bytes": max(r.peak_kv_bytes for r in results),
-                "peak_prefill_memory_bytes": statistics.median(memory) if memory else None,
+                "peak_prefill_memory_bytes": memory[config].peak_prefill_memory_bytes,
             }
         )
     full = rows[0]
