@@ -149,6 +149,20 @@ def test_eval_runs_every_method_resumes_and_reports(tiny_model_dir, tmp_path):
     assert json.loads((out / "settings.json").read_text())["transformers"] == ["5.0.0", current]
 
 
+def test_eval_refuses_an_adapter_without_the_lukv_profile_before_any_sample(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from lookahead_cache.adapters import LookaheadConfig, add_lookahead, get_lookahead
+
+    untrained = add_lookahead(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LookaheadConfig(num_tokens=4))
+    get_lookahead(untrained).save_pretrained(tmp_path / "adapter")
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(tiny_model_dir), "--adapter", str(tmp_path / "adapter"), "--out", str(out)]
+    with pytest.raises(FileNotFoundError, match="no LU-KV profile for scorer 'snapkv'"):
+        main([*argv, "--methods", "full", "lookahead", "lukv"])
+    assert not (out / "samples.jsonl").exists()
+
+
 def test_eval_refuses_a_sweep_without_the_full_cache(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--methods", "snapkv", "--out", "unused"])

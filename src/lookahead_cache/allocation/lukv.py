@@ -62,20 +62,7 @@ class LUKVAllocator(Allocator):
     def _load(self, attention_module: nn.Module, scorer: str) -> HeadProfile:
         if self._source is not None:
             return HeadProfile.from_pretrained(self._source, scorer, revision=self._revision)
-        from ..adapters.lookahead import get_lookahead
-
-        adapter = get_lookahead(attention_module)
-        if adapter is None or adapter.source is None:
-            raise ValueError(
-                "allocation='lukv' needs a LU-KV profile: load the model with a lookahead adapter that ships one "
-                "(lookahead_cache.load_default_model(lookahead=True) does), or pass "
-                "allocation_kwargs={'profile': folder_or_repo} (made by `lookahead-cache profile`)."
-            )
-        # Read once per loaded adapter and scorer: a cache per `generate` call must not re-read (or re-download) it.
-        profiles = _ADAPTER_PROFILES.setdefault(adapter, {})
-        if scorer not in profiles:
-            profiles[scorer] = HeadProfile.from_pretrained(adapter.source, scorer, revision=adapter.source_revision)
-        return profiles[scorer]
+        return adapter_profile(attention_module, scorer)
 
     def allocate(self, scores, row_budgets, prompt_lengths, protected, layer_idx, num_layers) -> torch.Tensor:
         if self.profile is None:
@@ -100,3 +87,21 @@ class LUKVAllocator(Allocator):
                 self._counts[key] = self.profile.keep_counts(*key)
             counts[row] = self._counts[key][layer_idx]
         return counts.to(scores.device)
+
+
+def adapter_profile(module: nn.Module, scorer: str) -> HeadProfile:
+    """The LU-KV profile for `scorer` shipped beside the lookahead adapter of the model `module` belongs to."""
+    from ..adapters.lookahead import get_lookahead
+
+    adapter = get_lookahead(module)
+    if adapter is None or adapter.source is None:
+        raise ValueError(
+            "allocation='lukv' needs a LU-KV profile: load the model with a lookahead adapter that ships one "
+            "(lookahead_cache.load_default_model(lookahead=True) does), or pass "
+            "allocation_kwargs={'profile': folder_or_repo} (made by `lookahead-cache profile`)."
+        )
+    # Read once per loaded adapter and scorer: a cache per `generate` call must not re-read (or re-download) it.
+    profiles = _ADAPTER_PROFILES.setdefault(adapter, {})
+    if scorer not in profiles:
+        profiles[scorer] = HeadProfile.from_pretrained(adapter.source, scorer, revision=adapter.source_revision)
+    return profiles[scorer]

@@ -1,7 +1,7 @@
 """The methods an evaluation compares, each building its cache from one recorded prefill.
 
-A method is a function `(SampleRun, budget) -> Cache`, registered by name in `METHODS`; adding one is one
-function and one line. Names combine a scorer and an allocation: `adakv` and `lukv` are SnapKV with AdaKV's and
+A method is a callable `(SampleRun, budget) -> Cache`, registered by name in `METHODS`; adding one is one
+function (or one `CacheMethod(scorer, allocation)`) and one line. Names combine a scorer and an allocation: `adakv` and `lukv` are SnapKV with AdaKV's and
 LU-KV's allocations, `lookahead-adakv` and `lookahead-lukv` the lookahead scorer with them (LU-KV reads the
 profiles shipped beside the lookahead adapter). Heuristic methods only score the recorded layers; `oracle` and `laq` first obtain the
 queries of future tokens (the full-cache answer, or a drafted one) and score with those; `lookahead` runs the
@@ -17,8 +17,10 @@ import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
+from ..allocation.lukv import adapter_profile
 from ..cache import LookaheadCache
 from ..prefill import CACHE_ARGUMENT, LayerPrefill
+from ..scorers import SCORERS
 from ..scorers.future_queries import FutureQueriesScorer
 from .replay import PrefillRecording, dynamic_cache_from, future_queries, lookahead_queries
 
@@ -115,11 +117,34 @@ def full(run: SampleRun, budget: int | float | None) -> Cache:
     return dynamic_cache_from(run.recording.prefills)
 
 
-def scorer_method(scorer: str, allocation: str = "uniform") -> Callable[[SampleRun, int | float], Cache]:
-    def build(run: SampleRun, budget: int | float) -> Cache:
-        return LookaheadCache.from_prefill(run.recording.prefills, budget=budget, scorer=scorer, allocation=allocation)
+@dataclass(frozen=True)
+class CacheMethod:
+    """A `LookaheadCache` with a scorer and an allocation, compressed from the recorded prefill; for a scorer that
+    reads lookahead queries (LookaheadKV), the model's lookahead tokens first run after the recorded prompt."""
 
-    return build
+    scorer: str
+    allocation: str = "uniform"
+
+    @torch.no_grad()
+    def __call__(self, run: SampleRun, budget: int | float) -> Cache:
+        prefills = lookahead_prefills(run) if self.needs_lookahead else run.recording.prefills
+        return LookaheadCache.from_prefill(prefills, budget=budget, scorer=self.scorer, allocation=self.allocation)
+
+    @property
+    def needs_lookahead(self) -> bool:
+        return SCORERS[self.scorer].needs_lookahead
+
+    @property
+    def needs_adapter(self) -> bool:
+        """Whether the method reads the model's lookahead adapter: its lookahead tokens, or the LU-KV profile
+        shipped beside it."""
+        return self.needs_lookahead or self.allocation == "lukv"
+
+    def check(self, model: PreTrainedModel) -> None:
+        """Raise now, before any sample is recorded, what the first cache would raise for lack of a file: the
+        LU-KV profile of the scorer beside the model's lookahead adapter."""
+        if self.allocation == "lukv":
+            adapter_profile(model, self.scorer)
 
 
 def oracle(run: SampleRun, budget: int | float) -> Cache:
@@ -145,40 +170,29 @@ def lookahead_prefills(run: SampleRun) -> list[LayerPrefill]:
     return [replace(prefill, lookahead_queries=q) for prefill, q in zip(run.recording.prefills, queries)]
 
 
-def lookahead_method(allocation: str = "uniform") -> Callable[[SampleRun, int | float], Cache]:
-    @torch.no_grad()
-    def build(run: SampleRun, budget: int | float) -> Cache:
-        """LookaheadKV: the model's lookahead tokens run after the recorded prompt; their attention picks the keys."""
-        return LookaheadCache.from_prefill(
-            lookahead_prefills(run), budget=budget, scorer="lookahead", allocation=allocation
-        )
-
-    return build
-
-
 METHODS: dict[str, Callable[[SampleRun, int | float | None], Cache]] = {
     FULL: full,
-    "streaming": scorer_method("streaming"),
-    "knorm": scorer_method("knorm"),
-    "random": scorer_method("random"),
-    "snapkv": scorer_method("snapkv"),
-    "pyramidkv": scorer_method("snapkv", allocation="pyramid"),
-    "adakv": scorer_method("snapkv", allocation="adakv"),
-    "lukv": scorer_method("snapkv", allocation="lukv"),
+    "streaming": CacheMethod("streaming"),
+    "knorm": CacheMethod("knorm"),
+    "random": CacheMethod("random"),
+    "snapkv": CacheMethod("snapkv"),
+    "pyramidkv": CacheMethod("snapkv", allocation="pyramid"),
+    "adakv": CacheMethod("snapkv", allocation="adakv"),
+    "lukv": CacheMethod("snapkv", allocation="lukv"),
     "oracle": oracle,
     "laq": laq,
-    "lookahead": lookahead_method(),
-    "lookahead-adakv": lookahead_method("adakv"),
-    "lookahead-lukv": lookahead_method("lukv"),
+    "lookahead": CacheMethod("lookahead"),
+    "lookahead-adakv": CacheMethod("lookahead", allocation="adakv"),
+    "lookahead-lukv": CacheMethod("lookahead", allocation="lukv"),
 }
 # What `lookahead-cache eval` runs unless told otherwise: one row per scorer, with the allocation it is known by.
 DEFAULT_METHODS = (FULL, "streaming", "knorm", "random", "snapkv", "pyramidkv", "oracle", "laq", "lookahead")
 
 
 def needs_adapter(name: str) -> bool:
-    """Whether the method reads the model's lookahead adapter: its lookahead tokens, or the LU-KV profiles
-    shipped beside it."""
-    return name == "lookahead" or name.startswith("lookahead-") or name == "lukv"
+    """Whether method `name` reads the model's lookahead adapter (see `CacheMethod.needs_adapter`)."""
+    method = get_method(name)
+    return isinstance(method, CacheMethod) and method.needs_adapter
 
 
 def get_method(name: str) -> Callable[[SampleRun, int | float | None], Cache]:

@@ -29,7 +29,7 @@ from ..cache import LookaheadCache
 from ..cli import budget_value, positive_int
 from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, load_default_model
 from . import report
-from .methods import DEFAULT_METHODS, FULL, METHODS, SampleRun, get_method, needs_adapter
+from .methods import DEFAULT_METHODS, FULL, METHODS, CacheMethod, SampleRun, get_method, needs_adapter
 from .metrics import score
 from .replay import record_prefill
 from .tasks import TASKS, Sample, get_task
@@ -129,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     adapter = args.adapter or (DEFAULT_MODEL if any(needs_adapter(name) for name in args.methods) else None)
     model, tokenizer = load_model(args.model, adapter)
+    for name in args.methods:
+        method = get_method(name)
+        if isinstance(method, CacheMethod):
+            method.check(model)
     samples = build_samples(tokenizer, args.tasks, args.lengths, args.samples, args.seed)
     write_samples(args.out / "samples.jsonl", samples, tokenizer)
     _write_settings(args, model)
