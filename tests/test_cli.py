@@ -135,6 +135,9 @@ def test_eval_runs_every_method_resumes_and_reports(tiny_model_dir, tmp_path):
     assert all(0.0 <= row["score"] <= 1.0 for row in rows)
     kept = {row["kept_tokens"] for row in rows if row["budget"] == 64}
     assert kept == {64.0}
+    # The full cache's footprint is the prompt's, taken before the cache grew by the answer.
+    full_rows = [row for row in rows if row["method"] == "full" and row["mode"] == "question-aware"]
+    assert full_rows and all(row["kept_tokens"] == row["prompt_tokens"] for row in full_rows)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and all(len(s["context_ids"]) + len(s["question_ids"]) <= 1024 for s in samples)
     assert "| full" in (out / "summary.md").read_text()

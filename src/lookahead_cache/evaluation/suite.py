@@ -225,7 +225,9 @@ def _evaluate_sample(model, tokenizer, sample: Sample, mode: str, configs, progr
     run = start_run(model, tokenizer, sample, mode)
     prompt_tokens = run.prefilled_ids.shape[-1] + run.question_ids.shape[-1]
 
-    def row(method: str, budget, cache, compress_s: float, answer_ids: torch.Tensor) -> dict[str, Any]:
+    def row(method: str, budget, footprint: tuple[float, int], compress_s: float, answer_ids: torch.Tensor):
+        """One prediction row; `footprint` is the cache's (kept tokens, KV bytes) before it answered, since a cache
+        that decodes alone (not stacked with others) grows by the answer."""
         prediction = tokenizer.decode(answer_ids[0], skip_special_tokens=True).strip()
         return {
             "sample_id": sample.id,
@@ -235,14 +237,14 @@ def _evaluate_sample(model, tokenizer, sample: Sample, mode: str, configs, progr
             "method": method,
             "budget": budget,
             "prompt_tokens": prompt_tokens,
-            "kept_tokens": stored_prompt_tokens(cache),
+            "kept_tokens": footprint[0],
             "prediction": prediction,
             "answers": list(sample.answers),
             "metric": sample.metric,
             "score": score(sample.metric, [prediction], [list(sample.answers)])[0],
             "prefill_s": run.recording.seconds,
             "compress_s": compress_s,
-            "kv_bytes": kv_nbytes(cache),
+            "kv_bytes": footprint[1],
         }
 
     # The full answer comes first, even when its row exists already if the oracle still needs it.
@@ -250,9 +252,10 @@ def _evaluate_sample(model, tokenizer, sample: Sample, mode: str, configs, progr
         start = time.perf_counter()
         cache = get_method(FULL)(run, None)
         compress_s = time.perf_counter() - start
+        footprint = _footprint(cache)
         run.full_answer_ids = run.answer(cache)
         if (FULL, None) in configs:
-            yield row(FULL, None, cache, compress_s, run.full_answer_ids)
+            yield row(FULL, None, footprint, compress_s, run.full_answer_ids)
             progress.update()
     # The methods of one budget answer in one batch: decoding costs little more than for one of them.
     budgets = dict.fromkeys(budget for method, budget in configs if method != FULL)
@@ -262,9 +265,16 @@ def _evaluate_sample(model, tokenizer, sample: Sample, mode: str, configs, progr
             start = time.perf_counter()
             cache = get_method(method)(run, budget)
             built.append((method, cache, time.perf_counter() - start))
-        for (method, cache, compress_s), answer_ids in zip(built, run.answers([cache for _, cache, _ in built])):
-            yield row(method, budget, cache, compress_s, answer_ids)
+        footprints = [_footprint(cache) for _, cache, _ in built]
+        answers = run.answers([cache for _, cache, _ in built])
+        for (method, _, compress_s), footprint, answer_ids in zip(built, footprints, answers):
+            yield row(method, budget, footprint, compress_s, answer_ids)
         progress.update(len(built))
+
+
+def _footprint(cache) -> tuple[float, int]:
+    """Prompt tokens a cache stores per layer and KV head, and its KV bytes."""
+    return stored_prompt_tokens(cache), kv_nbytes(cache)
 
 
 def _done_keys(path: Path) -> set[tuple[Any, ...]]:
