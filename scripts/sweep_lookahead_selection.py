@@ -1,15 +1,16 @@
 """Chooses, by measurement, how the lookahead scorer turns its scores into a kept set: pooling kernel and recent window.
 
 Every (kernel_size, window, allocation) setting compresses the same recorded prefill with the lookahead scorer at
-each budget and answers greedily; scores are the evaluation suite's. The `lukv` allocation needs, per kernel size, a
-LU-KV profile made with the scorer at that kernel size (its ranking orders the profile's loss curves). The samples
+each budget and answers greedily; scores are the evaluation suite's. The `lukv` allocations (`lukv-layer`: each layer
+keeps the budget) need, per kernel size, a LU-KV profile made with the scorer at that kernel size (its ranking orders
+the profile's loss curves). The samples
 come from the families the adapter was trained on, with a seed of their own (500): the choice sees neither the
 held-out families (`lookahead_cache.training.HELD_OUT_TASKS`) nor the training prompts (seed 1000) nor the samples
 the results are reported on (seed 0). Rows append to OUT/sweep.jsonl (resumable); the table of mean scores goes to OUT/summary.md.
 
 Usage:
     python scripts/sweep_lookahead_selection.py --adapter src/lookahead_cache/default_adapter --out runs/sweep \
-        [--kernel-sizes 1 5] [--windows 8 32] [--allocations uniform lukv] [--lukv-profiles 1=DIR 5=DIR] \
+        [--kernel-sizes 1 5] [--windows 8 32] [--allocations uniform lukv lukv-layer] [--lukv-profiles 1=DIR 5=DIR] \
         [--budgets 64 128 256] [--samples 2] [--seed 500]
 """
 
@@ -32,6 +33,9 @@ from lookahead_cache.evaluation.suite import DEFAULT_MODEL, build_samples, load_
 from lookahead_cache.scorers.lookahead import LookaheadScorer
 from lookahead_cache.training import TRAINING_TASKS
 
+# Swept allocations: the cache's allocation name and, for LU-KV, the scope of its budget.
+ALLOCATIONS = {"uniform": ("uniform", None), "lukv": ("lukv", "model"), "lukv-layer": ("lukv", "layer")}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -39,7 +43,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--kernel-sizes", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--windows", type=int, nargs="+", default=[8, 32])
-    parser.add_argument("--allocations", nargs="+", choices=["uniform", "lukv"], default=["uniform"])
+    parser.add_argument(
+        "--allocations",
+        nargs="+",
+        choices=list(ALLOCATIONS),
+        default=["uniform"],
+        help="uniform, lukv (the model's total fixed) or lukv-layer (each layer's total fixed, as kvpress does).",
+    )
     parser.add_argument(
         "--lukv-profiles",
         nargs="+",
@@ -54,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     profiles = {int(kernel): directory for kernel, directory in (item.split("=", 1) for item in args.lukv_profiles)}
     missing = [k for k in args.kernel_sizes if k not in profiles]
-    if "lukv" in args.allocations and missing:
+    if any(allocation.startswith("lukv") for allocation in args.allocations) and missing:
         parser.error(f"--allocations lukv needs --lukv-profiles for kernel sizes {missing} (e.g. 5=DIR).")
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -88,8 +98,7 @@ def _sweep_sample(model, tokenizer, sample, todo, profiles):
                 scorer=LookaheadScorer(kernel_size=k),
                 sink=DEFAULT_SINK,
                 window=w,
-                allocation=allocation,
-                allocation_kwargs={"profile": profiles[k]} if allocation == "lukv" else None,
+                **_allocation(allocation, profiles.get(k)),
             )
             for k, w, allocation in settings
         ]
@@ -105,6 +114,13 @@ def _sweep_sample(model, tokenizer, sample, todo, profiles):
                 "prediction": prediction,
                 "score": score(sample.metric, [prediction], [list(sample.answers)])[0],
             }
+
+
+def _allocation(name: str, profile: str | None) -> dict:
+    """The LookaheadCache arguments of a swept allocation."""
+    allocation, scope = ALLOCATIONS[name]
+    kwargs = {"profile": profile, "scope": scope} if allocation == "lukv" else None
+    return {"allocation": allocation, "allocation_kwargs": kwargs}
 
 
 def _summary(rows: list[dict]) -> str:

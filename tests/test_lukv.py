@@ -62,6 +62,26 @@ def test_keep_counts_hold_the_budget_and_the_floor(prompt_length, budget):
     assert counts.shape == (3, 2)
     assert int(counts.sum()) == min(budget, prompt_length) * 6
     assert bool((counts >= min(6, prompt_length)).all()) and bool((counts <= prompt_length).all())
+    per_layer = profile.keep_counts(prompt_length, budget, floor=6, scope="layer")
+    assert per_layer.sum(1).tolist() == [min(budget, prompt_length) * 2] * 3
+    assert bool((per_layer >= min(6, prompt_length)).all()) and bool((per_layer <= prompt_length).all())
+
+
+def test_lukv_layer_scope_keeps_each_layers_total_and_follows_the_profile_within_it():
+    profile = synthetic_profile()
+    model_scope, layer_scope = (profile.keep_counts(1000, 100, floor=6, scope=scope) for scope in ("model", "layer"))
+    # The profile moves budget between layers; the layer scope only between the heads of a layer, in the same order.
+    assert len(set(model_scope.sum(1).tolist())) > 1
+    model_gap, layer_gap = (counts[:, 0] - counts[:, 1] for counts in (model_scope, layer_scope))
+    assert bool((model_gap * layer_gap >= 0).all())
+    cache = LookaheadCache(
+        budget=20, scorer="snapkv", allocation=LUKVAllocator(profile, scope="layer"), sink=2, window=4
+    )
+    with torch.no_grad():
+        tiny_model()(prompt_ids(64), past_key_values=cache)
+    assert torch.equal(cache.kept_tokens()[:, 0], profile.keep_counts(64, 20, floor=6, scope="layer"))
+    with pytest.raises(ValueError, match="scope='heads' must be 'model' or 'layer'"):
+        LUKVAllocator(profile, scope="heads")
 
 
 def test_profile_round_trips_through_its_files(tmp_path):
@@ -143,9 +163,7 @@ def test_lukv_refuses_a_profile_made_with_other_scorer_settings():
     profile = synthetic_profile()
     profile.scorer_settings = scorer_settings(SnapKVScorer())
     with torch.no_grad():
-        matching = LookaheadCache(
-            budget=20, scorer=SnapKVScorer(), allocation=LUKVAllocator(profile), sink=2, window=4
-        )
+        matching = LookaheadCache(budget=20, scorer=SnapKVScorer(), allocation=LUKVAllocator(profile), sink=2, window=4)
         model(prompt_ids(64), past_key_values=matching)
         assert torch.equal(matching.kept_tokens()[:, 0], profile.keep_counts(64, 20, floor=6))
         other_kernel = LookaheadCache(
@@ -245,5 +263,7 @@ def _served_revisions(repo_id: str, first: str, second: str, kept: torch.Tensor)
     for revision in (first, "main"):
         metadata = get_hf_file_metadata(hf_hub_url(repo_id, name, revision=revision))
         counts = HeadProfile.from_pretrained(repo_id, "snapkv", revision=revision).keep_counts(64, 20, floor=6)
-        lines.append(f"{revision}: served commit {metadata.commit_hash}, etag {metadata.etag}, counts {counts.tolist()}")
+        lines.append(
+            f"{revision}: served commit {metadata.commit_hash}, etag {metadata.etag}, counts {counts.tolist()}"
+        )
     return "\n".join(lines)

@@ -74,7 +74,7 @@ class LayerPrefill:
         if self.position_embeddings is not None:
             cos, sin = self.position_embeddings
             position_embeddings = (cos[:, start:end], sin[:, start:end])
-        # Contiguous: PEFT's LoRA layers (the lookahead rows go through them) view their input flat.
+        # Contiguous: the activated-LoRA layers of a model carrying a lookahead adapter view their input flat.
         hidden_states = self.hidden_states[:, start:end].contiguous()
         return attention_queries(self.module, hidden_states, position_embeddings, self.keys.shape[-1], self.layer_idx)
 

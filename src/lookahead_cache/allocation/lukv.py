@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import weakref
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -21,7 +22,8 @@ class LUKVAllocator(Allocator):
     The profile (`lookahead-cache profile`) holds, for global prune ratios of 1 % to 99 %, the share of the prompt
     each (layer, KV head) evicts. For a prompt of T tokens and a budget of B per head, the row of ratio 1 - B/T
     gives every head its count, (1 - r_h) * T, scaled so the whole model keeps exactly B per head on average, never
-    fewer than the sink and window. Layers keep different totals; only the model's total matches `uniform`.
+    fewer than the sink and window. Layers keep different totals; only the model's total matches `uniform` (with
+    `scope="layer"`, each layer's total does).
 
     Tang et al., "Predicting Future Utility: Global Combinatorial Optimization for Task-Agnostic KV Cache
     Eviction", https://arxiv.org/abs/2602.08585
@@ -30,12 +32,23 @@ class LUKVAllocator(Allocator):
         profile: A `HeadProfile`, or a local folder / Hub repo holding one for the cache's scorer. Default: the
             profile shipped beside the model's lookahead adapter (`load_lookahead`, `load_default_model`).
         revision: Revision of a Hub repo `profile`.
+        scope: "model" (default): the budget is the whole model's, layers keep different totals as the profile's
+            global solution has them; "layer": every layer keeps the budget, shared among its heads by the
+            profile (see `HeadProfile.keep_counts`).
     """
 
-    def __init__(self, profile: HeadProfile | str | Path | None = None, revision: str | None = None):
+    def __init__(
+        self,
+        profile: HeadProfile | str | Path | None = None,
+        revision: str | None = None,
+        scope: Literal["model", "layer"] = "model",
+    ):
+        if scope not in ("model", "layer"):
+            raise ValueError(f"lukv scope={scope!r} must be 'model' or 'layer'.")
         self.profile = profile if isinstance(profile, HeadProfile) else None
         self._source = None if isinstance(profile, HeadProfile) else profile
         self._revision = revision
+        self.scope = scope
         self._counts: dict[tuple[int, int, int], torch.Tensor] = {}
 
     def bind(self, attention_module: nn.Module, scorer: Scorer) -> None:
@@ -84,7 +97,7 @@ class LUKVAllocator(Allocator):
         for row in range(batch):
             key = (int(prompt_lengths[row]), int(row_budgets[row]), protected)
             if key not in self._counts:
-                self._counts[key] = self.profile.keep_counts(*key)
+                self._counts[key] = self.profile.keep_counts(*key, scope=self.scope)
             counts[row] = self._counts[key][layer_idx]
         return counts.to(scores.device)
 

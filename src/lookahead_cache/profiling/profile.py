@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from huggingface_hub import hf_hub_download
@@ -56,15 +56,19 @@ class HeadProfile:
                 f"needs [{expected[0]}, {expected[1]}, kv_heads]."
             )
 
-    def keep_counts(self, prompt_length: int, kept_per_head: int, floor: int) -> torch.Tensor:
+    def keep_counts(
+        self, prompt_length: int, kept_per_head: int, floor: int, scope: Literal["model", "layer"] = "model"
+    ) -> torch.Tensor:
         """`[layers, kv_heads]` tokens each head keeps so that, together, they keep `kept_per_head` on average.
 
         The global prune ratio `1 - kept_per_head / prompt_length` selects the profile's row (interpolated between
         whole percents); each head keeps `(1 - r_h) * prompt_length` tokens, scaled to the exact total, never fewer
-        than `floor` (sink and window) nor more than the prompt, with largest-remainder rounding.
+        than `floor` (sink and window) nor more than the prompt, with largest-remainder rounding. The total is the
+        whole model's (`scope="model"`: layers keep different totals, as the profile's global solution has them) or
+        each layer's (`scope="layer"`: every layer keeps `kept_per_head` per head on average, shared among its heads
+        as the profile says, as kvpress's per-layer presses do).
         """
         layers, heads = self.prune_ratios.shape[1:]
-        total = kept_per_head * layers * heads
         floor = min(floor, prompt_length)
         if kept_per_head >= prompt_length:
             return torch.full((layers, heads), prompt_length, dtype=torch.long)
@@ -73,9 +77,17 @@ class HeadProfile:
         high = min(low + 1, len(GLOBAL_RATIOS) - 1)
         weight = min(max(position - low, 0.0), 1.0)
         ratios = (1 - weight) * self.prune_ratios[low].double() + weight * self.prune_ratios[high].double()
-        wanted = ((1 - ratios) * prompt_length - floor).clamp(min=0).flatten()
-        extra = _water_fill(wanted, total - floor * layers * heads, cap=prompt_length - floor)
-        return (floor + _largest_remainder(extra, total - floor * layers * heads)).view(layers, heads)
+        wanted = ((1 - ratios) * prompt_length - floor).clamp(min=0)
+        if scope == "model":
+            wanted = wanted.flatten()[None]
+        elif scope != "layer":
+            raise ValueError(f"scope={scope!r} must be 'model' or 'layer'.")
+        extra_total = (kept_per_head - floor) * wanted.shape[-1]
+        counts = [
+            floor + _largest_remainder(_water_fill(row, extra_total, cap=prompt_length - floor), extra_total)
+            for row in wanted
+        ]
+        return torch.stack(counts).view(layers, heads)
 
     # ----- files --------------------------------------------------------------------------------------------
 
