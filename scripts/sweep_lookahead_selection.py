@@ -3,10 +3,10 @@
 Every (kernel_size, window, allocation) setting compresses the same recorded prefill with the lookahead scorer at
 each budget and answers greedily; scores are the evaluation suite's. The `lukv` allocations (`lukv-layer`: each layer
 keeps the budget) need, per kernel size, a LU-KV profile made with the scorer at that kernel size (its ranking orders
-the profile's loss curves). The samples
-come from the families the adapter was trained on, with a seed of their own (500): the choice sees neither the
-held-out families (`lookahead_cache.training.HELD_OUT_TASKS`) nor the training prompts (seed 1000) nor the samples
-the results are reported on (seed 0). Rows append to OUT/sweep.jsonl (resumable); the table of mean scores goes to OUT/summary.md.
+the profile's loss curves). The samples come from the families the adapter was trained on, with a seed of their own
+(500): the choice sees neither the held-out families (`lookahead_cache.training.HELD_OUT_TASKS`) nor the training
+prompts (seed 1000) nor the samples the results are reported on (seed 0). Rows append to OUT/sweep.jsonl (resumable);
+the table of mean scores goes to OUT/summary.md.
 
 Usage:
     python scripts/sweep_lookahead_selection.py --adapter src/lookahead_cache/default_adapter --out runs/sweep \

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..adapters.config import BaseModelSignature
-from ..profiling.profile import HeadProfile
+from ..profiling.profile import HeadProfile, check_scope
 from ..scorers import Scorer, scorer_name, scorer_settings
 from .base import Allocator
 
@@ -43,8 +43,7 @@ class LUKVAllocator(Allocator):
         revision: str | None = None,
         scope: Literal["model", "layer"] = "model",
     ):
-        if scope not in ("model", "layer"):
-            raise ValueError(f"lukv scope={scope!r} must be 'model' or 'layer'.")
+        check_scope(scope)
         self.profile = profile if isinstance(profile, HeadProfile) else None
         self._source = None if isinstance(profile, HeadProfile) else profile
         self._revision = revision

@@ -27,6 +27,7 @@ from ..cache import LookaheadCache
 from ..cli import budget_value, positive_int
 from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, default_model_path, load_default_model
 from .documents import haystack_ids
+from .methods import CacheMethod
 from .timing import TimedGeneration, timed_generation
 
 logger = logging.get_logger(__name__)
@@ -251,7 +252,7 @@ def new_cache(config: str, budget: int | float) -> Cache:
 def needs_adapter(config: str) -> bool:
     """Whether a configuration reads the lookahead adapter: its scorer, or the LU-KV profile shipped beside it."""
     scorer, _, allocation = config.partition("+")
-    return scorer == "lookahead" or allocation == "lukv"
+    return CacheMethod(scorer, allocation or "uniform").needs_adapter
 
 
 def _summarize(

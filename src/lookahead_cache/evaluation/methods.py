@@ -1,11 +1,11 @@
 """The methods an evaluation compares, each building its cache from one recorded prefill.
 
-A method is a callable `(SampleRun, budget) -> Cache`, registered by name in `METHODS`; adding one is one
-function (or one `CacheMethod(scorer, allocation)`) and one line. Names combine a scorer and an allocation: `adakv` and `lukv` are SnapKV with AdaKV's and
-LU-KV's allocations, `lookahead-adakv` and `lookahead-lukv` the lookahead scorer with them (LU-KV reads the
-profiles shipped beside the lookahead adapter). Heuristic methods only score the recorded layers; `oracle` and `laq` first obtain the
-queries of future tokens (the full-cache answer, or a drafted one) and score with those; `lookahead` runs the
-model's learned lookahead tokens after the recorded prompt.
+A method is a callable `(SampleRun, budget) -> Cache`, registered by name in `METHODS`; adding one is one function
+(or one `CacheMethod(scorer, allocation)`) and one line. Names combine a scorer and an allocation: `adakv` and
+`lukv` are SnapKV with AdaKV's and LU-KV's allocations, `lookahead-adakv` and `lookahead-lukv` the lookahead scorer
+with them (LU-KV reads the profiles shipped beside the lookahead adapter). Heuristic methods only score the recorded
+layers; `oracle` and `laq` first obtain the queries of future tokens (the full-cache answer, or a drafted one) and
+score with those; `lookahead` runs the model's learned lookahead tokens after the recorded prompt.
 """
 
 from __future__ import annotations

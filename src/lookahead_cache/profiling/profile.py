@@ -17,6 +17,12 @@ from ..adapters.config import BaseModelSignature
 from .solver import GLOBAL_RATIOS
 
 
+def check_scope(scope: str) -> None:
+    """Refuse a LU-KV budget scope other than the whole model's or each layer's (see `HeadProfile.keep_counts`)."""
+    if scope not in ("model", "layer"):
+        raise ValueError(f"lukv scope={scope!r} must be 'model' or 'layer'.")
+
+
 def profile_names(scorer: str) -> tuple[str, str]:
     """File names (metadata JSON, safetensors table) of the profile for `scorer`, beside a lookahead adapter."""
     return f"lukv_profile_{scorer}.json", f"lukv_profile_{scorer}.safetensors"
@@ -77,11 +83,10 @@ class HeadProfile:
         high = min(low + 1, len(GLOBAL_RATIOS) - 1)
         weight = min(max(position - low, 0.0), 1.0)
         ratios = (1 - weight) * self.prune_ratios[low].double() + weight * self.prune_ratios[high].double()
+        check_scope(scope)
         wanted = ((1 - ratios) * prompt_length - floor).clamp(min=0)
         if scope == "model":
             wanted = wanted.flatten()[None]
-        elif scope != "layer":
-            raise ValueError(f"scope={scope!r} must be 'model' or 'layer'.")
         extra_total = (kept_per_head - floor) * wanted.shape[-1]
         counts = [
             floor + _largest_remainder(_water_fill(row, extra_total, cap=prompt_length - floor), extra_total)
