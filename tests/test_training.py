@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from lookahead_cache.adapters import get_lookahead, load_lookahead
+from lookahead_cache.evaluation.replay import record_prefill
 from lookahead_cache.training import TrainingConfig, train
 from lookahead_cache.training import trainer as trainer_module
 from lookahead_cache.training.data import prepare_examples
@@ -47,16 +48,69 @@ def test_targets_are_the_responses_attention_per_layer_and_head(default_model, t
     assert [e.response_ids for e in again] == [e.response_ids for e in examples]
 
 
+def test_stored_prompt_keys_and_values_are_the_models_and_runs_without_them_get_them_on_resume(default_model, tmp_path):
+    model, tokenizer = default_model
+    without = prepare_examples(model, tokenizer, small_config(store_prompt_kv=False), tmp_path)
+    assert all(example.prompt_kv_path is None for example in without)
+    assert not (tmp_path / "prompt_kv").exists()
+    # The same run folder prepared again with storage on: the responses are reused, the keys and values added.
+    stored = prepare_examples(model, tokenizer, small_config(), tmp_path)
+    assert [e.response_ids for e in stored] == [e.response_ids for e in without]
+    for example in stored:
+        recording = record_prefill(model, torch.tensor([example.input_ids]))
+        prefills = example.stored_prefills([prefill.module for prefill in recording.prefills])
+        assert len(prefills) == len(recording.prefills) == 30
+        for loaded, live in zip(prefills, recording.prefills):
+            assert torch.equal(loaded.keys, live.keys) and torch.equal(loaded.values, live.values)
+        with pytest.raises(ValueError, match="kept only the prompt's keys and values"):
+            prefills[0].queries(0)
+
+
+def test_training_from_stored_prompts_matches_training_that_reruns_them(default_model, tmp_path):
+    base, tokenizer = default_model
+    config = small_config(epochs=1, validation_samples_per_task=1)
+    train(copy.deepcopy(base), tokenizer, config, tmp_path / "stored")
+    train(
+        copy.deepcopy(base),
+        tokenizer,
+        small_config(epochs=1, validation_samples_per_task=1, store_prompt_kv=False),
+        tmp_path / "rerun",
+    )
+    stored, rerun = (
+        [json.loads(line) for line in (tmp_path / run / "loss.jsonl").read_text().splitlines()]
+        for run in ("stored", "rerun")
+    )
+    assert [r["step"] for r in stored] == [r["step"] for r in rerun] == [1, 2]
+    for a, b in zip(stored, rerun):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        # Validation runs at every checkpoint (save_every=1), on prompts of another seed.
+        assert a["validation_loss"] == pytest.approx(b["validation_loss"], rel=1e-5)
+    assert stored[1]["validation_loss"] != stored[0]["validation_loss"]
+    validation_ids = {
+        json.loads(line)["sample_id"] for line in (tmp_path / "stored" / "validation" / "examples.jsonl").open()
+    }
+    assert len(validation_ids) == 1
+    validation_prompt = json.loads((tmp_path / "stored" / "validation" / "examples.jsonl").read_text())["input_ids"]
+    assert all(
+        json.loads(line)["input_ids"] != validation_prompt for line in (tmp_path / "stored" / "examples.jsonl").open()
+    )
+    recipe = json.loads((tmp_path / "stored" / "adapter" / "lookahead_config.json").read_text())["training"]
+    assert "on 1 prompts of the same families, seed 2000" in recipe["validation_loss"]
+
+    with pytest.raises(ValueError, match="validation_seed equals seed"):
+        small_config(validation_samples_per_task=1, validation_seed=1000)
+
+
 def test_training_resumes_after_an_interruption_and_saves_a_loadable_adapter(default_model, tmp_path, monkeypatch):
     base, tokenizer = default_model
     config = small_config()
     real_loss, calls = trainer_module.example_loss, []
 
-    def interrupted(model, example):
+    def interrupted(model, example, modules):
         calls.append(example.sample_id)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real_loss(model, example)
+        return real_loss(model, example, modules)
 
     monkeypatch.setattr(trainer_module, "example_loss", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -103,7 +157,9 @@ def test_distributed_training_averages_gradients_like_one_process(tiny_model_dir
     two = [json.loads(line) for line in (tmp_path / "two" / "loss.jsonl").read_text().splitlines()]
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2]
     for a, b in zip(one, two):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["grad_norm"] == pytest.approx(
+            b["grad_norm"], rel=1e-3
+        )
     for name in ("adapter_model.safetensors", "lookahead_embeddings.safetensors"):
         trained_alone, trained_together = (load_file(str(tmp_path / run / "adapter" / name)) for run in ("one", "two"))
         assert trained_alone.keys() == trained_together.keys()

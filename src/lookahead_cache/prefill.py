@@ -35,7 +35,8 @@ class LayerPrefill:
         layer_idx: Index of the layer in the cache.
         keys: Post-RoPE prompt keys, `[batch, kv_heads, prompt_len, head_dim]`.
         values: Prompt values, same shape.
-        hidden_states: Input of the attention module, `[batch, prompt_len, hidden]`.
+        hidden_states: Input of the attention module, `[batch, prompt_len, hidden]`; None where only the keys and
+            values were kept (stored training prompts), which leaves the prompt's own queries unavailable.
         position_embeddings: The `(cos, sin)` pair the module applied, or None for models without RoPE.
         valid: `[batch, prompt_len]`, False on padding.
         lookahead_queries: Post-RoPE queries `[batch, q_heads, n, head_dim]` of the lookahead tokens that ran
@@ -46,7 +47,7 @@ class LayerPrefill:
     layer_idx: int
     keys: torch.Tensor
     values: torch.Tensor
-    hidden_states: torch.Tensor
+    hidden_states: torch.Tensor | None
     position_embeddings: tuple[torch.Tensor, torch.Tensor] | None
     valid: torch.Tensor
     lookahead_queries: torch.Tensor | None = None
@@ -70,6 +71,11 @@ class LayerPrefill:
         They are recomputed from the attention input the way the module computes them, so no model code
         is modified to expose them.
         """
+        if self.hidden_states is None:
+            raise ValueError(
+                f"Layer {self.layer_idx} kept only the prompt's keys and values, not its attention input, so its "
+                "queries cannot be computed; score it from a live or recorded prefill instead."
+            )
         position_embeddings = None
         if self.position_embeddings is not None:
             cos, sin = self.position_embeddings

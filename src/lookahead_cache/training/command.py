@@ -34,6 +34,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-tokens", type=positive_int, default=defaults.num_tokens, help="Lookahead tokens.")
     parser.add_argument("--lora-rank", type=positive_int, default=defaults.lora_rank)
     parser.add_argument("--lora-alpha", type=positive_int, default=defaults.lora_alpha)
+    parser.add_argument(
+        "--validation-samples-per-task",
+        type=int,
+        default=defaults.validation_samples_per_task,
+        help="Validation prompts per family and length, drawn with --validation-seed; their KL is logged at every "
+        "checkpoint (0: none).",
+    )
+    parser.add_argument("--validation-seed", type=int, default=defaults.validation_seed)
+    parser.add_argument(
+        "--no-store-prompt-kv",
+        dest="store_prompt_kv",
+        action="store_false",
+        help="Do not store each prompt's keys and values on disk; every step then reruns the prompt (slower).",
+    )
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -53,6 +67,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         num_tokens=args.num_tokens,
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha,
+        validation_samples_per_task=args.validation_samples_per_task,
+        validation_seed=args.validation_seed,
+        store_prompt_kv=args.store_prompt_kv,
     )
 
 

@@ -24,6 +24,8 @@ TRAINING_TASKS = (
 )
 # Seeds of training prompts start here; evaluation uses seed 0, so no prompt is shared with it.
 TRAINING_SEED = 1000
+# Validation prompts: the training families, drawn apart from training (1000), evaluation (0) and selection (500).
+VALIDATION_SEED = 2000
 
 
 @dataclass
@@ -44,6 +46,11 @@ class TrainingConfig:
         max_grad_norm: Gradient clipping.
         save_every: Checkpoint every this many optimizer steps (and at the end).
         num_tokens, lora_rank, lora_alpha: The lookahead modules (see `LookaheadConfig`).
+        validation_samples_per_task: Validation prompts per family and length (0: no validation), drawn with
+            `validation_seed`; their KL is logged at every checkpoint.
+        validation_seed: Seed of the validation prompts; must differ from `seed`.
+        store_prompt_kv: Store each prompt's keys and values with its target, so that training steps skip the
+            prompt's forward (about 5x faster steps, at the disk cost given in `lookahead_cache.training.data`).
     """
 
     tasks: list[str] = field(default_factory=lambda: list(TRAINING_TASKS))
@@ -61,6 +68,9 @@ class TrainingConfig:
     num_tokens: int = 32
     lora_rank: int = 8
     lora_alpha: int = 32
+    validation_samples_per_task: int = 0
+    validation_seed: int = VALIDATION_SEED
+    store_prompt_kv: bool = True
 
     def __post_init__(self):
         for name in ("samples_per_task", "response_tokens", "epochs", "gradient_accumulation", "save_every"):
@@ -68,6 +78,12 @@ class TrainingConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
         if not self.tasks or not self.lengths:
             raise ValueError("tasks and lengths must each name at least one entry.")
+        if self.validation_samples_per_task < 0:
+            raise ValueError(f"validation_samples_per_task={self.validation_samples_per_task} must not be negative.")
+        if self.validation_samples_per_task and self.validation_seed == self.seed:
+            raise ValueError(
+                f"validation_seed equals seed ({self.seed}): validation would repeat the training prompts; pick another."
+            )
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate={self.learning_rate} must be positive.")
 

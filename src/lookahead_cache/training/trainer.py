@@ -1,7 +1,8 @@
 """Training the lookahead modules: only the lookahead embeddings and LoRA learn, from the KL to the target attention.
 
-Each step runs the prompt once without gradients (its keys and values do not depend on the lookahead modules),
-then the lookahead rows with gradients, and compares their attention over the prompt with the attention the model's
+The prompt's keys and values do not depend on the lookahead modules: they come from disk, stored when the
+responses were made (or, with `store_prompt_kv=False`, from a forward without gradients at every step). Only the
+lookahead rows run with gradients, and their attention over the prompt is compared with the attention the model's
 own response paid it. `accelerate launch` spreads the prompts over processes and averages the gradients.
 """
 
@@ -26,12 +27,13 @@ from ..adapters import BaseModelSignature, LookaheadConfig, add_lookahead, get_l
 from ..evaluation.replay import lookahead_queries, record_prefill
 from ..kernels.attention_scores import attention_scores_reference
 from .config import TrainingConfig
-from .data import TrainingExample, prepare_examples
+from .data import TrainingExample, build_prompts, prepare_examples
 
 logger = logging.get_logger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
 ADAPTER_DIR = "adapter"
+VALIDATION_DIR = "validation"
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.pt"
 LOG_NAME = "loss.jsonl"
@@ -57,14 +59,35 @@ def kl_loss(queries: list[torch.Tensor], prefills, target: torch.Tensor) -> torc
     return torch.stack(losses).mean()
 
 
-def example_loss(model: PeftModel, example: TrainingExample) -> torch.Tensor:
-    input_ids = torch.tensor([example.input_ids], device=model.device)
-    with torch.no_grad():
-        recording = record_prefill(model.get_base_model(), input_ids)
+def attention_modules(model: PreTrainedModel) -> list[torch.nn.Module]:
+    """The attention module of each layer of `model`, found the way a LookaheadCache finds them: by a forward."""
+    device = next(model.parameters()).device
+    return [
+        prefill.module for prefill in record_prefill(model, torch.zeros(1, 1, dtype=torch.long, device=device)).prefills
+    ]
+
+
+def example_loss(model: PeftModel, example: TrainingExample, modules: list[torch.nn.Module]) -> torch.Tensor:
+    """The KL loss of one example; `modules` are the base model's attention modules (see `attention_modules`)."""
+    if example.prompt_kv_path is not None:
+        prefills = example.stored_prefills(modules)
+    else:
+        with torch.no_grad():
+            prefills = record_prefill(
+                model.get_base_model(), torch.tensor([example.input_ids], device=model.device)
+            ).prefills
     target = example.target()
-    if target.shape[-1] != input_ids.shape[-1]:
-        raise ValueError(f"The target of {example.sample_id} covers {target.shape[-1]} tokens, its prompt {input_ids.shape[-1]}.")
-    return kl_loss(lookahead_queries(model, recording.prefills), recording.prefills, target)
+    if target.shape[-1] != len(example.input_ids):
+        raise ValueError(
+            f"The target of {example.sample_id} covers {target.shape[-1]} tokens, its prompt {len(example.input_ids)}."
+        )
+    return kl_loss(lookahead_queries(model, prefills), prefills, target)
+
+
+@torch.no_grad()
+def validation_loss(model: PeftModel, examples: list[TrainingExample], modules: list[torch.nn.Module]) -> float:
+    """Mean KL loss over held-apart prompts of the training families."""
+    return sum(float(example_loss(model, example, modules)) for example in examples) / len(examples)
 
 
 def _schedule(config: TrainingConfig, total_steps: int):
@@ -123,6 +146,12 @@ def train(
         prepare_examples(model, tokenizer, config, out)
     accelerator.wait_for_everyone()
     examples = prepare_examples(model, tokenizer, config, out, disable_progress=True)
+    validation = []
+    if config.validation_samples_per_task:
+        validation_samples = build_prompts(tokenizer, config, validation=True)
+        if accelerator.is_main_process:
+            validation = prepare_examples(model, tokenizer, config, out / VALIDATION_DIR, samples=validation_samples)
+    modules = attention_modules(model)
 
     checkpoint = out / CHECKPOINT_DIR
     state = {"step": 0, "seconds": 0.0}
@@ -162,7 +191,11 @@ def train(
         kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= state["step"]]
         log_path.write_text("".join(line + "\n" for line in kept))
     progress = tqdm(
-        total=total_steps, initial=state["step"], desc="train", unit="step", disable=not accelerator.is_local_main_process
+        total=total_steps,
+        initial=state["step"],
+        desc="train",
+        unit="step",
+        disable=not accelerator.is_local_main_process,
     )
     for step in range(state["step"], total_steps):
         started = time.perf_counter()
@@ -170,7 +203,7 @@ def train(
         mine = batch[accelerator.process_index :: world]
         step_loss = torch.zeros((), device=accelerator.device)
         for index in mine:
-            loss = example_loss(peft_model, examples[index])
+            loss = example_loss(peft_model, examples[index], modules)
             (loss / len(batch)).backward()
             step_loss += loss.detach() / len(batch)
         if world > 1:
@@ -184,19 +217,28 @@ def train(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state = {"step": step + 1, "seconds": state["seconds"] + time.perf_counter() - started}
-        record = {"step": step + 1, "loss": float(step_loss), "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
+        record = {
+            "step": step + 1,
+            "loss": float(step_loss),
+            "grad_norm": float(grad_norm),
+            "lr": scheduler.get_last_lr()[0],
+        }
         progress.set_postfix(loss=f"{record['loss']:.4f}")
         progress.update()
+        checkpointing = (step + 1) % config.save_every == 0 or step + 1 == total_steps
         if accelerator.is_main_process:
+            if checkpointing and validation:
+                record["validation_loss"] = validation_loss(peft_model, validation, modules)
+                progress.set_postfix(loss=f"{record['loss']:.4f}", validation=f"{record['validation_loss']:.4f}")
             with log_path.open("a") as file:
                 file.write(json.dumps(record) + "\n")
-            if (step + 1) % config.save_every == 0 or step + 1 == total_steps:
+            if checkpointing:
                 _save_checkpoint(adapter, optimizer, scheduler, state, checkpoint)
     progress.close()
 
     if accelerator.is_main_process:
         losses = [json.loads(line) for line in log_path.read_text().splitlines()]
-        adapter.config.training = _recipe(config, examples, losses, state, command)
+        adapter.config.training = _recipe(config, examples, validation, losses, state, command)
         adapter.save_pretrained(out / ADAPTER_DIR)
         plot_loss(losses, out / PLOT_NAME)
         logger.info(f"Saved the adapter to {out / ADAPTER_DIR}; loss curve in {out / PLOT_NAME}.")
@@ -218,9 +260,11 @@ def _save_checkpoint(adapter, optimizer, scheduler, state: dict, checkpoint: Pat
         shutil.rmtree(previous)
 
 
-def _recipe(config: TrainingConfig, examples: list[TrainingExample], losses: list[dict], state: dict, command) -> dict:
+def _recipe(
+    config: TrainingConfig, examples: list[TrainingExample], validation: list[TrainingExample], losses, state, command
+) -> dict:
     tail = losses[-max(1, len(losses) // 10) :]
-    return {
+    recipe = {
         "command": command or "lookahead_cache.training.train(...)",
         "data": (
             f"{len(examples)} offline prompts: families {', '.join(config.tasks)} at {config.lengths} tokens, "
@@ -233,6 +277,13 @@ def _recipe(config: TrainingConfig, examples: list[TrainingExample], losses: lis
         "first_loss": f"{losses[0]['loss']:.4f}",
         "final_loss": f"{sum(r['loss'] for r in tail) / len(tail):.4f} (mean of the last {len(tail)} steps)",
     }
+    validated = [r for r in losses if "validation_loss" in r]
+    if validated:
+        recipe["validation_loss"] = (
+            f"{validated[-1]['validation_loss']:.4f} at the last step ({validated[0]['validation_loss']:.4f} at step "
+            f"{validated[0]['step']}) on {len(validation)} prompts of the same families, seed {config.validation_seed}"
+        )
+    return recipe
 
 
 def plot_loss(losses: list[dict], path: Path) -> None:
@@ -245,10 +296,16 @@ def plot_loss(losses: list[dict], path: Path) -> None:
     steps = [r["step"] for r in losses]
     values = [r["loss"] for r in losses]
     window = max(1, len(values) // 20)
-    smooth = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+    smooth = [
+        sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+        for i in range(len(values))
+    ]
     figure, axis = plt.subplots(figsize=(6, 3.5))
     axis.plot(steps, values, alpha=0.35, label="KL per step")
     axis.plot(steps, smooth, label=f"running mean ({window} steps)")
+    validated = [r for r in losses if "validation_loss" in r]
+    if validated:
+        axis.plot([r["step"] for r in validated], [r["validation_loss"] for r in validated], "o-", label="validation")
     axis.set_xlabel("optimizer step")
     axis.set_ylabel("KL(target || lookahead)")
     axis.legend()
