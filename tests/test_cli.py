@@ -170,3 +170,36 @@ def test_eval_refuses_a_sweep_without_the_full_cache(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--methods", "snapkv", "--out", "unused"])
     assert "'full'" in capsys.readouterr().err
+
+
+def test_eval_refuses_to_resume_lookahead_rows_with_another_adapter(tiny_model_dir, tmp_path):
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from lookahead_cache.adapters import LookaheadConfig, add_lookahead, get_lookahead
+
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        untrained = add_lookahead(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LookaheadConfig(num_tokens=4))
+        get_lookahead(untrained).save_pretrained(tmp_path / f"adapter{seed}")
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(tiny_model_dir), "--tasks", "niah_single_noise", "--lengths", "512"]
+    argv += ["--samples", "1", "--budgets", "64", "--methods", "full", "snapkv", "lookahead", "--out", str(out)]
+    assert main([*argv, "--adapter", str(tmp_path / "adapter0")]) == 0
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    fingerprints = {row["method"]: row.get("adapter") for row in rows}
+    assert fingerprints["full"] is None and fingerprints["snapkv"] is None
+    assert len(fingerprints["lookahead"]) == 16
+
+    with pytest.raises(
+        ValueError, match=r"another lookahead adapter.*lookahead \(adapter " + fingerprints["lookahead"]
+    ):
+        main([*argv, "--adapter", str(tmp_path / "adapter1")])
+    # Methods that do not score with the adapter resume under any adapter; the same adapter resumes everything.
+    assert (
+        main([*argv[:-6], "--methods", "full", "snapkv", "--out", str(out), "--adapter", str(tmp_path / "adapter1")])
+        == 0
+    )
+    assert main([*argv, "--adapter", str(tmp_path / "adapter0")]) == 0
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == len(rows)

@@ -24,12 +24,21 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from ..adapters import load_lookahead
+from ..adapters import get_lookahead, load_lookahead
 from ..cache import LookaheadCache
 from ..cli import budget_value, positive_int
 from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, load_default_model
 from . import report
-from .methods import DEFAULT_METHODS, FULL, METHODS, CacheMethod, SampleRun, get_method, needs_adapter
+from .methods import (
+    DEFAULT_METHODS,
+    FULL,
+    METHODS,
+    CacheMethod,
+    SampleRun,
+    get_method,
+    needs_adapter,
+    scores_with_lookahead,
+)
 from .metrics import score
 from .replay import record_prefill
 from .tasks import TASKS, Sample, get_task
@@ -186,7 +195,14 @@ def evaluate_samples(
     modes: tuple[str, ...],
     predictions_path: Path,
 ) -> None:
-    """Run every (method, budget) on every sample and mode, appending rows to `predictions_path` (resumable)."""
+    """Run every (method, budget) on every sample and mode, appending rows to `predictions_path` (resumable).
+
+    Rows of methods that score with the lookahead adapter record its fingerprint; resuming with another adapter
+    is refused, so a table never mixes the answers of two adapters.
+    """
+    adapter = get_lookahead(model)
+    fingerprint = adapter.fingerprint()[:16] if adapter is not None else None
+    _check_adapter_of_done_rows(predictions_path, methods, fingerprint)
     done = _done_keys(predictions_path)
     configs = [(FULL, None)] + [(method, budget) for method in methods if method != FULL for budget in budgets]
     progress = tqdm(total=len(samples) * len(modes) * len(configs), desc="eval", unit="answer")
@@ -199,6 +215,8 @@ def evaluate_samples(
                     continue
                 progress.set_postfix(sample=sample.id, mode=mode)
                 for row in _evaluate_sample(model, tokenizer, sample, mode, todo, progress):
+                    if scores_with_lookahead(row["method"]):
+                        row["adapter"] = fingerprint
                     file.write(json.dumps(row) + "\n")
                     file.flush()
     progress.close()
@@ -275,6 +293,22 @@ def _evaluate_sample(model, tokenizer, sample: Sample, mode: str, configs, progr
 def _footprint(cache) -> tuple[float, int]:
     """Prompt tokens a cache stores per layer and KV head, and its KV bytes."""
     return stored_prompt_tokens(cache), kv_nbytes(cache)
+
+
+def _check_adapter_of_done_rows(path: Path, methods: list[str], fingerprint: str | None) -> None:
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    others = {
+        (row["method"], row["adapter"])
+        for row in report.load_rows(path.parent)
+        if row["method"] in methods and row.get("adapter") not in (None, fingerprint)
+    }
+    if others:
+        listed = ", ".join(f"{method} (adapter {adapter})" for method, adapter in sorted(others))
+        raise ValueError(
+            f"{path} holds rows made with another lookahead adapter than this run's ({fingerprint}): {listed}. "
+            "Evaluate into another --out, or remove those methods' rows to rerun them with this adapter."
+        )
 
 
 def _done_keys(path: Path) -> set[tuple[Any, ...]]:
