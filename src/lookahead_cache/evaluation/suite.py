@@ -301,10 +301,12 @@ def _check_adapter_of_done_rows(path: Path, methods: list[str], fingerprint: str
     others = {
         (row["method"], row["adapter"])
         for row in report.load_rows(path.parent)
-        if row["method"] in methods and row.get("adapter") not in (None, fingerprint)
+        if row["method"] in methods and scores_with_lookahead(row["method"]) and row.get("adapter") != fingerprint
     }
     if others:
-        listed = ", ".join(f"{method} (adapter {adapter})" for method, adapter in sorted(others))
+        listed = ", ".join(
+            f"{method} (adapter {adapter or 'not recorded'})" for method, adapter in sorted(others, key=str)
+        )
         raise ValueError(
             f"{path} holds rows made with another lookahead adapter than this run's ({fingerprint}): {listed}. "
             "Evaluate into another --out, or remove those methods' rows to rerun them with this adapter."
