@@ -2,6 +2,8 @@
 # Trains the lookahead adapter shipped for SmolLM2-135M-Instruct, evaluates it on the quick suite next to the other
 # methods, and installs it (with its model card and loss curve) in src/lookahead_cache/default_adapter/.
 # Resumable at every step. About an hour on 2 CPU cores (37 minutes of optimizer steps).
+# eval refuses to resume lookahead rows made with another adapter (or recording none): remove the lookahead*
+# rows from $OUT/predictions.jsonl first when the adapter changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/train-smollm2c}
