@@ -203,3 +203,8 @@ def test_eval_refuses_to_resume_lookahead_rows_with_another_adapter(tiny_model_d
     )
     assert main([*argv, "--adapter", str(tmp_path / "adapter0")]) == 0
     assert len((out / "predictions.jsonl").read_text().splitlines()) == len(rows)
+    # Rows made before adapters were recorded are refused too, with the same message.
+    legacy = [{key: value for key, value in row.items() if key != "adapter"} for row in rows]
+    (out / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in legacy))
+    with pytest.raises(ValueError, match=r"lookahead \(adapter not recorded\)"):
+        main([*argv, "--adapter", str(tmp_path / "adapter0")])

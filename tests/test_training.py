@@ -58,7 +58,7 @@ def test_stored_prompt_keys_and_values_are_the_models_and_runs_without_them_get_
     assert [e.response_ids for e in stored] == [e.response_ids for e in without]
     for example in stored:
         recording = record_prefill(model, torch.tensor([example.input_ids]))
-        prefills = example.stored_prefills([prefill.module for prefill in recording.prefills])
+        prefills = example.stored_prefills({prefill.layer_idx: prefill.module for prefill in recording.prefills})
         assert len(prefills) == len(recording.prefills) == 30
         for loaded, live in zip(prefills, recording.prefills):
             assert torch.equal(loaded.keys, live.keys) and torch.equal(loaded.values, live.values)

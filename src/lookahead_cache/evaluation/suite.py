@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import torch
 import transformers
@@ -202,8 +201,13 @@ def evaluate_samples(
     """
     adapter = get_lookahead(model)
     fingerprint = adapter.fingerprint()[:16] if adapter is not None else None
-    _check_adapter_of_done_rows(predictions_path, methods, fingerprint)
-    done = _done_keys(predictions_path)
+    rows = (
+        report.load_rows(predictions_path.parent)
+        if predictions_path.exists() and predictions_path.stat().st_size
+        else []
+    )
+    _check_adapter_of_done_rows(rows, predictions_path, methods, fingerprint)
+    done = {(row["sample_id"], row["mode"], row["method"], row["budget"]) for row in rows}
     configs = [(FULL, None)] + [(method, budget) for method in methods if method != FULL for budget in budgets]
     progress = tqdm(total=len(samples) * len(modes) * len(configs), desc="eval", unit="answer")
     with predictions_path.open("a") as file:
@@ -295,12 +299,10 @@ def _footprint(cache) -> tuple[float, int]:
     return stored_prompt_tokens(cache), kv_nbytes(cache)
 
 
-def _check_adapter_of_done_rows(path: Path, methods: list[str], fingerprint: str | None) -> None:
-    if not path.exists() or path.stat().st_size == 0:
-        return
+def _check_adapter_of_done_rows(rows: list[dict], path: Path, methods: list[str], fingerprint: str | None) -> None:
     others = {
-        (row["method"], row["adapter"])
-        for row in report.load_rows(path.parent)
+        (row["method"], row.get("adapter"))
+        for row in rows
         if row["method"] in methods and scores_with_lookahead(row["method"]) and row.get("adapter") != fingerprint
     }
     if others:
@@ -311,12 +313,6 @@ def _check_adapter_of_done_rows(path: Path, methods: list[str], fingerprint: str
             f"{path} holds rows made with another lookahead adapter than this run's ({fingerprint}): {listed}. "
             "Evaluate into another --out, or remove those methods' rows to rerun them with this adapter."
         )
-
-
-def _done_keys(path: Path) -> set[tuple[Any, ...]]:
-    if not path.exists() or path.stat().st_size == 0:
-        return set()
-    return {(row["sample_id"], row["mode"], row["method"], row["budget"]) for row in report.load_rows(path.parent)}
 
 
 def _write_settings(args: argparse.Namespace, model: PreTrainedModel) -> None:

@@ -46,16 +46,19 @@ class TrainingExample:
     def target(self) -> torch.Tensor:
         return load_file(str(self.target_path))["target"]
 
-    def stored_prefills(self, attention_modules: list[torch.nn.Module]) -> list[LayerPrefill]:
+    def stored_prefills(self, attention_modules: dict[int, torch.nn.Module]) -> list[LayerPrefill]:
         """The prompt's stored keys and values, per layer, as the `LayerPrefill`s that training reads.
 
         They carry no attention input (`hidden_states` is None): training needs the prompt's keys and values only.
+
+        Args:
+            attention_modules: The attention module of each layer, by its cache layer index.
         """
         if self.prompt_kv_path is None:
             raise ValueError(f"{self.sample_id} was prepared without storing its prompt's keys and values.")
-        device = attention_modules[0].q_proj.weight.device
+        device = next(iter(attention_modules.values())).q_proj.weight.device
         stored = load_file(str(self.prompt_kv_path), device=str(device))
-        if len(stored) != 2 * len(attention_modules):
+        if set(stored) != {f"{kind}.{layer_idx}" for layer_idx in attention_modules for kind in ("keys", "values")}:
             raise ValueError(
                 f"{self.prompt_kv_path} holds {len(stored) // 2} layers, the model {len(attention_modules)}: it was "
                 "stored for another model; delete the run folder's prompt_kv/ to store it again."
@@ -71,7 +74,7 @@ class TrainingExample:
                 position_embeddings=None,
                 valid=valid,
             )
-            for layer_idx, module in enumerate(attention_modules)
+            for layer_idx, module in sorted(attention_modules.items())
         ]
 
 

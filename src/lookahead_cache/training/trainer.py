@@ -59,15 +59,15 @@ def kl_loss(queries: list[torch.Tensor], prefills, target: torch.Tensor) -> torc
     return torch.stack(losses).mean()
 
 
-def attention_modules(model: PreTrainedModel) -> list[torch.nn.Module]:
-    """The attention module of each layer of `model`, found the way a LookaheadCache finds them: by a forward."""
+def attention_modules(model: PreTrainedModel) -> dict[int, torch.nn.Module]:
+    """The attention module of each layer of `model` by its cache layer index, found the way a LookaheadCache finds
+    them: by a forward."""
     device = next(model.parameters()).device
-    return [
-        prefill.module for prefill in record_prefill(model, torch.zeros(1, 1, dtype=torch.long, device=device)).prefills
-    ]
+    recording = record_prefill(model, torch.zeros(1, 1, dtype=torch.long, device=device))
+    return {prefill.layer_idx: prefill.module for prefill in recording.prefills}
 
 
-def example_loss(model: PeftModel, example: TrainingExample, modules: list[torch.nn.Module]) -> torch.Tensor:
+def example_loss(model: PeftModel, example: TrainingExample, modules: dict[int, torch.nn.Module]) -> torch.Tensor:
     """The KL loss of one example; `modules` are the base model's attention modules (see `attention_modules`)."""
     if example.prompt_kv_path is not None:
         prefills = example.stored_prefills(modules)
@@ -85,7 +85,7 @@ def example_loss(model: PeftModel, example: TrainingExample, modules: list[torch
 
 
 @torch.no_grad()
-def validation_loss(model: PeftModel, examples: list[TrainingExample], modules: list[torch.nn.Module]) -> float:
+def validation_loss(model: PeftModel, examples: list[TrainingExample], modules: dict[int, torch.nn.Module]) -> float:
     """Mean KL loss over held-apart prompts of the training families."""
     return sum(float(example_loss(model, example, modules)) for example in examples) / len(examples)
 
@@ -147,10 +147,9 @@ def train(
     accelerator.wait_for_everyone()
     examples = prepare_examples(model, tokenizer, config, out, disable_progress=True)
     validation = []
-    if config.validation_samples_per_task:
+    if config.validation_samples_per_task and accelerator.is_main_process:
         validation_samples = build_prompts(tokenizer, config, validation=True)
-        if accelerator.is_main_process:
-            validation = prepare_examples(model, tokenizer, config, out / VALIDATION_DIR, samples=validation_samples)
+        validation = prepare_examples(model, tokenizer, config, out / VALIDATION_DIR, samples=validation_samples)
     modules = attention_modules(model)
 
     checkpoint = out / CHECKPOINT_DIR
