@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 
 from lookahead_cache import LookaheadCache
 from lookahead_cache.config import DEFAULT_SINK
-from lookahead_cache.evaluation.methods import lookahead_prefills
 from lookahead_cache.evaluation.metrics import score
 from lookahead_cache.evaluation.suite import DEFAULT_MODEL, build_samples, load_model, start_run
 from lookahead_cache.scorers.lookahead import LookaheadScorer
@@ -88,7 +87,7 @@ def main() -> None:
 
 def _sweep_sample(model, tokenizer, sample, todo, profiles):
     run = start_run(model, tokenizer, sample, "question-aware")
-    prefills = lookahead_prefills(run)
+    prefills = run.lookahead_prefills()
     for budget in dict.fromkeys(b for b, *_ in todo):
         settings = [setting for b, *setting in todo if b == budget]
         caches = [

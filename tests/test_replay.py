@@ -7,6 +7,7 @@ from transformers import DynamicCache
 
 from lookahead_cache import LookaheadCache
 from lookahead_cache.adapters import LookaheadConfig, add_lookahead, get_lookahead
+from lookahead_cache.evaluation import methods
 from lookahead_cache.evaluation.methods import METHODS, SampleRun, get_method
 from lookahead_cache.evaluation.replay import dynamic_cache_from, future_queries, record_prefill
 from lookahead_cache.scorers import FutureQueriesScorer, get_scorer
@@ -114,6 +115,26 @@ def test_every_method_answers_from_one_recording(question_aware, tmp_path):
         assert run.answer(cache).shape == (1, 6), name
         if question_aware:  # the first token comes from the full prompt, whatever is evicted
             assert run.answer(get_method(name)(run, 40))[0, 0] == expected[0, 0]
+
+
+def test_lookahead_tokens_run_once_per_sample_for_every_method_and_budget(monkeypatch, tmp_path):
+    model = add_lookahead(tiny_model("llama"), LookaheadConfig(num_tokens=8)).eval()
+    torch.nn.init.normal_(get_lookahead(model).embeddings, std=1.0)
+    synthetic_profile(scorer="lookahead", model=model).save_pretrained(tmp_path)
+    get_lookahead(model).source = str(tmp_path)
+    input_ids = prompt_ids(70)
+    recording = record_prefill(model, input_ids)
+    calls = []
+    original = methods.lookahead_queries
+    monkeypatch.setattr(methods, "lookahead_queries", lambda *args: calls.append(1) or original(*args))
+    run = SampleRun(model, input_ids, input_ids[:, :0], recording, max_new_tokens=4, eos_token_id=None)
+    names = ("lookahead", "lookahead-adakv", "lookahead-lukv")
+    caches = {(name, budget): get_method(name)(run, budget) for name in names for budget in (40, 48)}
+    assert len(calls) == 1
+    fresh = SampleRun(model, input_ids, input_ids[:, :0], recording, max_new_tokens=4, eos_token_id=None)
+    for (name, budget), cache in caches.items():
+        assert torch.equal(cache.kept_tokens(), get_method(name)(fresh, budget).kept_tokens()), (name, budget)
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gemma3"])

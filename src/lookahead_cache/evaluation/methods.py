@@ -11,7 +11,7 @@ score with those; `lookahead` runs the model's learned lookahead tokens after th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import PreTrainedModel
@@ -51,6 +51,7 @@ class SampleRun:
     max_new_tokens: int
     eos_token_id: int | list[int] | None
     full_answer_ids: torch.Tensor | None = None
+    _lookahead_prefills: list[LayerPrefill] | None = field(default=None, init=False, repr=False)
 
     @property
     def question_aware(self) -> bool:
@@ -93,6 +94,19 @@ class SampleRun:
             for row in output
         ]
 
+    @torch.no_grad()
+    def lookahead_prefills(self) -> list[LayerPrefill]:
+        """The recorded prefills with the queries of the model's lookahead tokens run after the prompt.
+
+        Computed on first use and kept: every method and budget scoring with lookahead tokens reads the same queries.
+        """
+        if self._lookahead_prefills is None:
+            queries = lookahead_queries(self.model, self.recording.prefills)
+            self._lookahead_prefills = [
+                replace(prefill, lookahead_queries=q) for prefill, q in zip(self.recording.prefills, queries)
+            ]
+        return self._lookahead_prefills
+
     def future_scorer(self, answer_ids: torch.Tensor) -> FutureQueriesScorer:
         """Scores by the queries of what follows the prefill: the question (if agnostic), then `answer_ids`."""
         future = torch.cat([self.question_ids, answer_ids], dim=-1)
@@ -127,7 +141,7 @@ class CacheMethod:
 
     @torch.no_grad()
     def __call__(self, run: SampleRun, budget: int | float) -> Cache:
-        prefills = lookahead_prefills(run) if self.needs_lookahead else run.recording.prefills
+        prefills = run.lookahead_prefills() if self.needs_lookahead else run.recording.prefills
         return LookaheadCache.from_prefill(prefills, budget=budget, scorer=self.scorer, allocation=self.allocation)
 
     @property
@@ -161,13 +175,6 @@ def laq(run: SampleRun, budget: int | float) -> Cache:
     draft_cache = LookaheadCache.from_prefill(run.recording.prefills, budget=budget, scorer="snapkv")
     draft = run.answer(draft_cache, max_new_tokens=LAQ_DRAFT_TOKENS)
     return LookaheadCache.from_prefill(run.recording.prefills, budget=budget, scorer=run.future_scorer(draft))
-
-
-@torch.no_grad()
-def lookahead_prefills(run: SampleRun) -> list[LayerPrefill]:
-    """The recorded prefills with the queries of the model's lookahead tokens run after the prompt."""
-    queries = lookahead_queries(run.model, run.recording.prefills)
-    return [replace(prefill, lookahead_queries=q) for prefill, q in zip(run.recording.prefills, queries)]
 
 
 METHODS: dict[str, Callable[[SampleRun, int | float | None], Cache]] = {
