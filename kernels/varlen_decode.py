@@ -53,6 +53,9 @@ def _validate(query, prompt_keys, prompt_values, prompt_starts, prompt_lengths, 
             f"prompt_starts and prompt_lengths must both be [batch, kv_heads] with batch {batch}, got "
             f"{list(prompt_starts.shape)} and {list(prompt_lengths.shape)}."
         )
+    for name, tensor in (("prompt_starts", prompt_starts), ("prompt_lengths", prompt_lengths)):
+        if tensor.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"{name} must hold int32 or int64 token counts, got {tensor.dtype}; cast it with .long().")
     kv_heads = prompt_lengths.shape[1]
     if q_heads % kv_heads:
         raise ValueError(f"{q_heads} query heads are not a multiple of the {kv_heads} KV heads (GQA groups).")
@@ -216,6 +219,40 @@ if triton is not None:
         tl.store(l_ptr + stat, l_i)
         tl.store(acc_ptr + stat[:, None] * BLOCK_D + offs_d[None, :], acc)
 
+    @triton.jit
+    def _merge_splits_kernel(
+        m_ptr,
+        l_ptr,
+        acc_ptr,
+        out_ptr,
+        group,
+        head_dim,
+        num_splits,
+        BLOCK_G: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        """One (row, KV head): its splits merged by their softmax statistics, written as the output rows of its
+        query heads in the output's dtype (a split that saw no key has max -inf and weight 0)."""
+        pid_bh = tl.program_id(0)
+        offs_g = tl.arange(0, BLOCK_G)
+        offs_d = tl.arange(0, BLOCK_D)
+        first = pid_bh * num_splits * BLOCK_G + offs_g
+        top = tl.full([BLOCK_G], float("-inf"), tl.float32)
+        for split in range(num_splits):
+            top = tl.maximum(top, tl.load(m_ptr + first + split * BLOCK_G))
+        top = tl.where(top == float("-inf"), 0.0, top)
+        numerator = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+        denominator = tl.zeros([BLOCK_G], tl.float32)
+        for split in range(num_splits):
+            stat = first + split * BLOCK_G
+            weight = tl.exp2(tl.load(m_ptr + stat) - top)
+            denominator += tl.load(l_ptr + stat) * weight
+            numerator += tl.load(acc_ptr + stat[:, None] * BLOCK_D + offs_d[None, :]) * weight[:, None]
+        out = numerator / denominator[:, None]
+        rows = pid_bh * group + offs_g
+        mask = (offs_g < group)[:, None] & (offs_d < head_dim)[None, :]
+        tl.store(out_ptr + rows[:, None] * head_dim + offs_d[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+
 
 def varlen_decode_attention_triton(
     query: torch.Tensor,
@@ -251,8 +288,8 @@ def varlen_decode_attention_triton(
     m = torch.empty(programs, num_splits, block_g, device=query.device, dtype=torch.float32)
     l = torch.empty_like(m)
     acc = torch.empty(programs, num_splits, block_g, block_d, device=query.device, dtype=torch.float32)
-    starts = prompt_starts.to(torch.int64).contiguous()
-    lengths = prompt_lengths.to(torch.int32).contiguous()
+    # Read as they come (any integer dtype): a cast would be one more launch per layer and step.
+    starts, lengths = prompt_starts.contiguous(), prompt_lengths.contiguous()
     _varlen_decode_kernel[(programs, num_splits)](
         query, prompt_keys, prompt_values, starts, lengths, tail_keys, tail_values,
         m, l, acc,
@@ -262,15 +299,10 @@ def varlen_decode_attention_triton(
         kv_heads, group, head_dim, tail_length, blocks_per_split, num_splits, scaling * _LOG2E,
         UPCAST=query.dtype != torch.float32, BLOCK_G=block_g, BLOCK_N=_BLOCK_N, BLOCK_D=block_d,
     )  # fmt: skip
-    if num_splits == 1:
-        out = acc[:, 0] / l[:, 0, :, None]
-    else:
-        # Merge the splits by their softmax statistics (a split that saw no key has max -inf and weight 0).
-        top = m.amax(dim=1, keepdim=True)
-        weight = torch.exp2(m - top.masked_fill(top == float("-inf"), 0.0))
-        out = (acc * weight[..., None]).sum(1) / (l * weight).sum(1)[..., None]
-    out = out[:, :group, :head_dim].reshape(batch, kv_heads * group, head_dim)
-    return out.to(query.dtype)
+    # One launch merges and writes the final layout and dtype: decoding is bound by launches, not by this work.
+    out = torch.empty(batch, q_heads, head_dim, device=query.device, dtype=query.dtype)
+    _merge_splits_kernel[(programs,)](m, l, acc, out, group, head_dim, num_splits, BLOCK_G=block_g, BLOCK_D=block_d)
+    return out
 
 
 def varlen_decode_attention(

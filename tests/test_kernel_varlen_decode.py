@@ -96,6 +96,16 @@ def test_kernel_matches_reference(case):
 
 
 @requires_triton
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_kernel_reads_int32_and_int64_segments(index_dtype):
+    inputs = packed_inputs(**CASES["gqa-splits"])
+    for name in ("prompt_starts", "prompt_lengths"):
+        inputs[name] = inputs[name].to(index_dtype)
+    inputs = {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in inputs.items()}
+    torch.testing.assert_close(varlen_decode_attention_triton(**inputs), dense_attention(inputs).to(DEVICE))
+
+
+@requires_triton
 def test_kernel_matches_reference_in_bfloat16():
     inputs = packed_inputs(**CASES["gqa-splits"], dtype=torch.bfloat16)
     inputs = {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in inputs.items()}
@@ -118,6 +128,7 @@ def test_dispatch_uses_the_kernel_where_triton_runs():
         (dict(query=torch.zeros(2, 6, 1, 8)), "one decoding token"),
         (dict(prompt_lengths=torch.ones(2, 4, dtype=torch.long)), "prompt_starts and prompt_lengths"),
         (dict(tail_length=9), "outside the tail's capacity"),
+        (dict(prompt_lengths=torch.ones(2, 3)), "int32 or int64"),
         (dict(prompt_keys=torch.zeros(62, 8, dtype=torch.float64)), "dtype"),
     ],
 )
