@@ -121,6 +121,7 @@ if triton is not None:
         k_ptrs,
         v_ptrs,
         ok,
+        d_ok,
         m_i,
         l_i,
         acc,
@@ -128,8 +129,11 @@ if triton is not None:
         UPCAST: tl.constexpr,
     ):
         """Online-softmax update of the group's rows with one block of keys and values (base 2)."""
-        k = tl.load(k_ptrs, mask=ok[:, None], other=0.0)
-        v = tl.load(v_ptrs, mask=ok[:, None], other=0.0)
+        # Columns past head_dim belong to the next row (or lie past the buffer): read as zeros, never as whatever is
+        # there, which a zero query column times a NaN would turn into a NaN logit.
+        mask = ok[:, None] & d_ok[None, :]
+        k = tl.load(k_ptrs, mask=mask, other=0.0)
+        v = tl.load(v_ptrs, mask=mask, other=0.0)
         if UPCAST:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
@@ -205,14 +209,16 @@ if triton is not None:
         for block in range(lo, hi, BLOCK_N):
             n = block + offs_n
             rows = (start + n)[:, None] * stride_pn + offs_d[None, :] * stride_pd
-            m_i, l_i, acc = _attend_block(q, pk_ptr + rows, pv_ptr + rows, n < hi, m_i, l_i, acc, qk_scale, UPCAST)
+            m_i, l_i, acc = _attend_block(
+                q, pk_ptr + rows, pv_ptr + rows, n < hi, d_ok, m_i, l_i, acc, qk_scale, UPCAST
+            )
         if split == 0:
             tail = b * stride_tb + h * stride_th
             for block in range(0, tail_length, BLOCK_N):
                 n = block + offs_n
                 rows = tail + n[:, None] * stride_tn + offs_d[None, :] * stride_td
                 m_i, l_i, acc = _attend_block(
-                    q, tk_ptr + rows, tv_ptr + rows, n < tail_length, m_i, l_i, acc, qk_scale, UPCAST
+                    q, tk_ptr + rows, tv_ptr + rows, n < tail_length, d_ok, m_i, l_i, acc, qk_scale, UPCAST
                 )
         stat = (pid_bh * num_splits + split) * BLOCK_G + offs_g
         tl.store(m_ptr + stat, m_i)

@@ -96,6 +96,23 @@ def test_kernel_matches_reference(case):
 
 
 @requires_triton
+def test_kernel_reads_nothing_past_head_dim():
+    # head_dim 24 runs in 32-wide tiles: the buffers are views whose memory after the last row holds NaN, which the
+    # kernel would pick up if it read the tile's spare columns.
+    inputs = packed_inputs(**CASES["mha"])
+    for name in ("prompt_keys", "prompt_values", "tail_keys", "tail_values"):
+        tensor = inputs[name]
+        buffer = torch.full((tensor.numel() + 64,), float("nan"))
+        buffer[: tensor.numel()] = tensor.flatten()
+        inputs[name] = buffer[: tensor.numel()].view_as(tensor)
+    expected = dense_attention(inputs)
+    inputs = {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in inputs.items()}
+    output = varlen_decode_attention_triton(**inputs)
+    assert not output.isnan().any()
+    torch.testing.assert_close(output, expected.to(DEVICE), rtol=1e-5, atol=1e-5)
+
+
+@requires_triton
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 def test_kernel_reads_int32_and_int64_segments(index_dtype):
     inputs = packed_inputs(**CASES["gqa-splits"])
