@@ -40,6 +40,7 @@ def make_case(batch: int, prompt: int, budget: int, seed: int = 0) -> dict:
     spread = torch.exp(torch.randn(batch, KV_HEADS, generator=generator) * 0.7)
     lengths = (spread / spread.mean(-1, keepdim=True) * budget).round().long().clamp(16, prompt)
     total = int(lengths.sum())
+    longest = int(lengths.max())
     starts = (lengths.flatten().cumsum(0) - lengths.flatten()).view_as(lengths)
     device = "cuda"
 
@@ -56,9 +57,8 @@ def make_case(batch: int, prompt: int, budget: int, seed: int = 0) -> dict:
         tail_values=rand(batch, KV_HEADS, DECODED, HEAD_DIM),
         tail_length=DECODED,
         scaling=HEAD_DIM**-0.5,
-        max_prompt_length=int(lengths.max()),
+        max_prompt_length=longest,
     )
-    longest = int(lengths.max())
     slot = torch.arange(longest + DECODED, device=device)
     padded_mask = (slot >= (longest - lengths.to(device))[..., None]).repeat_interleave(Q_HEADS // KV_HEADS, 1)
     mean = total // (batch * KV_HEADS)

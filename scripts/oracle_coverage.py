@@ -63,14 +63,14 @@ def main() -> None:
             context, question = sample.prompt_ids(tokenizer)
             input_ids = torch.cat([context, question], dim=-1).to(model.device)
             recording, _, target = response_and_target(model, input_ids, args.response_tokens, eos)
-            prefills = recording.prefills
-            queries = lookahead_queries(model, prefills)
+            queries = lookahead_queries(model, recording.prefills)
+            prefills = [replace(prefill, lookahead_queries=q) for prefill, q in zip(recording.prefills, queries)]
             row = {"sample_id": sample.id, "family": sample.family, "held_out": sample.family in HELD_OUT_TASKS}
             for name, make in SCORERS.items():
                 scorer = make()
                 row[name] = sum(
-                    coverage(layer_target, scorer.score(replace(prefill, lookahead_queries=q))[0], args.budget)
-                    for layer_target, prefill, q in zip(target, prefills, queries)
+                    coverage(layer_target, scorer.score(prefill)[0], args.budget)
+                    for layer_target, prefill in zip(target, prefills)
                 ) / len(prefills)
             rows.append(row)
     args.out.mkdir(parents=True, exist_ok=True)
