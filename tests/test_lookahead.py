@@ -126,6 +126,37 @@ def test_lora_runs_on_the_lookahead_rows_once_and_never_while_decoding():
     assert adapter.config.num_tokens == NUM_TOKENS
 
 
+def test_the_lora_computes_nothing_outside_the_lookahead_rows():
+    """PEFT's aLoRA, left on, runs its LoRA on an empty row selection at every forward: ops for nothing while
+    decoding and a host sync per layer on a GPU. Only the prefill that carries the lookahead rows may call it."""
+    model = lookahead_model()
+    adapter = get_lookahead(model)
+    layers = adapter.lora_layers(model)
+    calls = []
+    handles = [
+        layer.lora_A[adapter.adapter_name].register_forward_hook(lambda module, args, output: calls.append(module))
+        for layer in layers
+    ]
+    input_ids, attention_mask = padded_batch()
+    greedy(model, input_ids, attention_mask)
+    assert calls == []
+    greedy(model, input_ids, attention_mask, LookaheadCache(budget=24, scorer="lookahead", sink=2, window=4))
+    assert len(calls) == len(layers)  # the one prefill, none of the decoding steps
+    for handle in handles:
+        handle.remove()
+
+
+def test_switching_the_lora_keeps_which_weights_train():
+    model = add_lookahead(tiny_model(), LookaheadConfig(num_tokens=NUM_TOKENS))
+    adapter = get_lookahead(model)
+    trainable = {name for name, weight in model.named_parameters() if weight.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+    input_ids, attention_mask = padded_batch()
+    greedy(model, input_ids, attention_mask, LookaheadCache(budget=24, scorer="lookahead", sink=2, window=4))
+    assert {name for name, weight in model.named_parameters() if weight.requires_grad} == trainable
+    assert all(layer.disable_adapters for layer in adapter.lora_layers(model))
+
+
 def test_lookahead_prefill_holds_at_most_one_uncompressed_layer_plus_its_lookahead_rows():
     model = lookahead_model()
     length, budget = 200, 16

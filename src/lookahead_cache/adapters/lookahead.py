@@ -4,7 +4,7 @@ The LoRA is a standard PEFT LoRA in its activated-LoRA form (`alora_invocation_t
 it, and a model that carries it computes exactly what the base model computes: PEFT only applies an aLoRA update to
 the last `alora_offsets[i]` rows of an input, and the invocation sequence that would set them is a token id that no
 tokenizer produces. lookahead-cache sets the offsets itself, to the lookahead rows, for the one prefill that
-carries them.
+carries them, and keeps the LoRA layers switched off for every other forward.
 
 A prefill through a `LookaheadCache` with the lookahead scorer carries them: hooks on the model's decoder append
 the lookahead embeddings after the prompt (the prompt rows, earlier in causal order, cannot see them), and take
@@ -115,12 +115,15 @@ class LookaheadAdapter(nn.Module):
             kwargs["alora_offsets"] = offsets
             return args, kwargs
 
+        was_disabled = [layer.disable_adapters for layer in layers]
+        _switch_lora(layers, enabled=True)
         handles = [layer.register_forward_pre_hook(lookahead_rows, with_kwargs=True) for layer in layers]
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
+            _switch_lora([layer for layer, off in zip(layers, was_disabled) if off], enabled=False)
 
     def append_to_prefill(self, decoder: nn.Module, kwargs: dict) -> dict:
         """The decoder's keyword arguments with the lookahead rows after the prompt: embeddings, padding mask
@@ -254,8 +257,20 @@ def add_lookahead(
     return peft_model
 
 
+def _switch_lora(layers: Sequence[LoraLayer], enabled: bool) -> None:
+    """Turn the LoRA of `layers` on or off, leaving which of their weights train as it was (PEFT's switch sets it)."""
+    for layer in layers:
+        trainable = [(weight, weight.requires_grad) for weight in layer.parameters()]
+        layer.enable_adapters(enabled)
+        for weight, requires_grad in trainable:
+            weight.requires_grad_(requires_grad)
+
+
 def attach_lookahead(model: PeftModel, adapter: LookaheadAdapter) -> None:
     base = model.get_base_model()
+    # Off outside the lookahead rows: an enabled aLoRA layer with nothing to adapt still builds a row mask and runs
+    # the LoRA on its empty selection, 3x the ops of a decoding step and, on a GPU, a host sync per layer.
+    _switch_lora(adapter.lora_layers(base), enabled=False)
     # Keyed by every module of the base model, so that a cache that only sees an attention module finds it too.
     for module in base.modules():
         _ATTACHED[module] = adapter
