@@ -105,45 +105,47 @@ def test_budget_of_the_whole_prompt_generates_exactly_the_base_text(architecture
 
 
 def test_lora_runs_on_the_lookahead_rows_once_and_never_while_decoding():
-    model = lookahead_model()
-    adapter = get_lookahead(model)
-    calls = []
-
-    def record(layer, args, kwargs, output):
-        calls.append((args[0].shape[-2], kwargs.get("alora_offsets")))
-
-    q_proj = model.get_base_model().model.layers[0].self_attn.q_proj
-    handle = q_proj.register_forward_hook(record, with_kwargs=True)
-    input_ids, attention_mask = padded_batch()
-    greedy(model, input_ids, attention_mask, LookaheadCache(budget=24, scorer="lookahead", sink=2, window=4))
-    handle.remove()
-    active = [(rows, offsets) for rows, offsets in calls if offsets and any(offsets)]
-    # One prefill of prompt + lookahead rows with the LoRA on the last NUM_TOKENS rows; the scorer reads the queries
-    # that prefill computed, so the projection runs nowhere else.
-    prompt = input_ids.shape[-1]
-    assert active == [(prompt + NUM_TOKENS, [NUM_TOKENS, NUM_TOKENS])]
-    assert len(calls) == len(active) + 7  # every decoding step ran without the LoRA
-    assert adapter.config.num_tokens == NUM_TOKENS
-
-
-def test_the_lora_computes_nothing_outside_the_lookahead_rows():
     """PEFT's aLoRA, left on, runs its LoRA on an empty row selection at every forward: ops for nothing while
-    decoding and a host sync per layer on a GPU. Only the prefill that carries the lookahead rows may call it."""
+    decoding and a host sync per layer on a GPU. Only the prefill that carries the lookahead rows may run it, on
+    those rows alone."""
     model = lookahead_model()
     adapter = get_lookahead(model)
     layers = adapter.lora_layers(model)
     calls = []
-    handles = [
-        layer.lora_A[adapter.adapter_name].register_forward_hook(lambda module, args, output: calls.append(module))
-        for layer in layers
-    ]
+
+    def record(module, args, output):
+        calls.append(args[0].shape[:-1].numel())
+
+    handles = [layer.lora_A[adapter.adapter_name].register_forward_hook(record) for layer in layers]
     input_ids, attention_mask = padded_batch()
     greedy(model, input_ids, attention_mask)
     assert calls == []
     greedy(model, input_ids, attention_mask, LookaheadCache(budget=24, scorer="lookahead", sink=2, window=4))
-    assert len(calls) == len(layers)  # the one prefill, none of the decoding steps
+    # One prefill of prompt + lookahead rows, the LoRA on the lookahead rows of both sequences; the scorer reads the
+    # queries that prefill computed.
+    assert calls == [2 * NUM_TOKENS] * len(layers)
     for handle in handles:
         handle.remove()
+
+
+@pytest.mark.parametrize("rows", [NUM_TOKENS, 48 + NUM_TOKENS])
+def test_the_lookahead_lora_adds_what_peft_alora_adds_on_the_lookahead_rows(rows):
+    """The hook that applies the LoRA with the layers switched off computes PEFT's aLoRA with offsets on the
+    lookahead rows (the lookahead rows alone, as replay runs them, or after a prompt)."""
+    model = lookahead_model()
+    adapter = get_lookahead(model)
+    layer = adapter.lora_layers(model)[0]
+    x = torch.randn(2, rows, layer.in_features, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        with adapter.lora_on_lookahead_rows(model):
+            ours = layer(x)
+        base = layer(x)
+        layer.enable_adapters(True)
+        peft = layer(x, alora_offsets=[NUM_TOKENS, NUM_TOKENS])
+        layer.enable_adapters(False)
+    assert torch.equal(ours[:, :-NUM_TOKENS], base[:, :-NUM_TOKENS])
+    assert not torch.allclose(ours[:, -NUM_TOKENS:], base[:, -NUM_TOKENS:])
+    torch.testing.assert_close(ours, peft, rtol=0, atol=1e-6)
 
 
 def test_switching_the_lora_keeps_which_weights_train():

@@ -3,8 +3,8 @@
 The LoRA is a standard PEFT LoRA in its activated-LoRA form (`alora_invocation_tokens`), so PEFT loads and saves
 it, and a model that carries it computes exactly what the base model computes: PEFT only applies an aLoRA update to
 the last `alora_offsets[i]` rows of an input, and the invocation sequence that would set them is a token id that no
-tokenizer produces. lookahead-cache sets the offsets itself, to the lookahead rows, for the one prefill that
-carries them, and keeps the LoRA layers switched off for every other forward.
+tokenizer produces. lookahead-cache keeps the LoRA layers switched off and, for the one prefill that carries the
+lookahead rows, adds their LoRA update itself in a hook: what PEFT's aLoRA computes with offsets on those rows.
 
 A prefill through a `LookaheadCache` with the lookahead scorer carries them: hooks on the model's decoder append
 the lookahead embeddings after the prompt (the prompt rows, earlier in causal order, cannot see them), and take
@@ -99,31 +99,36 @@ class LookaheadAdapter(nn.Module):
         return [m for m in module.modules() if isinstance(m, LoraLayer) and self.adapter_name in m.lora_A]
 
     @contextmanager
-    def lora_on_lookahead_rows(self, module: nn.Module, batch_size: int) -> Iterator[None]:
+    def lora_on_lookahead_rows(self, module: nn.Module) -> Iterator[None]:
         """Within the block, forwards through `module` apply the lookahead LoRA to the last `num_tokens` rows of
-        each input (every row of an input of the lookahead rows alone)."""
+        each input (every row of an input of the lookahead rows alone).
+
+        The LoRA layers themselves stay switched off (their base layer alone runs); a forward hook on each adds the
+        LoRA update of the lookahead rows, which are the same last rows in every sequence of a batch. That is what
+        PEFT's aLoRA computes with offsets of `num_tokens`, minus its row mask: a slice instead of boolean indexing,
+        so no host sync per layer on a GPU.
+        """
         layers = self.lora_layers(module)
         if not layers:
             raise ValueError(
                 f"The model has no LoRA layers for adapter {self.adapter_name!r}: the lookahead LoRA is missing. Load "
                 "the adapter with lookahead_cache.load_lookahead(base_model, repo_or_dir)."
             )
-        offsets = [self.config.num_tokens] * batch_size
+        rows, name = self.config.num_tokens, self.adapter_name
 
-        def lookahead_rows(layer, args, kwargs):
-            # Registered after PEFT's own offset hook (if generate installed one), so this one has the last word.
-            kwargs["alora_offsets"] = offsets
-            return args, kwargs
+        def add_lora(layer, args, output):
+            lora_A, lora_B = layer.lora_A[name], layer.lora_B[name]
+            lookahead_rows = args[0][..., -rows:, :].to(lora_A.weight.dtype)
+            update = lora_B(lora_A(layer.lora_dropout[name](lookahead_rows))) * layer.scaling[name]
+            output[..., -rows:, :] += update.to(output.dtype)
+            return output
 
-        was_disabled = [layer.disable_adapters for layer in layers]
-        _switch_lora(layers, enabled=True)
-        handles = [layer.register_forward_pre_hook(lookahead_rows, with_kwargs=True) for layer in layers]
+        handles = [layer.register_forward_hook(add_lora) for layer in layers]
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
-            _switch_lora([layer for layer, off in zip(layers, was_disabled) if off], enabled=False)
 
     def append_to_prefill(self, decoder: nn.Module, kwargs: dict) -> dict:
         """The decoder's keyword arguments with the lookahead rows after the prompt: embeddings, padding mask
@@ -201,7 +206,7 @@ class LookaheadAdapter(nn.Module):
             for layer_idx, module in enumerate(attention_modules)
         ]
         try:
-            with self.lora_on_lookahead_rows(decoder, batch):
+            with self.lora_on_lookahead_rows(decoder):
                 decoder(
                     inputs_embeds=inputs_embeds,
                     attention_mask=attention_mask,
@@ -257,20 +262,21 @@ def add_lookahead(
     return peft_model
 
 
-def _switch_lora(layers: Sequence[LoraLayer], enabled: bool) -> None:
-    """Turn the LoRA of `layers` on or off, leaving which of their weights train as it was (PEFT's switch sets it)."""
+def _switch_off_lora(layers: Sequence[LoraLayer]) -> None:
+    """Switch the LoRA of `layers` off, leaving which of their weights train as it was (PEFT's switch clears it)."""
     for layer in layers:
         trainable = [(weight, weight.requires_grad) for weight in layer.parameters()]
-        layer.enable_adapters(enabled)
+        layer.enable_adapters(False)
         for weight, requires_grad in trainable:
             weight.requires_grad_(requires_grad)
 
 
 def attach_lookahead(model: PeftModel, adapter: LookaheadAdapter) -> None:
     base = model.get_base_model()
-    # Off outside the lookahead rows: an enabled aLoRA layer with nothing to adapt still builds a row mask and runs
-    # the LoRA on its empty selection, 3x the ops of a decoding step and, on a GPU, a host sync per layer.
-    _switch_lora(adapter.lora_layers(base), enabled=False)
+    # Off for good: `lora_on_lookahead_rows` adds the LoRA of the lookahead rows itself. An enabled aLoRA layer with
+    # nothing to adapt still builds a row mask and runs the LoRA on its empty selection: 3x the ops of a decoding
+    # step and, on a GPU, a host sync per layer.
+    _switch_off_lora(adapter.lora_layers(base))
     # Keyed by every module of the base model, so that a cache that only sees an attention module finds it too.
     for module in base.modules():
         _ATTACHED[module] = adapter
@@ -304,7 +310,7 @@ def _register_prefill_hooks(decoder: nn.Module) -> tuple:
             )
         kwargs = adapter.append_to_prefill(decoder, kwargs)
         during_prefill = ExitStack()
-        during_prefill.enter_context(adapter.lora_on_lookahead_rows(decoder, kwargs["inputs_embeds"].shape[0]))
+        during_prefill.enter_context(adapter.lora_on_lookahead_rows(decoder))
         implementation = decoder.config._attn_implementation
         if implementation in SUPPORTED_ATTENTION:
             # Keeps the prompt rows' attention bit for bit the base model's (see lookahead_cache.attention).
