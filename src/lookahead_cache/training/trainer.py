@@ -138,7 +138,10 @@ def train(
         raise ValueError(
             f"{out} holds a run with other settings ({config_path}); resume it with the same settings or pick a new --out."
         )
-    config.to_json_file(config_path)
+    # Every process has read the file before one rewrites it: a read racing the write saw an empty file.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        config.to_json_file(config_path)
     model = model.to(accelerator.device).eval()
     model.requires_grad_(False)
 
