@@ -7,10 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import prompt_ids, tiny_model
+from transformers import DynamicCache
 
+from lookahead_cache import LookaheadCache
 from lookahead_cache.cli import main
 from lookahead_cache.evaluation.benchmark import run_benchmark
 from lookahead_cache.evaluation.documents import build_needle_task, haystack_ids
+from lookahead_cache.evaluation.timing import prefill_flops
 
 
 @pytest.mark.parametrize(
@@ -89,6 +93,29 @@ def test_benchmark_rows_compare_against_the_full_cache(default_model):
         # Per-layer eviction: prefill holds the compressed layers plus one whole layer, never all 30 whole.
         assert row["peak_kv_ratio"] == pytest.approx((29 * 128 + 512) / (30 * 512))
         assert row["decode_ms_per_token"] > 0 and row["prefill_s"] > 0
+
+
+@pytest.mark.parametrize("attn_implementation, attended_pairs", [("sdpa", 80 * 81 // 2), ("eager", 80 * 80)])
+def test_prefill_flops_count_every_product_of_the_prompt_forward(attn_implementation, attended_pairs):
+    model = tiny_model(attn_implementation=attn_implementation)
+    config, length = model.config, 80
+    linear_weights = sum(m.weight.numel() for m in model.model.modules() if isinstance(m, torch.nn.Linear))
+    head_dim = config.hidden_size // config.num_attention_heads
+    # SDPA's causal CPU kernel skips the pairs above the diagonal; eager attention multiplies them all, then masks.
+    attention = config.num_hidden_layers * config.num_attention_heads * attended_pairs * 2 * (2 * head_dim)
+    lm_head_one_row = 2 * config.hidden_size * config.vocab_size
+    expected = 2 * length * linear_weights + attention + lm_head_one_row
+    flops = {
+        name: prefill_flops(model, prompt_ids(length), cache)
+        for name, cache in (
+            ("full", DynamicCache()),
+            ("streaming", LookaheadCache(budget=40, scorer="streaming")),
+            ("snapkv", LookaheadCache(budget=40, scorer="snapkv")),
+        )
+    }
+    assert flops["full"] == expected
+    assert flops["streaming"] == expected  # keeps sink and window: no products
+    assert flops["snapkv"] > expected  # its window queries and their scores
 
 
 @pytest.mark.slow

@@ -3,7 +3,9 @@
 Every prompt length is measured for the full cache and each scorer in one process, the configurations
 interleaved run by run after one warm-up each, so that they share the machine's state (threads, clocks,
 allocator) and their ratios are fair. Prefill times are medians over runs; the decode time is the median
-over every decode step of every run.
+over every decode step of every run. A prefill's overhead over the full cache's is given three ways: the median
+of the per-round ratios, the ratio of the fastest runs (the least disturbed by other load on the machine), and the
+ratio of counted floating-point operations, which no load moves.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ..cli import budget_value, positive_int
 from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, default_model_path, load_default_model
 from .documents import haystack_ids
 from .methods import CacheMethod
-from .timing import TimedGeneration, timed_generation
+from .timing import TimedGeneration, prefill_flops, timed_generation
 
 logger = logging.get_logger(__name__)
 
@@ -212,12 +214,13 @@ def run_benchmark(
         budget: LookaheadCache budget.
         scorers: LookaheadCache configurations, `scorer` or `scorer+allocation`.
         decode_tokens: Timed decode steps per run (the token from the prefill comes on top).
-        repeats: Timed runs per configuration, after one warm-up run each; one more run measures memory.
+        repeats: Timed runs per configuration, after one warm-up run each; one more prefill measures memory, and
+            another counts its floating-point operations.
     """
     configs = [FULL, *scorers]
 
     rows = []
-    progress = tqdm(total=len(prompts) * len(configs) * (repeats + 2), desc="bench", unit="run")
+    progress = tqdm(total=len(prompts) * len(configs) * (repeats + 3), desc="bench", unit="run")
     for length, input_ids in prompts.items():
         for config in configs:
             progress.set_postfix(length=length, cache=config, phase="warm-up")
@@ -236,7 +239,12 @@ def run_benchmark(
             progress.set_postfix(length=length, cache=config, phase="memory")
             memory[config] = timed_generation(model, input_ids, new_cache(config, budget), 1, measure_memory=True)
             progress.update()
-        rows.extend(_summarize(length, runs, memory))
+        flops = {}
+        for config in configs:
+            progress.set_postfix(length=length, cache=config, phase="FLOPs")
+            flops[config] = prefill_flops(model, input_ids, new_cache(config, budget))
+            progress.update()
+        rows.extend(_summarize(length, runs, memory, flops))
     progress.close()
     return rows
 
@@ -256,7 +264,7 @@ def needs_adapter(config: str) -> bool:
 
 
 def _summarize(
-    length: int, runs: dict[str, list[TimedGeneration]], memory: dict[str, TimedGeneration]
+    length: int, runs: dict[str, list[TimedGeneration]], memory: dict[str, TimedGeneration], flops: dict[str, int]
 ) -> list[dict[str, Any]]:
     rows = []
     for config, results in runs.items():
@@ -267,6 +275,7 @@ def _summarize(
                 "kept_tokens_per_head": results[0].kept_prompt_tokens,
                 "prefill_s": statistics.median(r.prefill_seconds for r in results),
                 "prefill_s_runs": [r.prefill_seconds for r in results],
+                "prefill_flops": flops[config],
                 "decode_ms_per_token": 1000 * statistics.median(s for r in results for s in r.decode_seconds),
                 "kv_bytes_after_prefill": results[0].kv_bytes_after_prefill,
                 "peak_kv_bytes": max(r.peak_kv_bytes for r in results),
@@ -279,6 +288,8 @@ def _summarize(
         paired = [mine / theirs - 1 for mine, theirs in zip(row["prefill_s_runs"], full["prefill_s_runs"])]
         row["prefill_overhead_runs"] = paired
         row["prefill_overhead"] = statistics.median(paired)
+        row["prefill_overhead_fastest"] = min(row["prefill_s_runs"]) / min(full["prefill_s_runs"]) - 1
+        row["prefill_flops_overhead"] = row["prefill_flops"] / full["prefill_flops"] - 1
         row["decode_speedup"] = full["decode_ms_per_token"] / row["decode_ms_per_token"]
         row["kv_ratio"] = row["kv_bytes_after_prefill"] / full["kv_bytes_after_prefill"]
         row["peak_kv_ratio"] = row["peak_kv_bytes"] / full["peak_kv_bytes"]
@@ -295,6 +306,8 @@ def format_results(rows: list[dict[str, Any]]) -> str:
         "kept/head",
         "prefill s",
         "overhead",
+        "fastest overhead",
+        "FLOP overhead",
         "decode ms/tok",
         "decode speedup",
         "KV MiB",
@@ -314,6 +327,8 @@ def format_results(rows: list[dict[str, Any]]) -> str:
                 f"{row['kept_tokens_per_head']:.0f}",
                 f"{row['prefill_s']:.3f}",
                 f"{100 * row['prefill_overhead']:+.1f}%",
+                f"{100 * row['prefill_overhead_fastest']:+.1f}%",
+                f"{100 * row['prefill_flops_overhead']:+.2f}%",
                 f"{row['decode_ms_per_token']:.2f}",
                 f"{row['decode_speedup']:.2f}x",
                 f"{row['kv_bytes_after_prefill'] / MIB:.1f}",

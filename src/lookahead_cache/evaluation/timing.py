@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
@@ -230,3 +231,45 @@ def timed_generation(
         peak_kv_bytes=peak_kv_bytes,
         peak_prefill_memory_bytes=memory.peak_bytes,
     )
+
+
+def _attention_flops(query_shape, key_shape, value_shape, is_causal: bool) -> int:
+    """Multiply-adds (x2) of an attention call: query-key logits and the weighted sum of values, over the (query,
+    key) pairs the kernel computes; a causal call skips the pairs above the diagonal (aligned top-left, as SDPA)."""
+    batch, query_heads, queries, head_dim = query_shape
+    keys, value_dim = key_shape[-2], value_shape[-1]
+    pairs = sum(min(i + 1, keys) for i in range(queries)) if is_causal else queries * keys
+    return 2 * batch * query_heads * pairs * (head_dim + value_dim)
+
+
+def _attention_formula(is_causal_index: int):
+    def formula(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        positional = (query, key, value, *args)
+        is_causal = kwargs.get("is_causal", positional[is_causal_index] if len(positional) > is_causal_index else False)
+        return _attention_flops(query, key, value, bool(is_causal))
+
+    return formula
+
+
+# torch's own table has no entry for SDPA's CPU kernel and counts causal calls as dense; the index is `is_causal`'s.
+_ATTENTION_FORMULAS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_formula(4),
+    torch.ops.aten._scaled_dot_product_flash_attention: _attention_formula(4),
+    torch.ops.aten._scaled_dot_product_efficient_attention: _attention_formula(6),
+    torch.ops.aten._scaled_dot_product_cudnn_attention: _attention_formula(6),
+}
+
+
+@torch.no_grad()
+def prefill_flops(model: PreTrainedModel, input_ids: torch.Tensor, cache: Cache) -> int:
+    """Floating-point operations of the prompt forward into `cache` and its first argmax, as `timed_generation`
+    runs it: every matrix product (linear layers, LoRA, scoring) and every attention call (its query-key and
+    value products over the pairs it computes). Elementwise work (norms, softmax, pooling, top-k) is not counted.
+
+    Unlike a time, the count does not move with the machine's load, so it gives the compute that a configuration
+    adds to a prefill exactly (e.g. the lookahead rows' share of a 2048-token prompt).
+    """
+    with FlopCounterMode(display=False, custom_mapping=_ATTENTION_FORMULAS) as counter:
+        logits = model(input_ids=input_ids, **{CACHE_ARGUMENT: cache}, use_cache=True, logits_to_keep=1).logits
+        logits[:, -1].argmax(-1)
+    return counter.get_total_flops()
