@@ -10,10 +10,12 @@ from conftest import ARCHITECTURES, prompt_ids, tiny_model
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from lookahead_cache import LookaheadCache
 from lookahead_cache.adapters import LookaheadConfig, add_lookahead, get_lookahead, load_lookahead
 from lookahead_cache.adapters.lookahead import INERT_INVOCATION_TOKENS
+from lookahead_cache.attention import grouped_query_attention
 from lookahead_cache.evaluation.replay import lookahead_queries, record_prefill
 from lookahead_cache.scorers import LookaheadScorer
 from lookahead_cache.training import kl_loss
@@ -232,6 +234,22 @@ def test_lookahead_queries_in_the_prefill_equal_those_run_after_a_recorded_promp
             replayed = lookahead_queries(model, record_prefill(model.get_base_model(), real).prefills)
             for layer_idx, queries in enumerate(replayed):
                 torch.testing.assert_close(live[layer_idx][row : row + 1], queries, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask_heads", [1, 4])
+def test_lookahead_rows_attend_as_sdpa_with_repeated_keys(mask_heads):
+    """The lookahead rows' attention stacks each GQA group's query heads instead of repeating the keys; it gives
+    what transformers' SDPA gives, padding and per-head masks included."""
+    generator = torch.Generator().manual_seed(0)
+    batch, heads, kv_heads, rows, keys, dim = 2, 4, 2, 3, 11, 8
+    query = torch.randn(batch, heads, rows, dim, generator=generator)
+    key, value = (torch.randn(batch, kv_heads, keys, dim, generator=generator) for _ in range(2))
+    mask = torch.rand(batch, mask_heads, rows, keys, generator=generator) > 0.3
+    mask[..., -1] = True  # every row attends somewhere
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = heads // kv_heads, True
+    expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    torch.testing.assert_close(grouped_query_attention(query, key, value, mask, 0.3), expected, rtol=0, atol=1e-6)
 
 
 def test_decoding_after_eviction_is_the_base_model_on_the_kept_tokens():

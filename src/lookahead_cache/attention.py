@@ -143,8 +143,39 @@ def lookahead_prefill_attention(
         if window is not None:
             lookahead_mask &= key_positions > query_positions - window
         lookahead_mask = lookahead_mask[None, None]
-    lookahead_output, _ = attend(module, query[:, :, prompt:], key, value, lookahead_mask, **kwargs)
+    if implementation == "eager":
+        lookahead_output, _ = attend(module, query[:, :, prompt:], key, value, lookahead_mask, **kwargs)
+    else:
+        lookahead_output = grouped_query_attention(
+            query[:, :, prompt:], key, value, lookahead_mask, kwargs.get("scaling"), kwargs.get("dropout", 0.0)
+        )
     return torch.cat([prompt_output, lookahead_output], dim=1), None
+
+
+def grouped_query_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor,
+    scaling: float | None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """SDPA of a few query rows `[batch, q_heads, rows, head_dim]` over every key, `[batch, rows, q_heads, head_dim]`
+    out, with the query heads of each GQA group stacked as rows of their KV head rather than the keys repeated.
+
+    SDPA with a mask repeats the keys and values per query head (transformers' `repeat_kv`): a copy of the whole
+    layer for a handful of rows, which costs the lookahead rows of a CPU prefill more than their attention itself.
+    Each row's result is the same computation either way.
+    """
+    batch, heads, rows, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    packed_query = query.reshape(batch, kv_heads, groups * rows, dim)
+    packed_mask = attention_mask.expand(batch, heads, rows, -1).reshape(batch, kv_heads, groups * rows, -1)
+    output = torch.nn.functional.scaled_dot_product_attention(
+        packed_query, key, value, attn_mask=packed_mask, dropout_p=dropout, scale=scaling
+    )
+    return output.reshape(batch, heads, rows, dim).transpose(1, 2).contiguous()
 
 
 def take_lookahead_queries(module: nn.Module) -> torch.Tensor:
