@@ -93,6 +93,9 @@ def test_benchmark_rows_compare_against_the_full_cache(default_model):
         # Per-layer eviction: prefill holds the compressed layers plus one whole layer, never all 30 whole.
         assert row["peak_kv_ratio"] == pytest.approx((29 * 128 + 512) / (30 * 512))
         assert row["decode_ms_per_token"] > 0 and row["prefill_s"] > 0
+    # Streaming keeps sink and window without a product; snapkv computes its window's queries and their scores.
+    assert by_cache["streaming"]["prefill_flops"] == by_cache["full"]["prefill_flops"]
+    assert by_cache["snapkv"]["prefill_flops_overhead"] > 0
 
 
 @pytest.mark.parametrize("attn_implementation, attended_pairs", [("sdpa", 80 * 81 // 2), ("eager", 80 * 80)])

@@ -164,8 +164,7 @@ def grouped_query_attention(
     out, with the query heads of each GQA group stacked as rows of their KV head rather than the keys repeated.
 
     SDPA with a mask repeats the keys and values per query head (transformers' `repeat_kv`): a copy of the whole
-    layer for a handful of rows, which costs the lookahead rows of a CPU prefill more than their attention itself.
-    Each row's result is the same computation either way.
+    layer's keys and values for a handful of rows. Each row's result is the same computation either way.
     """
     batch, heads, rows, dim = query.shape
     kv_heads = key.shape[1]

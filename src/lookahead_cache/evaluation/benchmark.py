@@ -327,8 +327,8 @@ def format_results(rows: list[dict[str, Any]]) -> str:
                 f"{row['kept_tokens_per_head']:.0f}",
                 f"{row['prefill_s']:.3f}",
                 f"{100 * row['prefill_overhead']:+.1f}%",
-                f"{100 * row['prefill_overhead_fastest']:+.1f}%",
-                f"{100 * row['prefill_flops_overhead']:+.2f}%",
+                _percent(row.get("prefill_overhead_fastest"), 1),
+                _percent(row.get("prefill_flops_overhead"), 2),
                 f"{row['decode_ms_per_token']:.2f}",
                 f"{row['decode_speedup']:.2f}x",
                 f"{row['kv_bytes_after_prefill'] / MIB:.1f}",
@@ -340,6 +340,11 @@ def format_results(rows: list[dict[str, Any]]) -> str:
             ]
         )
     return markdown_table(header, table)
+
+
+def _percent(ratio: float | None, decimals: int) -> str:
+    # None for rows of files written before the benchmark measured it.
+    return "n/a" if ratio is None else f"{100 * ratio:+.{decimals}f}%"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
