@@ -264,7 +264,8 @@ _ATTENTION_FORMULAS = {
 def prefill_flops(model: PreTrainedModel, input_ids: torch.Tensor, cache: Cache) -> int:
     """Floating-point operations of the prompt forward into `cache` and its first argmax, as `timed_generation`
     runs it: every matrix product (linear layers, LoRA, scoring) and every attention call (its query-key and
-    value products over the pairs it computes). Elementwise work (norms, softmax, pooling, top-k) is not counted.
+    value products over the pairs it computes). Elementwise work (norms, softmax, pooling, top-k) is not counted,
+    nor are Triton kernels (on a GPU, the scoring kernel and the varlen decode kernel): they are not torch ops.
 
     Unlike a time, the count does not move with the machine's load, so it gives the compute that a configuration
     adds to a prefill exactly (e.g. the lookahead rows' share of a 2048-token prompt).
