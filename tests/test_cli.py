@@ -121,6 +121,16 @@ def test_prefill_flops_count_every_product_of_the_prompt_forward(attn_implementa
     assert flops["snapkv"] > expected  # its window queries and their scores
 
 
+@pytest.mark.parametrize("queries, keys", [(5, 5), (3, 7), (7, 3)])
+def test_causal_attention_flops_count_the_pairs_sdpa_aligns_top_left(queries, keys):
+    from lookahead_cache.evaluation.timing import _attention_flops
+
+    pairs = sum(1 for i in range(queries) for j in range(keys) if j <= i)
+    shapes = (2, 3, queries, 4), (2, 1, keys, 4), (2, 1, keys, 4)
+    assert _attention_flops(*shapes, is_causal=True) == 2 * 2 * 3 * pairs * 8
+    assert _attention_flops(*shapes, is_causal=False) == 2 * 2 * 3 * queries * keys * 8
+
+
 @pytest.mark.slow
 def test_quickstart_example_runs():
     example = Path(__file__).parents[1] / "examples" / "quickstart.py"

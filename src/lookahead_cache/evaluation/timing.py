@@ -238,7 +238,11 @@ def _attention_flops(query_shape, key_shape, value_shape, is_causal: bool) -> in
     key) pairs the kernel computes; a causal call skips the pairs above the diagonal (aligned top-left, as SDPA)."""
     batch, query_heads, queries, head_dim = query_shape
     keys, value_dim = key_shape[-2], value_shape[-1]
-    pairs = sum(min(i + 1, keys) for i in range(queries)) if is_causal else queries * keys
+    if not is_causal:
+        pairs = queries * keys
+    else:  # query i sees keys 0..i
+        seen_in_full = max(queries - keys, 0)
+        pairs = min(queries, keys) * (min(queries, keys) + 1) // 2 + seen_in_full * keys
     return 2 * batch * query_heads * pairs * (head_dim + value_dim)
 
 
