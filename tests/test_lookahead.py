@@ -17,6 +17,7 @@ from lookahead_cache.adapters import LookaheadConfig, add_lookahead, get_lookahe
 from lookahead_cache.adapters.lookahead import INERT_INVOCATION_TOKENS
 from lookahead_cache.attention import grouped_query_attention
 from lookahead_cache.evaluation.replay import lookahead_queries, record_prefill
+from lookahead_cache.evaluation.timing import timed_generation
 from lookahead_cache.scorers import LookaheadScorer
 from lookahead_cache.training import kl_loss
 
@@ -128,6 +129,21 @@ def test_lora_runs_on_the_lookahead_rows_once_and_never_while_decoding():
     assert calls == [2 * NUM_TOKENS] * len(layers)
     for handle in handles:
         handle.remove()
+
+
+def test_timed_generation_writes_what_generate_writes_and_decodes_past_peft_as_generate_does():
+    """The benchmark's hand-written loop gives generate's tokens; like PeftModel.generate, it runs the decoding
+    steps on the wrapped model, so PEFT's per-call aLoRA bookkeeping is paid once, at the prefill."""
+    model = lookahead_model()
+    input_ids = prompt_ids(48, seed=3)
+    settings = {"budget": 24, "scorer": "lookahead", "sink": 2, "window": 4}
+    expected = greedy(model, input_ids, torch.ones_like(input_ids), LookaheadCache(**settings))[0, 48:].tolist()
+    peft_calls = []
+    handle = model.register_forward_pre_hook(lambda module, args: peft_calls.append(module))
+    timed = timed_generation(model, input_ids, LookaheadCache(**settings), new_tokens=8)
+    handle.remove()
+    assert timed.tokens == expected
+    assert len(peft_calls) == 1
 
 
 @pytest.mark.parametrize("rows", [NUM_TOKENS, 48 + NUM_TOKENS])

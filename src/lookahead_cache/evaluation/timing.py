@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 import torch
+from peft import PeftModel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
@@ -213,11 +214,14 @@ def timed_generation(
     kv_bytes_after_prefill = kv_nbytes(cache)
     peak_kv_bytes = getattr(cache, "peak_nbytes", kv_bytes_after_prefill)
 
+    # PeftModel.generate hands its decoding loop to the model it wraps, whose forward skips PEFT's per-call aLoRA
+    # bookkeeping (an invocation search and a pre-hook registered on every LoRA layer, each step); so do we.
+    decoder = model.get_base_model() if isinstance(model, PeftModel) else model
     tokens = [token]
     marks = []
     while len(tokens) < new_tokens and not (stop and int(tokens[-1]) in stop):
         start = clock.mark()
-        logits = model(input_ids=tokens[-1], **{CACHE_ARGUMENT: cache}, use_cache=True).logits
+        logits = decoder(input_ids=tokens[-1], **{CACHE_ARGUMENT: cache}, use_cache=True).logits
         tokens.append(logits[:, -1].argmax(-1, keepdim=True))
         marks.append((start, clock.mark()))
     return TimedGeneration(
