@@ -168,6 +168,14 @@ def _release_freed_memory() -> None:
         _malloc_trim()(0)
 
 
+def _prefill(model: PreTrainedModel, input_ids: torch.Tensor, cache: Cache) -> torch.Tensor:
+    """The prompt forward into `cache` and the first generated token, `[1, 1]`."""
+    # logits_to_keep=1: the other prompt positions' logits are never used, and at vocabulary size they would dwarf
+    # the KV cache in memory (generate does the same).
+    logits = model(input_ids=input_ids, **{CACHE_ARGUMENT: cache}, use_cache=True, logits_to_keep=1).logits
+    return logits[:, -1].argmax(-1, keepdim=True)
+
+
 @torch.no_grad()
 def timed_generation(
     model: PreTrainedModel,
@@ -204,10 +212,7 @@ def timed_generation(
     memory = PrefillMemory(input_ids.device)
     with memory if measure_memory else contextlib.nullcontext():
         start = clock.mark()
-        # logits_to_keep=1: the other prompt positions' logits are never used, and at vocabulary size they
-        # would dwarf the KV cache in memory (generate does the same).
-        logits = model(input_ids=input_ids, **{CACHE_ARGUMENT: cache}, use_cache=True, logits_to_keep=1).logits
-        token = logits[:, -1].argmax(-1, keepdim=True)
+        token = _prefill(model, input_ids, cache)
         end = clock.mark()
     prefill_seconds = clock.seconds(start, end)
     kept_prompt_tokens = stored_prompt_tokens(cache)
@@ -216,12 +221,12 @@ def timed_generation(
 
     # PeftModel.generate hands its decoding loop to the model it wraps, whose forward skips PEFT's per-call aLoRA
     # bookkeeping (an invocation search and a pre-hook registered on every LoRA layer, each step); so do we.
-    decoder = model.get_base_model() if isinstance(model, PeftModel) else model
+    step_model = model.get_base_model() if isinstance(model, PeftModel) else model
     tokens = [token]
     marks = []
     while len(tokens) < new_tokens and not (stop and int(tokens[-1]) in stop):
         start = clock.mark()
-        logits = decoder(input_ids=tokens[-1], **{CACHE_ARGUMENT: cache}, use_cache=True).logits
+        logits = step_model(input_ids=tokens[-1], **{CACHE_ARGUMENT: cache}, use_cache=True).logits
         tokens.append(logits[:, -1].argmax(-1, keepdim=True))
         marks.append((start, clock.mark()))
     return TimedGeneration(
@@ -279,6 +284,5 @@ def prefill_flops(model: PreTrainedModel, input_ids: torch.Tensor, cache: Cache)
     adds to a prefill exactly (e.g. the lookahead rows' share of a 2048-token prompt).
     """
     with FlopCounterMode(display=False, custom_mapping=_ATTENTION_FORMULAS) as counter:
-        logits = model(input_ids=input_ids, **{CACHE_ARGUMENT: cache}, use_cache=True, logits_to_keep=1).logits
-        logits[:, -1].argmax(-1)
+        _prefill(model, input_ids, cache)
     return counter.get_total_flops()
