@@ -74,12 +74,26 @@ def test_fraction_budget_keeps_that_share_of_the_prompt():
     assert torch.equal(cache.kept_tokens(), torch.full((3, 1, 2), 20))
 
 
-def test_prompt_no_longer_than_budget_is_kept_whole():
+class UncalledScorer(Scorer):
+    def score(self, prefill):
+        raise AssertionError("a prompt within its budget was scored")
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "pyramid", "adakv"])
+def test_prompt_no_longer_than_budget_is_kept_whole_without_scoring(allocation):
+    """Pyramid's deeper layers would keep fewer tokens than the budget; a prompt within the budget is whole in every
+    layer all the same, as PyramidKV's own code leaves prompts shorter than its capacity alone."""
     model = tiny_model()
-    cache = LookaheadCache(budget=256, scorer="snapkv")
-    with torch.no_grad():
-        model(prompt_ids(50), past_key_values=cache)
-    assert torch.equal(cache.kept_tokens(), torch.full((3, 1, 2), 50))
+    input_ids = prompt_ids(50, batch=2, seed=4)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, :7] = 0
+    cache = LookaheadCache(budget=64, scorer=UncalledScorer(), allocation=allocation, sink=2, window=4)
+    expected = generate(model, input_ids, DynamicCache(), attention_mask)
+    assert torch.equal(generate(model, input_ids, cache, attention_mask), expected)
+    assert cache.is_compressed
+    # Counted without the padding, as after an eviction.
+    prompt = torch.tensor([50, 43])[None, :, None] + NEW_TOKENS - 1
+    assert torch.equal(cache.kept_tokens(), prompt.expand(3, 2, 2))
 
 
 class FixedScorer(Scorer):

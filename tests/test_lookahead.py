@@ -67,19 +67,26 @@ def test_prompt_kv_and_first_token_logits_are_the_base_models_bit_for_bit(archit
     input_ids, attention_mask = padded_batch()
     reference_cache = DynamicCache()
     reference = base(input_ids=input_ids, attention_mask=attention_mask, past_key_values=reference_cache).logits
-    cache = LookaheadCache(budget=1.0, scorer="lookahead", sink=0, window=0)
+    # The first row (48 tokens) evicts, so the lookahead rows join the prefill; the second (39) is kept whole.
+    cache = LookaheadCache(budget=40, scorer="lookahead", sink=0, window=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache).logits
     assert cache.is_compressed
     assert torch.equal(logits, reference)
+    real = attention_mask.bool()
     for layer, reference_layer in zip(cache.layers, reference_cache.layers):
         if not hasattr(layer, "prompt_slots"):  # sliding-window layers keep their window, as DynamicCache's
             continue
-        # A budget of the whole prompt keeps every token; selection keeps them in prompt order.
-        real = attention_mask.bool()
         for row in range(2):
-            kept = layer.keys[row][:, -int(real[row].sum()) :]
-            assert torch.equal(kept, reference_layer.keys[row][:, real[row]])
-            assert torch.equal(layer.values[row][:, -int(real[row].sum()) :], reference_layer.values[row][:, real[row]])
+            for head in range(layer.keys.shape[1]):
+                kept_keys = layer.keys[row, head][-min(40, int(real[row].sum())) :]
+                reference_keys = reference_layer.keys[row, head]
+                # Each kept key is, bit for bit, the base model's key of one real prompt position, in prompt order.
+                matches = (kept_keys[:, None] == reference_keys[None]).all(-1)
+                assert bool((matches.sum(-1) == 1).all())
+                positions = matches.int().argmax(-1)
+                assert bool(real[row, positions].all()) and bool((positions.diff() > 0).all())
+                kept_values = layer.values[row, head][-len(positions) :]
+                assert torch.equal(kept_values, reference_layer.values[row, head][positions])
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -103,8 +110,12 @@ def test_budget_of_the_whole_prompt_generates_exactly_the_base_text(architecture
     base = tiny_model(architecture)
     model = lookahead_model(architecture)
     input_ids, attention_mask = padded_batch()
-    cache = LookaheadCache(budget=1.0, scorer="lookahead")
-    assert torch.equal(greedy(model, input_ids, attention_mask, cache), greedy(base, input_ids, attention_mask))
+    expected = greedy(base, input_ids, attention_mask)
+    assert torch.equal(greedy(model, input_ids, attention_mask, LookaheadCache(budget=1.0)), expected)
+    # The first row (48 tokens) evicts, so the lookahead rows and their LoRA join the prefill; the second row (39
+    # tokens) is within the budget and must still write the base model's text.
+    generated = greedy(model, input_ids, attention_mask, LookaheadCache(budget=40, sink=2, window=4))
+    assert torch.equal(generated[1], expected[1])
 
 
 def test_lora_runs_on_the_lookahead_rows_once_and_never_while_decoding():
@@ -127,6 +138,10 @@ def test_lora_runs_on_the_lookahead_rows_once_and_never_while_decoding():
     # One prefill of prompt + lookahead rows, the LoRA on the lookahead rows of both sequences; the scorer reads the
     # queries that prefill computed.
     assert calls == [2 * NUM_TOKENS] * len(layers)
+    # A budget covering the prompt evicts nothing, so nothing is scored: no lookahead rows, no LoRA.
+    calls.clear()
+    greedy(model, input_ids, attention_mask, LookaheadCache(budget=48, scorer="lookahead", sink=2, window=4))
+    assert calls == []
     for handle in handles:
         handle.remove()
 

@@ -60,7 +60,9 @@ class LookaheadCache(Cache):
     Args:
         budget: Prompt tokens kept per layer and KV head on average (int), or a fraction of each prompt in
             (0, 1] (float). Sink and window tokens count towards it. Defaults to 512 tokens: prompts up to 512
-            tokens are kept whole, longer ones are compressed to 512 tokens per head.
+            tokens are kept whole, longer ones are compressed to 512 tokens per head. A prefill whose prompts all
+            fit their budgets is not scored at all (the lookahead scorer adds no rows to it), whatever the
+            allocation.
         scorer: Scorer name (`lookahead`, `snapkv`, `streaming`, `knorm`, `random`) or a `Scorer` instance.
         allocation: Allocation name (`uniform`, `pyramid`) or an `Allocator` instance.
         sink: First prompt tokens always kept.
@@ -101,7 +103,7 @@ class LookaheadCache(Cache):
         self._layer_kwargs: list[dict] | None = None
         self._compressed_layers: list[int] = []
         self._prefilled_layers: set[int] = set()
-        self._lookahead_rows = 0
+        self._lookahead_rows: int | None = None
         self._attn_implementation: str | None = None
         self._attention_modules: dict[int, nn.Module] = {}
         self._module_hooks: list[torch.utils.hooks.RemovableHandle] = []
@@ -222,10 +224,16 @@ class LookaheadCache(Cache):
         return self._state == _WAITING and self.scorer.needs_lookahead
 
     def receive_lookahead_rows(self, num_tokens: int) -> None:
-        """Told by the lookahead adapter's hooks: the coming prefill ends with `num_tokens` lookahead rows."""
+        """Told by the lookahead adapter's hooks: the coming prefill ends with `num_tokens` lookahead rows (0: the
+        adapter is there, but the prompt is kept whole, so it adds none)."""
         if not self.wants_lookahead_rows:
             raise RuntimeError("Lookahead rows can only join the prefill of a cache with the lookahead scorer.")
         self._lookahead_rows = num_tokens
+
+    def keeps_whole(self, prompt_lengths: list[int]) -> bool:
+        """Whether a prefill of prompts with these real lengths evicts nothing (each fits its budget): the cache then
+        keeps every token without scoring any, and the lookahead adapter adds no rows."""
+        return self.cache_config.keeps_whole(prompt_lengths)
 
     @property
     def is_compressed(self) -> bool:
@@ -318,7 +326,7 @@ class LookaheadCache(Cache):
         )
         if self._lookahead_rows:
             prefill = self._split_lookahead_rows(prefill)
-        elif self.scorer.needs_lookahead:
+        elif self.scorer.needs_lookahead and self._lookahead_rows is None:
             raise ValueError(
                 "scorer='lookahead' needs a model with a lookahead adapter: load one with "
                 "`model = lookahead_cache.load_lookahead(base_model, repo_or_dir)` (PEFT's own "
@@ -358,6 +366,10 @@ class LookaheadCache(Cache):
             sliding = DynamicSlidingWindowLayer(**self._layer_kwargs[layer_idx])
             sliding.update(layer.keys, layer.values)
             self.layers[layer_idx] = sliding
+            return
+
+        if self.cache_config.keeps_whole(prefill.real_lengths.tolist()):
+            layer.keep_whole(prefill.valid)
             return
 
         scores = self.scorer.score(prefill)

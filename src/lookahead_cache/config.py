@@ -78,6 +78,10 @@ class LookaheadCacheConfig:
             )
         return budget
 
+    def keeps_whole(self, prompt_lengths: list[int]) -> bool:
+        """Whether prompts of these real lengths all fit their budgets, so that eviction would keep every token."""
+        return all(self.row_budget(length) >= length for length in prompt_lengths)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -57,6 +57,16 @@ class EvictingLayer(DynamicLayer):
         self.is_compressed = True
         self.is_croppable = False
 
+    def keep_whole(self, valid: torch.Tensor) -> None:
+        """End the prefill keeping every prompt token, as :meth:`compress` would for a left-padded prompt within its
+        budget, without copying the layer. `valid` (`[batch, prompt_len]`) is False on padding slots."""
+        if self.is_compressed:
+            raise RuntimeError("This layer was already compressed; eviction happens once, at the end of prefill.")
+        self.prompt_slots = self.keys.shape[-2]
+        self.prompt_slot_valid = None if bool(valid.all()) else valid[:, None]
+        self.is_compressed = True
+        self.is_croppable = False
+
     @classmethod
     def stack(cls, layers: list[EvictingLayer]) -> EvictingLayer:
         """One compressed layer whose batch rows are those of `layers` (compressed layers of one prompt, each with

@@ -308,6 +308,11 @@ def _register_prefill_hooks(decoder: nn.Module) -> tuple:
                 f"{type(decoder).__name__} was called with positional arguments; the lookahead scorer needs its inputs "
                 "as keyword arguments (input_ids=..., attention_mask=...), as transformers models pass them."
             )
+        lengths = _prompt_lengths(kwargs)
+        if lengths is not None and cache.keeps_whole(lengths):
+            # Nothing will be evicted, so nothing needs scoring: the prefill is the plain prompt's.
+            cache.receive_lookahead_rows(0)
+            return None
         kwargs = adapter.append_to_prefill(decoder, kwargs)
         during_prefill = ExitStack()
         during_prefill.enter_context(adapter.lora_on_lookahead_rows(decoder))
@@ -338,6 +343,18 @@ def _register_prefill_hooks(decoder: nn.Module) -> tuple:
         decoder.register_forward_pre_hook(append_rows, with_kwargs=True),
         decoder.register_forward_hook(remove_rows, with_kwargs=True, always_call=True),
     )
+
+
+def _prompt_lengths(kwargs: dict) -> list[int] | None:
+    """Real tokens of each prompt of a decoder call, from its 2D padding mask or its input's length; None when the
+    mask is of another kind (`append_to_prefill` refuses those)."""
+    attention_mask = kwargs.get("attention_mask")
+    if attention_mask is not None:
+        return attention_mask.sum(-1).tolist() if attention_mask.dim() == 2 else None
+    inputs = kwargs.get("input_ids")
+    if inputs is None:
+        inputs = kwargs["inputs_embeds"]
+    return [inputs.shape[1]] * inputs.shape[0]
 
 
 def get_lookahead(model: nn.Module) -> LookaheadAdapter | None:
