@@ -9,6 +9,7 @@ import torch
 from conftest import ARCHITECTURES, prompt_ids, tiny_model
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
+from torch.overrides import TorchFunctionMode
 from transformers import DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -125,25 +126,29 @@ def test_lora_runs_on_the_lookahead_rows_once_and_never_while_decoding():
     model = lookahead_model()
     adapter = get_lookahead(model)
     layers = adapter.lora_layers(model)
+    lora_A_weights = {id(layer.lora_A[adapter.adapter_name].weight) for layer in layers}
     calls = []
 
-    def record(module, args, output):
-        calls.append(args[0].shape[:-1].numel())
+    class RecordLoraA(TorchFunctionMode):
+        """Records the rows of every product with a lookahead LoRA's A matrix, called as a module or a function."""
 
-    handles = [layer.lora_A[adapter.adapter_name].register_forward_hook(record) for layer in layers]
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.nn.functional.linear and id(args[1]) in lora_A_weights:
+                calls.append(args[0].shape[:-1].numel())
+            return func(*args, **(kwargs or {}))
+
     input_ids, attention_mask = padded_batch()
-    greedy(model, input_ids, attention_mask)
-    assert calls == []
-    greedy(model, input_ids, attention_mask, LookaheadCache(budget=24, scorer="lookahead", sink=2, window=4))
-    # One prefill of prompt + lookahead rows, the LoRA on the lookahead rows of both sequences; the scorer reads the
-    # queries that prefill computed.
-    assert calls == [2 * NUM_TOKENS] * len(layers)
-    # A budget covering the prompt evicts nothing, so nothing is scored: no lookahead rows, no LoRA.
-    calls.clear()
-    greedy(model, input_ids, attention_mask, LookaheadCache(budget=48, scorer="lookahead", sink=2, window=4))
-    assert calls == []
-    for handle in handles:
-        handle.remove()
+    with RecordLoraA():
+        greedy(model, input_ids, attention_mask)
+        assert calls == []
+        greedy(model, input_ids, attention_mask, LookaheadCache(budget=24, scorer="lookahead", sink=2, window=4))
+        # One prefill of prompt + lookahead rows, the LoRA on the lookahead rows of both sequences; the scorer reads
+        # the queries that prefill computed.
+        assert calls == [2 * NUM_TOKENS] * len(layers)
+        # A budget covering the prompt evicts nothing, so nothing is scored: no lookahead rows, no LoRA.
+        calls.clear()
+        greedy(model, input_ids, attention_mask, LookaheadCache(budget=48, scorer="lookahead", sink=2, window=4))
+        assert calls == []
 
 
 def test_timed_generation_writes_what_generate_writes_and_decodes_past_peft_as_generate_does():
