@@ -368,7 +368,8 @@ class LookaheadCache(Cache):
             self.layers[layer_idx] = sliding
             return
 
-        if self.cache_config.keeps_whole(prefill.real_lengths.tolist()):
+        real_lengths = prefill.real_lengths.tolist()
+        if self.cache_config.keeps_whole(real_lengths):
             layer.keep_whole(prefill.valid)
             return
 
@@ -379,9 +380,7 @@ class LookaheadCache(Cache):
                 f"{type(self.scorer).__name__}.score returned shape {tuple(scores.shape)}, expected "
                 f"(batch, kv_heads, prompt_len) = {(batch, kv_heads, length)}."
             )
-        row_budgets = torch.tensor(
-            [self.cache_config.row_budget(int(n)) for n in prefill.real_lengths.tolist()], device=scores.device
-        )
+        row_budgets = torch.tensor([self.cache_config.row_budget(n) for n in real_lengths], device=scores.device)
         # Allocators share out the selectable tokens: sink, window and padding are not theirs to rank.
         selectable = prefill.valid & ~protected_positions(
             prefill.valid, sink=self.cache_config.sink, window=self.cache_config.window
