@@ -1,6 +1,7 @@
-"""Chooses, by measurement, how the lookahead scorer turns its scores into a kept set: pooling kernel and recent window.
+"""Chooses, by measurement, how the lookahead scorer turns its scores into a kept set: pooling kernel and shift, recent
+window.
 
-Every (kernel_size, window, allocation) setting compresses the same recorded prefill with the lookahead scorer at
+Every (kernel_size, shift, window, allocation) setting compresses the same recorded prefill with the lookahead scorer at
 each budget and answers greedily; scores are the evaluation suite's. The `lukv` allocations (`lukv-layer`: each layer
 keeps the budget) need, per kernel size, a LU-KV profile made with the scorer at that kernel size (its ranking orders
 the profile's loss curves). The samples come from the families the adapter was trained on, with a seed of their own
@@ -10,7 +11,7 @@ the table of mean scores goes to OUT/summary.md.
 
 Usage:
     python scripts/sweep_lookahead_selection.py --adapter src/lookahead_cache/default_adapter --out runs/sweep \
-        [--kernel-sizes 1 5] [--windows 8 32] [--allocations uniform lukv lukv-layer] [--lukv-profiles 1=DIR 5=DIR] \
+        [--kernel-sizes 1 5] [--shifts 0 2] [--windows 8 32] [--allocations uniform lukv lukv-layer] [--lukv-profiles 1=DIR 5=DIR] \
         [--budgets 64 128 256] [--samples 2] [--seed 500]
 """
 
@@ -41,6 +42,9 @@ def main() -> None:
     parser.add_argument("--adapter", required=True, help="Lookahead adapter folder (or Hub repo id).")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--kernel-sizes", type=int, nargs="+", default=[1, 5])
+    parser.add_argument(
+        "--shifts", type=int, nargs="+", default=[0], help="Pooling shifts (LookaheadScorer.shift) per kernel size."
+    )
     parser.add_argument("--windows", type=int, nargs="+", default=[8, 32])
     parser.add_argument(
         "--allocations",
@@ -69,7 +73,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "sweep.jsonl"
     done = {_key(row) for row in _rows(path)}
-    settings = list(itertools.product(args.kernel_sizes, args.windows, args.allocations))
+    settings = list(itertools.product(args.kernel_sizes, args.shifts, args.windows, args.allocations))
     model, tokenizer = load_model(DEFAULT_MODEL, args.adapter)
     samples = build_samples(tokenizer, TRAINING_TASKS, (args.length,), args.samples, args.seed)
     with path.open("a") as file, torch.no_grad():
@@ -94,20 +98,21 @@ def _sweep_sample(model, tokenizer, sample, todo, profiles):
             LookaheadCache.from_prefill(
                 prefills,
                 budget=budget,
-                scorer=LookaheadScorer(kernel_size=k),
+                scorer=LookaheadScorer(kernel_size=k, shift=shift),
                 sink=DEFAULT_SINK,
                 window=w,
                 **_allocation(allocation, profiles.get(k)),
             )
-            for k, w, allocation in settings
+            for k, shift, w, allocation in settings
         ]
-        for (kernel_size, window, allocation), answer_ids in zip(settings, run.answers(caches)):
+        for (kernel_size, shift, window, allocation), answer_ids in zip(settings, run.answers(caches)):
             prediction = tokenizer.decode(answer_ids[0], skip_special_tokens=True).strip()
             yield {
                 "sample_id": sample.id,
                 "family": sample.family,
                 "budget": budget,
                 "kernel_size": kernel_size,
+                "shift": shift,
                 "window": window,
                 "allocation": allocation,
                 "prediction": prediction,
@@ -132,10 +137,10 @@ def _summary(rows: list[dict]) -> str:
         table[(*setting, budget)].append(sum(scores) / len(scores))
     budgets = sorted({key[-1] for key in table})
     lines = [
-        "| kernel_size | window | allocation | " + " | ".join(f"budget {b}" for b in budgets) + " | mean |",
-        "| --- | --- | --- | " + " | ".join("---" for _ in budgets) + " | --- |",
+        "| kernel_size | shift | window | allocation | " + " | ".join(f"budget {b}" for b in budgets) + " | mean |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in budgets) + " | --- |",
     ]
-    for setting in sorted({key[:-1] for key in table}, key=lambda s: (s[2] != "uniform", s)):
+    for setting in sorted({key[:-1] for key in table}, key=lambda s: (s[3] != "uniform", s)):
         means = [100 * sum(table[(*setting, b)]) / len(table[(*setting, b)]) for b in budgets]
         cells = " | ".join(f"{m:.1f}" for m in means)
         lines.append("| " + " | ".join(map(str, setting)) + f" | {cells} | {sum(means) / len(means):.1f} |")
@@ -147,8 +152,8 @@ def _rows(path: Path) -> list[dict]:
 
 
 def _setting(row: dict) -> tuple:
-    # Rows written before the sweep covered allocations are uniform.
-    return row["kernel_size"], row["window"], row.get("allocation", "uniform")
+    # Rows written before the sweep covered allocations are uniform, and before it covered shifts, centred.
+    return row["kernel_size"], row.get("shift", 0), row["window"], row.get("allocation", "uniform")
 
 
 def _key(row: dict) -> tuple:

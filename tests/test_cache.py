@@ -8,6 +8,7 @@ from transformers import DynamicCache
 from lookahead_cache import LookaheadCache
 from lookahead_cache.layers import EvictingLayer
 from lookahead_cache.scorers import Scorer
+from lookahead_cache.scorers.base import pool_scores
 
 NEW_TOKENS = 8
 
@@ -94,6 +95,26 @@ def test_prompt_no_longer_than_budget_is_kept_whole_without_scoring(allocation):
     # Counted without the padding, as after an eviction.
     prompt = torch.tensor([50, 43])[None, :, None] + NEW_TOKENS - 1
     assert torch.equal(cache.kept_tokens(), prompt.expand(3, 2, 2))
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+@pytest.mark.parametrize("shift", [-2, -1, 0, 1, 2])
+def test_pooling_window_covers_the_tokens_its_shift_says(pooling, shift):
+    scores = torch.rand(2, 3, 17, generator=torch.Generator().manual_seed(shift + 2))
+    pooled = pool_scores(scores, 5, pooling, shift=shift)
+    for t in range(17):
+        # Out of range counts as -inf for max and as a zero for avg, as the centred pools pad.
+        window = [scores[..., i] if 0 <= i < 17 else None for i in range(t - 2 - shift, t + 3 - shift)]
+        if pooling == "max":
+            expected = torch.stack([w for w in window if w is not None]).amax(0)
+        else:
+            expected = torch.stack([torch.zeros(2, 3) if w is None else w for w in window]).mean(0)
+        torch.testing.assert_close(pooled[..., t], expected)
+
+
+def test_a_shift_beyond_half_the_kernel_is_refused():
+    with pytest.raises(ValueError, match="shift=3 must lie within half the pooling kernel"):
+        LookaheadCache(budget=64, scorer="lookahead", scorer_kwargs={"kernel_size": 5, "shift": 3})
 
 
 class FixedScorer(Scorer):
@@ -249,7 +270,9 @@ def test_beam_search_matches_dynamic_cache_when_budget_covers_prompt_and_runs_af
     input_ids = prompt_ids(32)
     beams = dict(num_beams=3, num_return_sequences=2)
     expected = generate(model, input_ids, DynamicCache(), **beams)
-    assert torch.equal(generate(model, input_ids, LookaheadCache(budget=32, scorer="snapkv", window=4), **beams), expected)
+    assert torch.equal(
+        generate(model, input_ids, LookaheadCache(budget=32, scorer="snapkv", window=4), **beams), expected
+    )
     cache = LookaheadCache(budget=12, scorer="snapkv", window=4)
     output = generate(model, input_ids, cache, **beams)
     assert output.shape == (2, 32 + NEW_TOKENS)

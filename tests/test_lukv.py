@@ -173,6 +173,16 @@ def test_lukv_refuses_a_profile_made_with_other_scorer_settings():
             model(prompt_ids(64), past_key_values=other_kernel)
 
 
+def test_a_scorer_setting_added_after_a_profile_counts_as_its_default_then():
+    """Profiles record the scorer's settings as they were; the shipped ones predate the lookahead scorer's `shift`."""
+    attention = tiny_model().model.layers[0].self_attn
+    profile = synthetic_profile()
+    profile.scorer, profile.scorer_settings = "lookahead", {"kernel_size": 9, "pooling": "max"}
+    LUKVAllocator(profile).bind(attention, LookaheadScorer())
+    with pytest.raises(ValueError, match="made with lookahead settings .*'shift': 2"):
+        LUKVAllocator(profile).bind(attention, LookaheadScorer(shift=2))
+
+
 @pytest.mark.slow
 def test_profiling_a_model_gives_ratios_that_add_up_and_resumes(tiny_model_dir, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..adapters.config import BaseModelSignature
 from ..profiling.profile import HeadProfile, check_scope
-from ..scorers import Scorer, scorer_name, scorer_settings
+from ..scorers import Scorer, scorer_defaults, scorer_name, scorer_settings
 from .base import Allocator
 
 # The profiles shipped beside each loaded lookahead adapter, by scorer.
@@ -60,10 +60,12 @@ class LUKVAllocator(Allocator):
                 f"profile that scorer (`lookahead-cache profile --scorers {name}`) or use "
                 f"scorer={self.profile.scorer!r}."
             )
-        # Profiles saved before scorer settings were recorded carry none, and are taken as they are.
-        if self.profile.scorer_settings and self.profile.scorer_settings != settings:
+        # Profiles saved before scorer settings were recorded carry none, and are taken as they are; a setting
+        # added to the scorer after a profile was saved had its default value then.
+        recorded = self.profile.scorer_settings
+        if recorded and {**scorer_defaults(scorer), **recorded} != settings:
             raise ValueError(
-                f"The LU-KV profile was made with {name} settings {self.profile.scorer_settings}, but the cache's "
+                f"The LU-KV profile was made with {name} settings {recorded}, but the cache's "
                 f"scorer has {settings}: its head budgets follow another ranking. Score with the profile's settings, "
                 "or profile these (`lookahead_cache.profiling.profiler.profile_model(..., scorers=[scorer])`)."
             )

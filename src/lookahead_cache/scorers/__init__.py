@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, is_dataclass
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from typing import Any
 
 from .base import Scorer
@@ -44,10 +44,18 @@ def scorer_settings(scorer: Scorer) -> dict[str, Any]:
     return asdict(scorer) if is_dataclass(scorer) else {}
 
 
+def scorer_defaults(scorer: Scorer) -> dict[str, Any]:
+    """The default value of each of a scorer's arguments that has one."""
+    if not is_dataclass(scorer):
+        return {}
+    return {field.name: field.default for field in fields(scorer) if field.default is not MISSING}
+
+
 __all__ = [
     "SCORERS",
     "Scorer",
     "get_scorer",
+    "scorer_defaults",
     "scorer_name",
     "scorer_settings",
     *(cls.__name__ for cls in SCORERS.values()),

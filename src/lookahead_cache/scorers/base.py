@@ -27,19 +27,36 @@ class Scorer(ABC):
         """Return importance scores of shape `[batch, kv_heads, prompt_len]`."""
 
 
-def check_pooling(name: str, kernel_size: int, pooling: str) -> None:
+def check_pooling(name: str, kernel_size: int, pooling: str, shift: int = 0) -> None:
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"{name} kernel_size={kernel_size} must be a positive odd number.")
     if pooling not in ("max", "avg"):
         raise ValueError(f"{name} pooling={pooling!r} must be 'max' or 'avg'.")
+    if abs(shift) > kernel_size // 2:
+        raise ValueError(
+            f"{name} shift={shift} must lie within half the pooling kernel ({kernel_size // 2} for kernel_size="
+            f"{kernel_size}): the window must still cover the token itself."
+        )
 
 
-def pool_scores(scores: torch.Tensor, kernel_size: int, pooling: Literal["max", "avg"]) -> torch.Tensor:
+def pool_scores(scores: torch.Tensor, kernel_size: int, pooling: Literal["max", "avg"], shift: int = 0) -> torch.Tensor:
     """Smooth `[batch, kv_heads, prompt_len]` scores along the prompt so that neighbours of important tokens
-    score high too (kernel_size 1 returns them as they are)."""
+    score high too (kernel_size 1 returns them as they are).
+
+    The window is centred on each token, or, with `shift` > 0, moved `shift` tokens back: a token then pools over
+    the `kernel_size // 2 + shift` tokens before it and the `kernel_size // 2 - shift` after it, so more of what
+    follows an important token is kept than of what precedes it.
+    """
     if kernel_size == 1:
         return scores
-    pool = F.max_pool1d if pooling == "max" else F.avg_pool1d
     batch, kv_heads, length = scores.shape
-    pooled = pool(scores.reshape(batch * kv_heads, 1, length), kernel_size, stride=1, padding=kernel_size // 2)
+    flat = scores.reshape(batch * kv_heads, 1, length)
+    half = kernel_size // 2
+    if shift == 0:
+        pool = F.max_pool1d if pooling == "max" else F.avg_pool1d
+        pooled = pool(flat, kernel_size, stride=1, padding=half)
+    else:
+        # Padding as the centred pools pad: -inf for max (never the maximum), zeros counted for avg.
+        padded = F.pad(flat, (half + shift, half - shift), value=float("-inf") if pooling == "max" else 0.0)
+        pooled = (F.max_pool1d if pooling == "max" else F.avg_pool1d)(padded, kernel_size, stride=1)
     return pooled.view(batch, kv_heads, length)

@@ -30,15 +30,18 @@ class LookaheadScorer(Scorer):
             every digit of a number or every piece of a UUID, and scored about 8 points above no pooling and 3.6
             above kernel 5.
         pooling: "max" or "avg".
+        shift: Moves the pooling window back by this many tokens (see `pool_scores`), so that more of the span
+            after a high-scoring token is kept; 0 centres it.
     """
 
     needs_lookahead: ClassVar[bool] = True
 
     kernel_size: int = 9
     pooling: Literal["max", "avg"] = "max"
+    shift: int = 0
 
     def __post_init__(self):
-        check_pooling("lookahead", self.kernel_size, self.pooling)
+        check_pooling("lookahead", self.kernel_size, self.pooling, self.shift)
 
     def score(self, prefill: LayerPrefill) -> torch.Tensor:
         if prefill.lookahead_queries is None:
@@ -48,4 +51,4 @@ class LookaheadScorer(Scorer):
             )
         queries = prefill.lookahead_queries.to(prefill.keys.dtype)
         scores = attention_scores(queries, prefill.keys, scaling=prefill.scaling, key_valid=prefill.valid)
-        return pool_scores(scores, self.kernel_size, self.pooling)
+        return pool_scores(scores, self.kernel_size, self.pooling, self.shift)
