@@ -94,6 +94,11 @@ class LocalHub:
             else:
                 entry.unlink()
         shutil.copytree(folder, repo, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git"))
+        # Git takes a file whose size, times and inode match its index entry for unchanged without reading it, and
+        # compares times in whole seconds: a file replaced within the second by one of the same size (a new profile
+        # of the same shape) on a reused inode would keep the previous commit's content. Without an index, git
+        # hashes every file.
+        (repo / ".git" / "index").unlink(missing_ok=True)
         # --force: a .gitignore in `folder` must not drop files from the published repo.
         _git(repo, "add", "--all", "--force", ".")
         _git(repo, "commit", "-q", "--allow-empty", "--no-verify", "-m", message)

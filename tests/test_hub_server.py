@@ -1,5 +1,6 @@
 """The local Hub test server (tests/hub_server.py): what huggingface_hub and PEFT get back from olah."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,18 @@ def test_revision_selects_the_commit(local_hub, tmp_path):
     # The default revision is looked up again on each call, not taken from the cache.
     assert Path(hf_hub_download(repo_id, "a.txt")).read_bytes() == b"second"
     assert not file_exists(repo_id, "gone.txt")
+
+
+def test_a_file_replaced_within_the_second_by_one_of_the_same_size_is_published(local_hub, tmp_path):
+    """Git trusts a file whose size, whole-second times and inode match its index entry. Versions written before a
+    second boundary and published right after it, the second reusing the first's inode, used to commit the first's
+    bytes again (a Hub test read the wrong LU-KV profile about once in 35 runs)."""
+    repo_id = "test-org/same-size"
+    first, second = (write(tmp_path / name, {"weights.bin": bytes([i]) * 1000}) for i, name in enumerate("ab"))
+    time.sleep(1.01 - time.time() % 1.0)
+    local_hub.publish(repo_id, first)
+    local_hub.publish(repo_id, second)
+    assert Path(hf_hub_download(repo_id, "weights.bin")).read_bytes() == bytes([1]) * 1000
 
 
 def test_snapshot_download_and_repo_info(local_hub, tmp_path):

@@ -264,8 +264,8 @@ def test_lukv_reads_the_profile_of_the_adapters_hub_revision(tmp_path, local_hub
 
 
 def _served_revisions(repo_id: str, first: str, second: str, kept: torch.Tensor) -> str:
-    """What the Hub server and the local HF cache answer for each revision, for a failure message (an earlier run
-    once read the first revision's profile for `main`, and did not reproduce)."""
+    """What the Hub server and the local HF cache answer for each revision, for a failure message (it showed `main`
+    serving the first revision's blob: `LocalHub.publish` had committed a stale file, since fixed there)."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     name = "lukv_profile_snapkv.safetensors"
