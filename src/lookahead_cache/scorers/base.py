@@ -50,13 +50,12 @@ def pool_scores(scores: torch.Tensor, kernel_size: int, pooling: Literal["max", 
     if kernel_size == 1:
         return scores
     batch, kv_heads, length = scores.shape
-    flat = scores.reshape(batch * kv_heads, 1, length)
     half = kernel_size // 2
-    if shift == 0:
-        pool = F.max_pool1d if pooling == "max" else F.avg_pool1d
-        pooled = pool(flat, kernel_size, stride=1, padding=half)
-    else:
-        # Padding as the centred pools pad: -inf for max (never the maximum), zeros counted for avg.
-        padded = F.pad(flat, (half + shift, half - shift), value=float("-inf") if pooling == "max" else 0.0)
-        pooled = (F.max_pool1d if pooling == "max" else F.avg_pool1d)(padded, kernel_size, stride=1)
-    return pooled.view(batch, kv_heads, length)
+    # Padded as torch's own pools pad: -inf for max (never the maximum), zeros counted in the mean for avg.
+    padded = F.pad(
+        scores.reshape(batch * kv_heads, 1, length),
+        (half + shift, half - shift),
+        value=float("-inf") if pooling == "max" else 0.0,
+    )
+    pool = F.max_pool1d if pooling == "max" else F.avg_pool1d
+    return pool(padded, kernel_size, stride=1).view(batch, kv_heads, length)
