@@ -230,11 +230,6 @@ class LookaheadCache(Cache):
             raise RuntimeError("Lookahead rows can only join the prefill of a cache with the lookahead scorer.")
         self._lookahead_rows = num_tokens
 
-    def keeps_whole(self, prompt_lengths: list[int]) -> bool:
-        """Whether a prefill of prompts with these real lengths evicts nothing (each fits its budget): the cache then
-        keeps every token without scoring any, and the lookahead adapter adds no rows."""
-        return self.cache_config.keeps_whole(prompt_lengths)
-
     @property
     def is_compressed(self) -> bool:
         """True once the prefill has ended and its eviction has run."""

@@ -79,7 +79,8 @@ class LookaheadCacheConfig:
         return budget
 
     def keeps_whole(self, prompt_lengths: list[int]) -> bool:
-        """Whether prompts of these real lengths all fit their budgets, so that eviction would keep every token."""
+        """Whether prompts of these real lengths all fit their budgets: the cache then keeps every token without
+        scoring any, and the lookahead adapter adds no rows to their prefill."""
         return all(self.row_budget(length) >= length for length in prompt_lengths)
 
     def to_dict(self) -> dict[str, Any]:

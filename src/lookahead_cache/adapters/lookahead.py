@@ -325,8 +325,8 @@ def _register_prefill_hooks(decoder: nn.Module) -> tuple:
                 "as keyword arguments (input_ids=..., attention_mask=...), as transformers models pass them."
             )
         lengths = _prompt_lengths(kwargs)
-        if lengths is not None and cache.keeps_whole(lengths):
-            # Nothing will be evicted, so nothing needs scoring: the prefill is the plain prompt's.
+        if lengths is not None and cache.cache_config.keeps_whole(lengths):
+            # The cache keeps such prompts whole without scoring them: the prefill is the plain prompt's.
             cache.receive_lookahead_rows(0)
             return None
         kwargs = adapter.append_to_prefill(decoder, kwargs)
