@@ -63,8 +63,10 @@ class LookaheadCache(Cache):
             tokens are kept whole, longer ones are compressed to 512 tokens per head. A prefill whose prompts all
             fit their budgets is not scored at all (the lookahead scorer adds no rows to it), whatever the
             allocation.
-        scorer: Scorer name (`lookahead`, `snapkv`, `streaming`, `knorm`, `random`) or a `Scorer` instance.
-        allocation: Allocation name (`uniform`, `pyramid`) or an `Allocator` instance.
+        scorer: Scorer name (`lookahead`, `snapkv`, `streaming`, `knorm`, `random`; see `available_scorers()`) or a
+            `Scorer` instance.
+        allocation: Allocation name (`uniform`, `pyramid`, `adakv`, `lukv`; see `available_allocations()`) or an
+            `Allocator` instance.
         sink: First prompt tokens always kept.
         window: Last prompt tokens always kept.
         scorer_kwargs: Arguments of the named scorer.
