@@ -11,8 +11,8 @@ the table of mean scores goes to OUT/summary.md.
 
 Usage:
     python scripts/sweep_lookahead_selection.py --adapter src/lookahead_cache/default_adapter --out runs/sweep \
-        [--kernel-sizes 1 5] [--shifts 0 2] [--windows 8 32] [--allocations uniform lukv lukv-layer] [--lukv-profiles 1=DIR 5=DIR] \
-        [--budgets 64 128 256] [--samples 2] [--seed 500]
+        [--kernel-sizes 1 5] [--shifts 0 2] [--windows 8 32] [--allocations uniform lukv lukv-layer] \
+        [--lukv-profiles 1=DIR 5=DIR] [--budgets 64 128 256] [--samples 2] [--seed 500]
 """
 
 from __future__ import annotations
