@@ -139,7 +139,7 @@ class PackedLayer(CacheLayerMixin):
 
     def varlen_inputs(self) -> tuple:
         """The layer as the varlen decode kernel reads it, views without copies: `(prompt_keys, prompt_values,
-        prompt_starts, prompt_lengths, tail_keys, tail_values, tail_length)` (see `kernels/varlen_decode.py`)."""
+        prompt_starts, prompt_lengths, tail_keys, tail_values, tail_length)` (see `lookahead_cache/kernels/varlen_decode.py`)."""
         return (
             self.row_keys.flatten(0, 1),
             self.row_values.flatten(0, 1),

@@ -15,7 +15,6 @@ time (what eager decoding pays, host overhead included) and replayed from a CUDA
 captured in a graph pays). The kernel is handed the longest segment, as the cache hands it, so it never syncs.
 
     python -m lookahead_cache.kernels.benchmark_varlen_decode
-    python kernels/benchmark_varlen_decode.py
 
 Needs a CUDA GPU; elsewhere it says so and exits 0.
 """
@@ -23,11 +22,7 @@ Needs a CUDA GPU; elsewhere it says so and exits 0.
 import torch
 import torch.nn.functional as F
 
-if __package__:
-    from .varlen_decode import varlen_decode_attention_reference, varlen_decode_attention_triton
-else:
-    # Run as a script there is no parent package for a relative import; the installed package provides the module.
-    from lookahead_cache.kernels.varlen_decode import varlen_decode_attention_reference, varlen_decode_attention_triton
+from .varlen_decode import varlen_decode_attention_reference, varlen_decode_attention_triton
 
 Q_HEADS, KV_HEADS, HEAD_DIM, DECODED = 32, 8, 128, 16
 DTYPE = torch.bfloat16

@@ -6,18 +6,13 @@ Throughput counts the bytes of keys and queries read once, the floor for any
 implementation; the torch reference also writes and re-reads float32 logits.
 
     python -m lookahead_cache.kernels.benchmark_attention_scores
-    python kernels/benchmark_attention_scores.py
 
 Needs a CUDA GPU; elsewhere it says so and exits 0.
 """
 
 import torch
 
-if __package__:
-    from .attention_scores import attention_scores_reference, attention_scores_triton
-else:
-    # Run as a script there is no parent package for a relative import; the installed package provides the module.
-    from lookahead_cache.kernels.attention_scores import attention_scores_reference, attention_scores_triton
+from .attention_scores import attention_scores_reference, attention_scores_triton
 
 BATCH, Q_HEADS, KV_HEADS, HEAD_DIM, NUM_QUERIES = 1, 32, 8, 128, 32
 DTYPE = torch.bfloat16
