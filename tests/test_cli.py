@@ -25,7 +25,7 @@ from lookahead_cache.evaluation.timing import prefill_flops
         (["demo", "--scorer", "nope"], "nope"),
         (["bench", "--scorers", "snapkv", "snapkv"], "twice"),
         (["bench", "--lengths", "0"], "at least 1"),
-        (["profile", "--scorers", "nope", "--out", "unused"], "Unknown scorer 'nope'"),
+        (["profile", "--scorers", "nope", "--out", "unused"], "invalid choice: 'nope'"),
         (["profile", "--temperature", "0", "--out", "unused"], "--temperature 0.0 must be positive"),
         (["profile", "--model", "my-model", "--scorers", "lookahead", "--out", "unused"], "needs --adapter"),
         (["eval", "--methods", "full", "lukv", "--model", "my-model", "--out", "unused"], "need --adapter"),
@@ -36,6 +36,54 @@ def test_bad_arguments_are_usage_errors_naming_the_problem(argv, message, capsys
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [None, "demo", "bench", "eval", "train", "profile"])
+def test_help_of_every_command_imports_neither_torch_nor_transformers(command):
+    code = (
+        "import sys\n"
+        "from lookahead_cache.cli import main\n"
+        "try:\n"
+        f"    main({[command, '--help'] if command else ['--help']!r})\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "print(sorted(name for name in ('torch', 'transformers', 'peft') if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    help_text, imported = result.stdout.rsplit("\n", 2)[:2]
+    assert imported == "[]"
+    assert "usage: lookahead-cache" in help_text
+
+
+def test_help_shows_defaults_and_choices(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 512)" in text and "(default: 2000)" in text and "(default: 24)" in text
+    assert "{auto,lookahead,snapkv,streaming,knorm,random}" in text and "(default: auto)" in text
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Peak learning rate. (default: 0.001)" in text and "(default: 2)" in text
+
+
+def test_version_names_the_package_and_its_libraries(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    output = capsys.readouterr().out
+    assert output.startswith("lookahead-cache 0.1.0 (transformers ") and "peft " in output and "torch " in output
+
+
+def test_command_line_choices_are_the_registries():
+    from lookahead_cache.cli import ALLOCATION_CHOICES, SCORER_CHOICES
+    from lookahead_cache.commands.eval import DEFAULT_METHODS, EXTRA_METHODS
+    from lookahead_cache.evaluation.methods import METHODS
+    from lookahead_cache.scorers import SCORERS
+
+    assert set(SCORER_CHOICES) == {"auto", *SCORERS} - {"future_queries"}
+    assert ALLOCATION_CHOICES == ["uniform", "pyramid", "adakv", "lukv"]
+    assert sorted([*DEFAULT_METHODS, *EXTRA_METHODS]) == sorted(METHODS)
 
 
 @pytest.mark.slow

@@ -43,8 +43,21 @@ def test_import_from_repository_root_does_not_shadow_installed_packages():
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(out), str(REPO_ROOT)],
-        capture_output=True, text=True, timeout=600, env=_env(),
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(out),
+            str(REPO_ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     (path,) = out.glob("lookahead_cache-*.whl")

@@ -22,7 +22,14 @@ from .attention import (
     base_implementation,
     take_lookahead_queries,
 )
-from .config import DEFAULT_BUDGET, DEFAULT_SINK, DEFAULT_WINDOW, LookaheadCacheConfig
+from .config import (
+    DEFAULT_ALLOCATION,
+    DEFAULT_BUDGET,
+    DEFAULT_SCORER,
+    DEFAULT_SINK,
+    DEFAULT_WINDOW,
+    LookaheadCacheConfig,
+)
 from .layers import EvictingLayer
 from .packed import PackedLayer
 from .prefill import LayerPrefill, cache_argument, padding_from_mask
@@ -32,6 +39,7 @@ from .selection import protected_positions, select_tokens
 logger = logging.get_logger(__name__)
 
 _WAITING, _PREFILLING, _DONE = "waiting", "prefilling", "done"
+_AUTO, _LOOKAHEAD, _SNAPKV = "auto", "lookahead", "snapkv"
 
 
 class LookaheadCache(Cache):
@@ -39,7 +47,7 @@ class LookaheadCache(Cache):
 
     Pass it to `generate` as you would a `DynamicCache`::
 
-        out = model.generate(**inputs, past_key_values=LookaheadCache(budget=256, scorer="snapkv"))
+        out = model.generate(**inputs, cache=LookaheadCache(budget=256))  # past_key_values= before transformers 5.24
 
     The first forward through the cache is the prefill. Each attention layer runs on the full prompt, so the
     first generated token is exactly what it would be without eviction; right after a layer's attention, its
@@ -63,8 +71,10 @@ class LookaheadCache(Cache):
             tokens are kept whole, longer ones are compressed to 512 tokens per head. A prefill whose prompts all
             fit their budgets is not scored at all (the lookahead scorer adds no rows to it), whatever the
             allocation.
-        scorer: Scorer name (`lookahead`, `snapkv`, `streaming`, `knorm`, `random`; see `available_scorers()`) or a
-            `Scorer` instance.
+        scorer: Scorer name (`lookahead`, `snapkv`, `streaming`, `knorm`, `random`; see `available_scorers()`), a
+            `Scorer` instance, or `"auto"` (the default): `lookahead` on a model that carries a lookahead adapter
+            (`load_lookahead`, `load_default_model(lookahead=True)`), `snapkv` on any other model, which the cache
+            logs once.
         allocation: Allocation name (`uniform`, `pyramid`, `adakv`, `lukv`; see `available_allocations()`) or an
             `Allocator` instance.
         sink: First prompt tokens always kept.
@@ -76,8 +86,8 @@ class LookaheadCache(Cache):
     def __init__(
         self,
         budget: int | float = DEFAULT_BUDGET,
-        scorer: str | Scorer = "lookahead",
-        allocation: str | Allocator = "uniform",
+        scorer: str | Scorer = DEFAULT_SCORER,
+        allocation: str | Allocator = DEFAULT_ALLOCATION,
         *,
         sink: int = DEFAULT_SINK,
         window: int = DEFAULT_WINDOW,
@@ -95,7 +105,15 @@ class LookaheadCache(Cache):
             scorer_kwargs=dict(scorer_kwargs or {}) if isinstance(scorer, str) else scorer_settings(scorer),
             allocation_kwargs=dict(allocation_kwargs or {}),
         )
-        self.scorer = get_scorer(scorer, **(scorer_kwargs or {}))
+        self._scorer_is_auto = scorer == _AUTO
+        if self._scorer_is_auto and scorer_kwargs:
+            raise ValueError(
+                f"scorer_kwargs={scorer_kwargs} need a named scorer: with scorer='auto' they could go to either "
+                "lookahead or snapkv. Pass scorer='lookahead' or scorer='snapkv' with them."
+            )
+        # "auto" starts as the lookahead scorer, so that an adapter on the model adds its rows to the prefill; with no
+        # adapter the cache turns to snapkv before the first layer is bound (`_resolve_auto_scorer`).
+        self.scorer = get_scorer(_LOOKAHEAD if self._scorer_is_auto else scorer, **(scorer_kwargs or {}))
         self.allocator = get_allocator(allocation, **(allocation_kwargs or {}))
         super().__init__(layer_class_to_replicate=EvictingLayer)
         self.peak_nbytes = 0
@@ -129,7 +147,7 @@ class LookaheadCache(Cache):
         config = self.cache_config
         return type(self)(
             budget=config.budget,
-            scorer=self.scorer,
+            scorer=_AUTO if self._scorer_is_auto else self.scorer,
             allocation=self.allocator,
             sink=config.sink,
             window=config.window,
@@ -152,6 +170,7 @@ class LookaheadCache(Cache):
         cache._watch.remove()
         if [prefill.layer_idx for prefill in prefills] != list(range(len(prefills))):
             raise ValueError("from_prefill needs one LayerPrefill per layer, in layer order.")
+        cache._resolve_auto_scorer(has_adapter=prefills[0].lookahead_queries is not None)
         cache._bind(prefills[0].module)
         for prefill in prefills:
             Cache.update(cache, prefill.keys, prefill.values, prefill.layer_idx)
@@ -305,8 +324,22 @@ class LookaheadCache(Cache):
         if not self._compressed_layers:
             logger.warning("Every attention layer of this model uses a sliding window: LookaheadCache evicts nothing.")
 
+    def _resolve_auto_scorer(self, has_adapter: bool) -> None:
+        """scorer='auto' stays the lookahead scorer on a model with a lookahead adapter and turns to snapkv on any
+        other; said once per process, since a library that evicts should not do so silently."""
+        if not self._scorer_is_auto or has_adapter:
+            return
+        self.scorer = get_scorer(_SNAPKV)
+        logger.warning_once(
+            "LookaheadCache(scorer='auto'): this model has no lookahead adapter, so prompt tokens are scored with "
+            "snapkv. Load an adapter with `lookahead_cache.load_lookahead(model, repo_or_dir)` to use the learned "
+            "lookahead scorer, or pass scorer='snapkv' to choose snapkv explicitly (and silence this message)."
+        )
+
     def _end_prefill_of_layer(self, layer_idx: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._layer_types is None:
+            # The adapter's hook has announced its rows (or not) before the first layer ran.
+            self._resolve_auto_scorer(has_adapter=self._lookahead_rows is not None)
             # Before reading the mask: an unsupported attention implementation passes masks of its own kind.
             self._bind(module)
         layer = self.layers[layer_idx]

@@ -1,33 +1,48 @@
 """The `lookahead-cache` command line.
 
-Each subcommand lives in its own module, listed in `COMMANDS`, which provides:
-
-* `HELP`: one line for `lookahead-cache --help`;
-* `add_arguments(parser)`: its options;
-* `check_arguments(args)`: raises `ValueError`/`TypeError` on bad settings, before anything slow happens,
-  and the message is shown as a usage error;
-* `run(args) -> int`: does the work and returns the exit status.
-
-A new subcommand (`eval`, `train`, ...) is one new module and one line in `COMMANDS`.
+Each subcommand's arguments live in a module of `lookahead_cache.commands`, listed in `COMMANDS` with its one-line
+help (see that package for what a module provides); a new subcommand is one new module there and one entry here. Only the
+chosen subcommand's module is imported, and none imports torch, so `--help` and `--version` answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging as std_logging
 import sys
 from collections.abc import Sequence
 
-from transformers.utils import logging
+from .allocation import ALLOCATIONS
+from .scorers import SCORERS
 
+# Subcommand -> the module of its arguments, and its one-line help.
 COMMANDS = {
-    "demo": "lookahead_cache.demo",
-    "bench": "lookahead_cache.evaluation.benchmark",
-    "eval": "lookahead_cache.evaluation.suite",
-    "train": "lookahead_cache.training.command",
-    "profile": "lookahead_cache.profiling.command",
+    "demo": (
+        "lookahead_cache.commands.demo",
+        "Ask the embedded model for a needle hidden in a long document, with a full cache and with LookaheadCache.",
+    ),
+    "bench": (
+        "lookahead_cache.commands.bench",
+        "Measure prefill overhead, decode speed and memory of LookaheadCache against a full DynamicCache.",
+    ),
+    "eval": (
+        "lookahead_cache.commands.eval",
+        "Evaluate every method side by side on the offline long-context suite (RULER-style and real-text tasks).",
+    ),
+    "train": (
+        "lookahead_cache.commands.train",
+        "Train the lookahead embeddings and LoRA of a model on the offline training mix (resumable).",
+    ),
+    "profile": (
+        "lookahead_cache.commands.profile",
+        "Profile per-head budgets for allocation='lukv' (LU-KV) on offline calibration data (resumable).",
+    ),
 }
+# `auto` first; future_queries needs the queries of an answer and cannot be picked by name alone.
+SCORER_CHOICES = ["auto", *(name for name in SCORERS if name != "future_queries")]
+ALLOCATION_CHOICES = list(ALLOCATIONS)
 
 
 def positive_int(text: str) -> int:
@@ -51,36 +66,64 @@ def budget_value(text: str) -> int | float:
     raise argparse.ArgumentTypeError(f"{text!r} is neither a token count (int) nor a fraction (float)")
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    """The top-level parser, and each subcommand's parser by name (to report its usage errors)."""
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default after its help, except where there is none to show (None, or a flag's)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default is None or isinstance(action.default, bool) or action.default is argparse.SUPPRESS:
+            return help_text
+        default = action.default
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{help_text} (default: {shown.replace('%', '%%')})"
+
+
+def version_text() -> str:
+    """This package's version and those of the libraries it runs on, read without importing them."""
+    versions = []
+    for name in ("transformers", "peft", "torch"):
+        try:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{name} not installed")
+    return f"lookahead-cache {importlib.metadata.version('lookahead-cache')} ({', '.join(versions)})"
+
+
+def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and each subcommand's parser by name; only `command`'s arguments are added."""
     parser = argparse.ArgumentParser(
         prog="lookahead-cache",
         description="Evict the KV cache of transformers causal LMs at the end of prefill.",
     )
+    parser.add_argument("--version", action="version", version=version_text())
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = {}
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        commands[name] = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(commands[name])
+    for name, (module_name, summary) in COMMANDS.items():
+        commands[name] = subparsers.add_parser(name, help=summary, description=summary, formatter_class=HelpFormatter)
+        if name == command:
+            importlib.import_module(module_name).add_arguments(commands[name])
     return parser, commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `lookahead-cache COMMAND [options]`; returns the exit status (argparse exits with 2 on bad usage)."""
-    _show_library_logs()
-    parser, commands = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser, commands = build_parser(command)
     args = parser.parse_args(argv)
-    module = importlib.import_module(COMMANDS[args.command])
+    _show_library_logs()
+    runner = importlib.import_module(importlib.import_module(COMMANDS[args.command][0]).RUNNER)
     try:
-        module.check_arguments(args)
+        runner.check_arguments(args)
     except (ValueError, TypeError) as error:
         commands[args.command].error(str(error))
-    return module.run(args)
+    return runner.run(args)
 
 
 def _show_library_logs() -> None:
     """Progress messages of this library go to stderr; transformers' own logging keeps its settings."""
+    from transformers.utils import logging
+
     library_logger = logging.get_logger("lookahead_cache")
     if not library_logger.handlers:
         handler = std_logging.StreamHandler(sys.stderr)

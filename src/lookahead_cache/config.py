@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_BUDGET = 512
+# "auto": the lookahead scorer on a model that carries a lookahead adapter, snapkv on any other.
+DEFAULT_SCORER = "auto"
+DEFAULT_ALLOCATION = "uniform"
 DEFAULT_SINK = 4
 DEFAULT_WINDOW = 32
 
@@ -21,7 +24,8 @@ class LookaheadCacheConfig:
         budget: Prompt tokens kept per layer and KV head, on average. An `int` is a token count; a `float`
             in (0, 1] is a fraction of each row's (unpadded) prompt. Sink and window tokens count towards it.
             A prompt no longer than the budget is kept whole.
-        scorer: Name of the token scorer (see `lookahead_cache.available_scorers()`).
+        scorer: Name of the token scorer (see `lookahead_cache.available_scorers()`), or "auto": `lookahead` when
+            the model carries a lookahead adapter (`load_lookahead`), `snapkv` otherwise.
         allocation: Name of the budget allocator (see `lookahead_cache.available_allocations()`).
         sink: First prompt tokens always kept (attention sinks).
         window: Last prompt tokens always kept.
@@ -30,8 +34,8 @@ class LookaheadCacheConfig:
     """
 
     budget: int | float = DEFAULT_BUDGET
-    scorer: str = "lookahead"
-    allocation: str = "uniform"
+    scorer: str = DEFAULT_SCORER
+    allocation: str = DEFAULT_ALLOCATION
     sink: int = DEFAULT_SINK
     window: int = DEFAULT_WINDOW
     scorer_kwargs: dict[str, Any] = field(default_factory=dict)

@@ -52,6 +52,8 @@ def load_default_model(
         raise ImportError(f"Loading the embedded default model needs the `gguf` package. Install it with: {_INSTALL_HINT}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from . import attention  # noqa: F401  (registers lookahead_varlen, which attn_implementation may name)
+
     path = default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(

@@ -15,8 +15,6 @@ from transformers.utils import logging
 
 from .attention import VARLEN_ATTENTION
 from .cache import LookaheadCache
-from .cli import budget_value, positive_int
-from .config import DEFAULT_BUDGET
 from .default_model import DEFAULT_MODEL_FILE, load_default_model
 from .evaluation.benchmark import MIB, markdown_table
 from .evaluation.documents import QUESTION, build_needle_task
@@ -24,34 +22,8 @@ from .evaluation.timing import TimedGeneration, timed_generation
 
 logger = logging.get_logger(__name__)
 
-HELP = "Ask the embedded model for a needle hidden in a long document, with a full cache and with LookaheadCache."
 # Enough to warm up kernels and the allocator before the first timed prefill, which would otherwise pay for it.
 WARM_UP_PROMPT_TOKENS = 64
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--budget",
-        type=budget_value,
-        default=DEFAULT_BUDGET,
-        help=f"LookaheadCache budget (tokens, or a fraction in (0, 1]); default {DEFAULT_BUDGET}, as LookaheadCache().",
-    )
-    parser.add_argument(
-        "--scorer", default="lookahead", help="LookaheadCache scorer; lookahead (the default) uses the shipped adapter."
-    )
-    parser.add_argument(
-        "--allocation",
-        default="lukv",
-        help="LookaheadCache allocation: lukv (default: per-head budgets from the LU-KV profile shipped beside the "
-        "adapter, the strongest on the evaluation suite), uniform, pyramid or adakv.",
-    )
-    parser.add_argument(
-        "--context-tokens", type=positive_int, default=2000, help="Length of the chat prompt in tokens."
-    )
-    parser.add_argument("--max-new-tokens", type=positive_int, default=24, help="Most tokens of each answer.")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="Picks the document's passages, the code and the needle's depth."
-    )
 
 
 def check_arguments(args: argparse.Namespace) -> None:

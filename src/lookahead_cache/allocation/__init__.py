@@ -1,25 +1,40 @@
-"""Budget allocators: how many tokens each layer and KV head keeps. One file each, registered by name."""
+"""Budget allocators: how many tokens each layer and KV head keeps. One file each, registered by name.
+
+Importing this package imports no allocator module (nor torch): the registry names each one's module and class.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .adakv import AdaKVAllocator
-from .base import Allocator
-from .lukv import LUKVAllocator
-from .pyramid import PyramidAllocator
-from .uniform import UniformAllocator
+from ..registry import Registry
 
-ALLOCATIONS: dict[str, type[Allocator]] = {
-    "uniform": UniformAllocator,
-    "pyramid": PyramidAllocator,
-    "adakv": AdaKVAllocator,
-    "lukv": LUKVAllocator,
-}
+if TYPE_CHECKING:
+    from .base import Allocator
+
+ALLOCATIONS = Registry(
+    __name__,
+    {
+        "uniform": ".uniform:UniformAllocator",
+        "pyramid": ".pyramid:PyramidAllocator",
+        "adakv": ".adakv:AdaKVAllocator",
+        "lukv": ".lukv:LUKVAllocator",
+    },
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Allocator":
+        from .base import Allocator
+
+        return Allocator
+    return ALLOCATIONS.class_named(name)
 
 
 def get_allocator(allocation: str | Allocator, **kwargs: Any) -> Allocator:
     """Build an allocator from its registered name, or return a given :class:`Allocator` instance as is."""
+    from .base import Allocator
+
     if isinstance(allocation, Allocator):
         if kwargs:
             raise ValueError("allocation_kwargs are only used with an allocation name, not with an Allocator instance.")
@@ -34,12 +49,4 @@ def allocation_name(allocator: Allocator) -> str:
     return next((name for name, cls in ALLOCATIONS.items() if type(allocator) is cls), type(allocator).__name__)
 
 
-__all__ = [
-    "ALLOCATIONS",
-    "AdaKVAllocator",
-    "Allocator",
-    "LUKVAllocator",
-    "get_allocator",
-    "PyramidAllocator",
-    "UniformAllocator",
-]
+__all__ = ["ALLOCATIONS", "Allocator", "allocation_name", "get_allocator", *ALLOCATIONS.class_names()]

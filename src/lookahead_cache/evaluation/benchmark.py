@@ -14,7 +14,6 @@ import argparse
 import json
 import platform
 import statistics
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +25,6 @@ from transformers.utils import logging
 
 from ..adapters import add_lookahead, load_lookahead
 from ..cache import LookaheadCache
-from ..cli import budget_value, positive_int
 from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, default_model_path, load_default_model
 from .documents import haystack_ids
 from .methods import CacheMethod
@@ -34,59 +32,10 @@ from .timing import TimedGeneration, prefill_flops, timed_generation
 
 logger = logging.get_logger(__name__)
 
-HELP = "Measure prefill overhead, decode speed and memory of LookaheadCache against a full DynamicCache."
 FULL = "full"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WARM_UP_TOKENS = 4
 MIB = 2**20
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--lengths", type=positive_int, nargs="+", default=[2048, 4096, 8192], help="Prompt lengths in tokens."
-    )
-    parser.add_argument(
-        "--budget", type=budget_value, default=256, help="LookaheadCache budget (tokens, or a fraction in (0, 1])."
-    )
-    parser.add_argument(
-        "--scorers",
-        nargs="+",
-        default=["snapkv", "streaming"],
-        help="LookaheadCache configurations to compare: a scorer name, or scorer+allocation (e.g. snapkv+adakv, "
-        "lookahead+lukv; the allocation defaults to uniform).",
-    )
-    parser.add_argument(
-        "--attn-implementation",
-        default="sdpa",
-        choices=["sdpa", "eager", "lookahead_varlen"],
-        help="Attention implementation of the model (lookahead_varlen decodes packed per-head layers in place).",
-    )
-    parser.add_argument("--decode-tokens", type=positive_int, default=32, help="Timed decode steps after the prefill.")
-    parser.add_argument(
-        "--repeats", type=positive_int, default=3, help="Measured runs per configuration, after one warm-up."
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="Seed of the prompt text (or token ids) and random weights."
-    )
-    parser.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="Use a random-weight model with the default model's config instead of its GGUF weights (quick runs; "
-        "the prompt is then random token ids).",
-    )
-    parser.add_argument(
-        "--adapter",
-        help="Lookahead adapter (local folder or Hub repo id) for the lookahead scorer; default: the one shipped for "
-        "the default model, or an untrained one with --random-weights (timings only).",
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Torch device.")
-    parser.add_argument(
-        "--dtype",
-        choices=["auto", *DTYPES],
-        default="auto",
-        help="Model dtype; auto is bfloat16 on CUDA, float32 otherwise.",
-    )
-    parser.add_argument("--out", type=Path, help="Write the results as JSON to this file.")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -95,6 +44,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--scorers lists a configuration twice: {' '.join(args.scorers)}.")
     for config in args.scorers:
         new_cache(config, args.budget)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device} was asked for, but torch sees no CUDA device.")

@@ -192,8 +192,6 @@ METHODS: dict[str, Callable[[SampleRun, int | float | None], Cache]] = {
     "lookahead-adakv": CacheMethod("lookahead", allocation="adakv"),
     "lookahead-lukv": CacheMethod("lookahead", allocation="lukv"),
 }
-# What `lookahead-cache eval` runs unless told otherwise: one row per scorer, with the allocation it is known by.
-DEFAULT_METHODS = (FULL, "streaming", "knorm", "random", "snapkv", "pyramidkv", "oracle", "laq", "lookahead")
 
 
 def needs_adapter(name: str) -> bool:

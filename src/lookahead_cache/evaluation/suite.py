@@ -13,7 +13,6 @@ import argparse
 import json
 import platform
 import time
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -25,13 +24,11 @@ from transformers.utils import logging
 
 from ..adapters import get_lookahead, load_lookahead
 from ..cache import LookaheadCache
-from ..cli import budget_value, positive_int
+from ..commands.eval import DEFAULT_MODEL, SIZES
 from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, load_default_model
 from . import report
 from .methods import (
-    DEFAULT_METHODS,
     FULL,
-    METHODS,
     CacheMethod,
     SampleRun,
     get_method,
@@ -44,58 +41,6 @@ from .tasks import TASKS, Sample, get_task
 from .timing import kv_nbytes, stored_prompt_tokens
 
 logger = logging.get_logger(__name__)
-
-HELP = "Evaluate every method side by side on the offline long-context suite (RULER-style and real-text tasks)."
-DEFAULT_MODEL = "default"
-MODES = ("question-aware", "question-agnostic")
-
-
-@dataclass(frozen=True)
-class SuiteSize:
-    lengths: tuple[int, ...]
-    samples: int
-    budgets: tuple[int | float, ...]
-    modes: tuple[str, ...]
-
-
-SIZES = {
-    # Every family and default method, two samples each so intervals exist: about 32 minutes on 2 CPU cores with
-    # the embedded 135M model.
-    "quick": SuiteSize(lengths=(2048,), samples=2, budgets=(64, 128, 256), modes=("question-aware",)),
-    "full": SuiteSize(
-        lengths=(1024, 2048, 4096, 8192), samples=20, budgets=(64, 128, 256, 512, 0.1, 0.25, 0.5), modes=MODES
-    ),
-}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"'{DEFAULT_MODEL}' ({DEFAULT_MODEL_FILE}) or a local model directory."
-    )
-    parser.add_argument(
-        "--size", choices=sorted(SIZES), default="quick", help="Preset of lengths, samples, budgets, modes."
-    )
-    parser.add_argument("--quick", dest="size", action="store_const", const="quick", help="Same as --size quick.")
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        default=list(DEFAULT_METHODS),
-        help=f"Methods (default: {' '.join(DEFAULT_METHODS)}; available: {', '.join(METHODS)}).",
-    )
-    parser.add_argument(
-        "--adapter",
-        help="Lookahead adapter (local folder or Hub repo id) for the lookahead method; default with the default "
-        "model: the adapter shipped with lookahead-cache.",
-    )
-    parser.add_argument("--tasks", nargs="+", default=None, help="Task families (default: all registered).")
-    parser.add_argument("--budgets", type=budget_value, nargs="+", help="Budgets (tokens, or fractions in (0, 1]).")
-    parser.add_argument("--lengths", type=positive_int, nargs="+", help="Prompt lengths in tokens.")
-    parser.add_argument("--samples", type=positive_int, help="Samples per task family and length.")
-    parser.add_argument("--modes", nargs="+", choices=MODES, help="Question-aware and/or question-agnostic.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the task samples.")
-    parser.add_argument("--out", type=Path, required=True, help="Output directory (resumable).")
-    parser.add_argument("--results-page", type=Path, help="Also write the results page here (e.g. docs/results.md).")
-
 
 def check_arguments(args: argparse.Namespace) -> None:
     size = SIZES[args.size]

@@ -3,41 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..cli import positive_int
-from ..config import DEFAULT_SINK, DEFAULT_WINDOW
-from ..evaluation.suite import DEFAULT_MODEL, load_model
+from ..commands.eval import DEFAULT_MODEL
+from ..evaluation.suite import load_model
 from ..scorers import get_scorer
 from .profiler import profile_model
-
-HELP = "Profile per-head budgets for allocation='lukv' (LU-KV) on offline calibration data (resumable)."
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help="'default' (SmolLM2-135M-Instruct) or a local model folder."
-    )
-    parser.add_argument(
-        "--adapter",
-        help="Lookahead adapter (folder or Hub repo) for --scorers lookahead; default with "
-        "the default model: the shipped one.",
-    )
-    parser.add_argument("--scorers", nargs="+", default=["snapkv"], help="Scorers to profile (one profile each).")
-    parser.add_argument(
-        "--out", type=Path, required=True, help="Where the profiles go, e.g. the lookahead adapter's folder."
-    )
-    parser.add_argument(
-        "--context-length", type=positive_int, default=4096, help="Calibration document length (tokens)."
-    )
-    parser.add_argument(
-        "--questions", type=positive_int, help="Use the first N calibration questions (default: all 30)."
-    )
-    parser.add_argument("--answer-tokens", type=positive_int, default=64, help="Sampled answer tokens per question.")
-    parser.add_argument("--temperature", type=float, default=0.7, help="Sampling temperature of the answers.")
-    parser.add_argument("--sink", type=int, default=DEFAULT_SINK, help="First tokens never evicted.")
-    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="Last tokens never evicted.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the calibration data and sampling.")
 
 
 def check_arguments(args: argparse.Namespace) -> None:

@@ -1,30 +1,43 @@
-"""Token scorers: how much each prompt token matters to each KV head. One file each, registered by name."""
+"""Token scorers: how much each prompt token matters to each KV head. One file each, registered by name.
+
+Importing this package imports no scorer module (nor torch): the registry names each scorer's module and class.
+"""
 
 from __future__ import annotations
 
 from dataclasses import MISSING, asdict, fields, is_dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .base import Scorer
-from .future_queries import FutureQueriesScorer
-from .knorm import KnormScorer
-from .lookahead import LookaheadScorer
-from .random import RandomScorer
-from .snapkv import SnapKVScorer
-from .streaming import StreamingScorer
+from ..registry import Registry
 
-SCORERS: dict[str, type[Scorer]] = {
-    "lookahead": LookaheadScorer,
-    "snapkv": SnapKVScorer,
-    "streaming": StreamingScorer,
-    "knorm": KnormScorer,
-    "random": RandomScorer,
-    "future_queries": FutureQueriesScorer,
-}
+if TYPE_CHECKING:
+    from .base import Scorer
+
+SCORERS = Registry(
+    __name__,
+    {
+        "lookahead": ".lookahead:LookaheadScorer",
+        "snapkv": ".snapkv:SnapKVScorer",
+        "streaming": ".streaming:StreamingScorer",
+        "knorm": ".knorm:KnormScorer",
+        "random": ".random:RandomScorer",
+        "future_queries": ".future_queries:FutureQueriesScorer",
+    },
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Scorer":
+        from .base import Scorer
+
+        return Scorer
+    return SCORERS.class_named(name)
 
 
 def get_scorer(scorer: str | Scorer, **kwargs: Any) -> Scorer:
     """Build a scorer from its registered name, or return a given :class:`Scorer` instance as is."""
+    from .base import Scorer
+
     if isinstance(scorer, Scorer):
         if kwargs:
             raise ValueError("scorer_kwargs are only used with a scorer name, not with a Scorer instance.")
@@ -58,5 +71,5 @@ __all__ = [
     "scorer_defaults",
     "scorer_name",
     "scorer_settings",
-    *(cls.__name__ for cls in SCORERS.values()),
+    *SCORERS.class_names(),
 ]

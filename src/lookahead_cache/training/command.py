@@ -1,53 +1,18 @@
-"""`lookahead-cache train`: train lookahead modules for a model on the offline training mix."""
+"""`lookahead-cache train`: train lookahead modules for a model on the offline training mix (arguments in
+`lookahead_cache.commands.train`)."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
-from pathlib import Path
 
-from ..cli import positive_int
 from ..default_model import DEFAULT_MODEL_HUB_ID
-from ..evaluation.suite import DEFAULT_MODEL, load_model
+from ..commands.eval import DEFAULT_MODEL
+from ..evaluation.suite import load_model
 from ..evaluation.tasks import get_task
 from .config import TrainingConfig
 from .trainer import ADAPTER_DIR, PLOT_NAME, train
-
-HELP = "Train the lookahead embeddings and LoRA of a model on the offline training mix (resumable)."
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = TrainingConfig()
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="'default' (SmolLM2-135M-Instruct) or a local model folder.")
-    parser.add_argument("--out", type=Path, required=True, help="Run folder: cached responses, checkpoints, the adapter.")
-    parser.add_argument("--tasks", nargs="+", default=defaults.tasks, help="Task families of the training mix.")
-    parser.add_argument("--lengths", type=positive_int, nargs="+", default=defaults.lengths, help="Prompt lengths.")
-    parser.add_argument("--samples-per-task", type=positive_int, default=defaults.samples_per_task)
-    parser.add_argument("--response-tokens", type=positive_int, default=defaults.response_tokens)
-    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
-    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="Peak learning rate.")
-    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
-    parser.add_argument("--grad-accum", type=positive_int, default=defaults.gradient_accumulation, help="Prompts per step.")
-    parser.add_argument("--save-every", type=positive_int, default=defaults.save_every, help="Checkpoint interval (steps).")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="Seed of the training prompts.")
-    parser.add_argument("--num-tokens", type=positive_int, default=defaults.num_tokens, help="Lookahead tokens.")
-    parser.add_argument("--lora-rank", type=positive_int, default=defaults.lora_rank)
-    parser.add_argument("--lora-alpha", type=positive_int, default=defaults.lora_alpha)
-    parser.add_argument(
-        "--validation-samples-per-task",
-        type=int,
-        default=defaults.validation_samples_per_task,
-        help="Validation prompts per family and length, drawn with --validation-seed; their KL is logged at every "
-        "checkpoint (0: none).",
-    )
-    parser.add_argument("--validation-seed", type=int, default=defaults.validation_seed)
-    parser.add_argument(
-        "--no-store-prompt-kv",
-        dest="store_prompt_kv",
-        action="store_false",
-        help="Do not store each prompt's keys and values on disk; every step then reruns the prompt (slower).",
-    )
 
 
 def check_arguments(args: argparse.Namespace) -> None:

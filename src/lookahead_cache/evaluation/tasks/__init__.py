@@ -4,39 +4,40 @@ documentation and sources. One file each, registered by name; `get_task(name).bu
 
 from __future__ import annotations
 
-from .base import Draft, Sample, Slot, TaskFamily
-from .code_continuation import CodeContinuation
-from .common_words import CommonWords
-from .doc_qa import DocQA
-from .few_shot_classification import FewShotClassification
-from .frequent_words import FrequentWords
-from .niah_multikey import NiahMultikey
-from .niah_multiquery import NiahMultiquery
-from .niah_multivalue import NiahMultivalue
-from .niah_single_essay import NiahSingleEssay
-from .niah_single_noise import NiahSingleNoise
-from .niah_single_uuid import NiahSingleUuid
-from .summary import Summary
-from .variable_tracking import VariableTracking
+from typing import TYPE_CHECKING, Any
 
-TASKS: dict[str, type[TaskFamily]] = {
-    family.name: family
-    for family in (
-        NiahSingleNoise,
-        NiahSingleEssay,
-        NiahSingleUuid,
-        NiahMultikey,
-        NiahMultivalue,
-        NiahMultiquery,
-        VariableTracking,
-        CommonWords,
-        FrequentWords,
-        DocQA,
-        CodeContinuation,
-        FewShotClassification,
-        Summary,
-    )
-}
+from ...registry import Registry
+
+if TYPE_CHECKING:
+    from .base import TaskFamily
+
+TASKS = Registry(
+    __name__,
+    {
+        "niah_single_noise": ".niah_single_noise:NiahSingleNoise",
+        "niah_single_essay": ".niah_single_essay:NiahSingleEssay",
+        "niah_single_uuid": ".niah_single_uuid:NiahSingleUuid",
+        "niah_multikey": ".niah_multikey:NiahMultikey",
+        "niah_multivalue": ".niah_multivalue:NiahMultivalue",
+        "niah_multiquery": ".niah_multiquery:NiahMultiquery",
+        "variable_tracking": ".variable_tracking:VariableTracking",
+        "common_words": ".common_words:CommonWords",
+        "frequent_words": ".frequent_words:FrequentWords",
+        "doc_qa": ".doc_qa:DocQA",
+        "code_continuation": ".code_continuation:CodeContinuation",
+        "few_shot_classification": ".few_shot_classification:FewShotClassification",
+        "summary": ".summary:Summary",
+    },
+)
+_BASE_NAMES = ("Draft", "Sample", "Slot", "TaskFamily")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _BASE_NAMES:
+        from . import base
+
+        return getattr(base, name)
+    return TASKS.class_named(name)
 
 
 def get_task(name: str) -> TaskFamily:
@@ -53,5 +54,5 @@ __all__ = [
     "Slot",
     "TaskFamily",
     "get_task",
-    *(family.__name__ for family in TASKS.values()),
+    *TASKS.class_names(),
 ]

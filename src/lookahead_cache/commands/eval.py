@@ -1,0 +1,90 @@
+"""`lookahead-cache eval`: every method side by side on the offline long-context suite."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cli import budget_value, positive_int
+from ..evaluation.tasks import TASKS
+
+RUNNER = "lookahead_cache.evaluation.suite"
+DEFAULT_MODEL = "default"
+MODES = ("question-aware", "question-agnostic")
+
+
+@dataclass(frozen=True)
+class SuiteSize:
+    lengths: tuple[int, ...]
+    samples: int
+    budgets: tuple[int | float, ...]
+    modes: tuple[str, ...]
+
+
+SIZES = {
+    # Every family and default method, two samples each so intervals exist: about 32 minutes on 2 CPU cores with
+    # the embedded 135M model.
+    "quick": SuiteSize(lengths=(2048,), samples=2, budgets=(64, 128, 256), modes=("question-aware",)),
+    "full": SuiteSize(
+        lengths=(1024, 2048, 4096, 8192), samples=20, budgets=(64, 128, 256, 512, 0.1, 0.25, 0.5), modes=MODES
+    ),
+}
+# What runs unless told otherwise: one row per scorer, with the allocation it is known by (the rest of
+# lookahead_cache.evaluation.methods.METHODS: adakv, lukv, lookahead-adakv, lookahead-lukv).
+DEFAULT_METHODS = ("full", "streaming", "knorm", "random", "snapkv", "pyramidkv", "oracle", "laq", "lookahead")
+EXTRA_METHODS = ("adakv", "lukv", "lookahead-adakv", "lookahead-lukv")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="'default' (the embedded SmolLM2-135M-Instruct) or a local model directory.",
+    )
+    parser.add_argument(
+        "--size",
+        choices=list(SIZES),
+        default="quick",
+        help="Preset of lengths, samples, budgets and modes: quick is 2048 tokens, 2 samples per family, budgets 64 "
+        "128 256, question-aware (about 32 min on 2 CPU cores); full is the GPU-sized sweep.",
+    )
+    parser.add_argument("--quick", dest="size", action="store_const", const="quick", help="Same as --size quick.")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(DEFAULT_METHODS),
+        choices=[*DEFAULT_METHODS, *EXTRA_METHODS],
+        metavar="METHOD",
+        help=f"Methods to compare; choices: {', '.join([*DEFAULT_METHODS, *EXTRA_METHODS])}.",
+    )
+    parser.add_argument(
+        "--adapter",
+        help="Lookahead adapter (local folder or Hub repo id) for the lookahead methods; with the default model, "
+        "the adapter shipped with lookahead-cache when not given.",
+    )
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=list(TASKS),
+        metavar="TASK",
+        help=f"Task families (all if not given): {', '.join(TASKS)}.",
+    )
+    parser.add_argument(
+        "--budgets",
+        type=budget_value,
+        nargs="+",
+        help="Budgets (tokens, or fractions in (0, 1]); the preset's if not given.",
+    )
+    parser.add_argument(
+        "--lengths", type=positive_int, nargs="+", help="Prompt lengths in tokens; the preset's if not given."
+    )
+    parser.add_argument(
+        "--samples", type=positive_int, help="Samples per task family and length; the preset's if not given."
+    )
+    parser.add_argument(
+        "--modes", nargs="+", choices=MODES, help="Question-aware and/or question-agnostic; the preset's if not given."
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the task samples.")
+    parser.add_argument("--out", type=Path, required=True, help="Output directory (resumable).")
+    parser.add_argument("--results-page", type=Path, help="Also write the results page here (e.g. docs/results.md).")

@@ -1,0 +1,78 @@
+"""`lookahead-cache train`: lookahead modules for a model, trained on the offline training mix."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..cli import positive_int
+from ..evaluation.tasks import TASKS
+from ..training.config import TrainingConfig
+from .eval import DEFAULT_MODEL
+
+RUNNER = "lookahead_cache.training.command"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainingConfig()
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"'{DEFAULT_MODEL}' (the embedded SmolLM2-135M-Instruct) or a local model folder.",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="Run folder: cached responses, checkpoints, the adapter."
+    )
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=defaults.tasks,
+        choices=list(TASKS),
+        metavar="TASK",
+        help="Task families of the training mix.",
+    )
+    parser.add_argument("--lengths", type=positive_int, nargs="+", default=defaults.lengths, help="Prompt lengths.")
+    parser.add_argument(
+        "--samples-per-task",
+        type=positive_int,
+        default=defaults.samples_per_task,
+        help="Prompts per family and length.",
+    )
+    parser.add_argument(
+        "--response-tokens", type=positive_int, default=defaults.response_tokens, help="Tokens of each target answer."
+    )
+    parser.add_argument(
+        "--epochs", type=positive_int, default=defaults.epochs, help="Passes over the training prompts."
+    )
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="Peak learning rate.")
+    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="Linear warm-up steps.")
+    parser.add_argument(
+        "--grad-accum", type=positive_int, default=defaults.gradient_accumulation, help="Prompts per step."
+    )
+    parser.add_argument(
+        "--save-every", type=positive_int, default=defaults.save_every, help="Checkpoint interval (steps)."
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="Seed of the training prompts.")
+    parser.add_argument("--num-tokens", type=positive_int, default=defaults.num_tokens, help="Lookahead tokens.")
+    parser.add_argument(
+        "--lora-rank", type=positive_int, default=defaults.lora_rank, help="Rank of the lookahead LoRA."
+    )
+    parser.add_argument(
+        "--lora-alpha", type=positive_int, default=defaults.lora_alpha, help="Alpha of the lookahead LoRA."
+    )
+    parser.add_argument(
+        "--validation-samples-per-task",
+        type=int,
+        default=defaults.validation_samples_per_task,
+        help="Validation prompts per family and length, drawn with --validation-seed; their KL is logged at every "
+        "checkpoint (0: none).",
+    )
+    parser.add_argument(
+        "--validation-seed", type=int, default=defaults.validation_seed, help="Seed of the validation prompts."
+    )
+    parser.add_argument(
+        "--no-store-prompt-kv",
+        dest="store_prompt_kv",
+        action="store_false",
+        help="Do not store each prompt's keys and values on disk; every step then reruns the prompt (slower).",
+    )
