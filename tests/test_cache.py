@@ -244,6 +244,23 @@ def test_left_padded_batch_equals_each_row_generated_alone(architecture, attn):
     assert kept.tolist() == [16, 16, 12]
 
 
+@pytest.mark.parametrize("allocation", ["uniform", "adakv"])
+@pytest.mark.parametrize("architecture", ["llama", "gemma3"])
+def test_full_cache_nbytes_is_what_a_dynamic_cache_holds_after_the_same_generate(architecture, allocation):
+    model = tiny_model(architecture)
+    input_ids = prompt_ids(40, batch=2)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, :9] = 0
+    # What generate builds when given no cache: sliding-window layers keep their window.
+    dynamic = DynamicCache(config=model.config)
+    generate(model, input_ids, dynamic, attention_mask=attention_mask)
+    cache = LookaheadCache(budget=16, scorer="snapkv", allocation=allocation, window=4)
+    generate(model, input_ids, cache, attention_mask=attention_mask)
+    dynamic_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in dynamic.layers)
+    assert cache.full_cache_nbytes() == dynamic_bytes
+    assert cache.nbytes() < dynamic_bytes
+
+
 @pytest.mark.parametrize("architecture", ["llama", "gemma3"])
 def test_second_generate_call_continues_the_cache(architecture):
     model = tiny_model(architecture)

@@ -11,6 +11,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch.overrides import TorchFunctionMode
 from transformers import DynamicCache
+from transformers.testing_utils import CaptureLogger
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from lookahead_cache import LookaheadCache
@@ -402,7 +403,43 @@ def test_peft_from_pretrained_alone_is_the_base_model_and_our_cache_explains_wha
 def test_lookahead_scorer_without_adapter_names_the_fix():
     input_ids, attention_mask = padded_batch()
     with pytest.raises(ValueError, match="lookahead adapter.*load_lookahead.*snapkv"):
-        greedy(tiny_model(), input_ids, attention_mask, LookaheadCache(budget=20, sink=2, window=4))
+        greedy(tiny_model(), input_ids, attention_mask, LookaheadCache(budget=20, scorer="lookahead", sink=2, window=4))
+
+
+def test_default_scorer_is_the_lookahead_scorer_on_a_model_with_an_adapter():
+    model = lookahead_model()
+    input_ids, attention_mask = padded_batch()
+    settings = dict(budget=20, sink=2, window=4)
+    default = LookaheadCache(**settings)
+    explicit = LookaheadCache(scorer="lookahead", **settings)
+    assert torch.equal(greedy(model, input_ids, attention_mask, default), greedy(model, input_ids, attention_mask, explicit))
+    assert isinstance(default.scorer, LookaheadScorer)
+    assert torch.equal(default.kept_tokens(), explicit.kept_tokens())
+    assert all(torch.equal(a.keys, b.keys) for a, b in zip(default.layers, explicit.layers))
+
+
+def test_default_scorer_falls_back_to_snapkv_without_an_adapter_and_says_so_once():
+    from transformers.utils import logging
+
+    logging.get_logger("lookahead_cache").warning_once.cache_clear()
+    input_ids, attention_mask = padded_batch()
+    settings = dict(budget=20, sink=2, window=4)
+    with CaptureLogger(logging.get_logger("lookahead_cache.cache")) as captured:
+        default = LookaheadCache(**settings)
+        text = greedy(tiny_model(), input_ids, attention_mask, default)
+        greedy(tiny_model(), input_ids, attention_mask, LookaheadCache(**settings))
+    assert captured.out.count("no lookahead adapter, so prompt tokens are scored with snapkv") == 1
+    explicit = LookaheadCache(scorer="snapkv", **settings)
+    assert torch.equal(text, greedy(tiny_model(), input_ids, attention_mask, explicit))
+    assert torch.equal(default.kept_tokens(), explicit.kept_tokens())
+    assert all(torch.equal(a.keys, b.keys) for a, b in zip(default.layers, explicit.layers))
+    # A fresh copy of a cache that fell back asks again: the next model may carry an adapter.
+    assert default.fresh().cache_config.scorer == "auto"
+
+
+def test_scorer_arguments_need_a_named_scorer():
+    with pytest.raises(ValueError, match="scorer_kwargs.*need a named scorer"):
+        LookaheadCache(budget=64, scorer_kwargs={"window": 8})
 
 
 def test_adapter_for_another_base_model_is_refused_naming_both(tmp_path):

@@ -273,9 +273,26 @@ class LookaheadCache(Cache):
         """Bytes held by the stored keys and values of every layer."""
         return sum(
             layer.nbytes() if isinstance(layer, PackedLayer) else layer.keys.nbytes + layer.values.nbytes
+            for layer in self._stored_layers()
+        )
+
+    def full_cache_nbytes(self) -> int:
+        """Bytes the model's own cache would hold after the same tokens (the `DynamicCache` that `generate` builds
+        from the model's config): every token seen, padding included, in each full-attention layer, and each
+        sliding-window layer's window. `cache.nbytes()` beside it is what eviction saves."""
+        return sum(
+            layer.full_nbytes()
+            if isinstance(layer, (EvictingLayer, PackedLayer))
+            else layer.keys.nbytes + layer.values.nbytes
+            for layer in self._stored_layers()
+        )
+
+    def _stored_layers(self) -> list:
+        return [
+            layer
             for layer in self.layers
             if layer.is_initialized and (isinstance(layer, PackedLayer) or layer.keys is not None)
-        )
+        ]
 
     # ----- end of prefill --------------------------------------------------------------------------------
 

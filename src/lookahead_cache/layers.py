@@ -114,6 +114,11 @@ class EvictingLayer(DynamicLayer):
         padding = (~self.prompt_slot_valid).sum(-1).cpu()
         return (slots - padding).expand(batch, kv_heads).clone()
 
+
+    def full_nbytes(self) -> int:
+        """Bytes this layer would hold without eviction: every token seen, in every row and KV head."""
+        batch, kv_heads, _, head_dim = self.keys.shape
+        return 2 * batch * kv_heads * self.cumulative_length * head_dim * self.keys.element_size()
     def crop(self, tokens_to_remove: int) -> None:
         if self.is_compressed:
             raise ValueError(

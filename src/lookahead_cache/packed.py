@@ -234,6 +234,11 @@ class PackedLayer(CacheLayerMixin):
         padding of rows that keep fewer prompt tokens than the row that keeps most (none when the totals agree)."""
         return self.row_keys.nbytes + self.row_values.nbytes
 
+
+    def full_nbytes(self) -> int:
+        """Bytes this layer would hold without eviction: every token seen, in every row and KV head."""
+        head_dim = self.row_keys.shape[-1]
+        return 2 * self.batch_size * self.kv_heads * self.cumulative_length * head_dim * self.row_keys.element_size()
     def to_padded(self):
         """The same layer as an `EvictingLayer` in the padded layout (to stack it with other caches' layers)."""
         from .layers import EvictingLayer
