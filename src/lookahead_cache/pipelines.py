@@ -8,7 +8,8 @@ from .cache import LookaheadCache
 
 
 class LookaheadTextGenerationPipeline(TextGenerationPipeline):
-    """`TextGenerationPipeline` where a `past_key_values=LookaheadCache(...)` (or `cache=`) argument is a template.
+    """`TextGenerationPipeline` where a `cache=LookaheadCache(...)` (`past_key_values=` before transformers 5.24) argument
+    is a template.
 
     The stock pipeline forwards generate kwargs as they are, so a single cache object would be shared by every
     input of a call and the second input would continue the first one's cache. Here each forward gets
@@ -16,7 +17,7 @@ class LookaheadTextGenerationPipeline(TextGenerationPipeline):
 
         pipe = pipeline("text-generation", model=model, tokenizer=tokenizer,
                         pipeline_class=LookaheadTextGenerationPipeline)
-        pipe(prompts, past_key_values=LookaheadCache(budget=256, scorer="snapkv"), max_new_tokens=32)
+        pipe(prompts, cache=LookaheadCache(budget=256), max_new_tokens=32)
     """
 
     def _forward(self, model_inputs, **generate_kwargs):

@@ -17,7 +17,7 @@ from transformers.utils import logging
 
 from .cards import render_model_card
 from .config import LOOKAHEAD_CONFIG_NAME, LOOKAHEAD_WEIGHTS_NAME, BaseModelSignature, LookaheadConfig
-from .lookahead import DEFAULT_ADAPTER_NAME, LookaheadAdapter, attach_lookahead, check_lora_config
+from .lookahead import DEFAULT_ADAPTER_NAME, LookaheadAdapter, attach_lookahead, check_lora_config, peft_wrapping
 
 logger = logging.get_logger(__name__)
 
@@ -112,7 +112,10 @@ def load_lookahead(
     check_lora_config(LoraConfig.from_pretrained(str(folder)), source)
     embeddings = _load_embeddings(folder / LOOKAHEAD_WEIGHTS_NAME, config, base_model, source)
     try:
-        peft_model = PeftModel.from_pretrained(base_model, str(folder), adapter_name=adapter_name, is_trainable=is_trainable)
+        with peft_wrapping():
+            peft_model = PeftModel.from_pretrained(
+                base_model, str(folder), adapter_name=adapter_name, is_trainable=is_trainable
+            )
     except SafetensorError as error:
         raise ValueError(f"{source}: {PEFT_WEIGHTS_NAME} is not a valid safetensors file ({error}).") from error
     adapter = LookaheadAdapter(config, peft_model, adapter_name)

@@ -17,6 +17,7 @@ small module of ours, saved next to PEFT's files and attached to the model it wa
 from __future__ import annotations
 
 import hashlib
+import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -261,6 +262,15 @@ def check_lora_config(lora: LoraConfig, source: str) -> None:
         )
 
 
+@contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Around PEFT wrapping a model: PEFT (0.21) reads `model.is_gradient_checkpointing`, which transformers 5.25
+    deprecated with a FutureWarning that only PEFT can act on; users of this library would see it at every load."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def add_lookahead(
     model: PreTrainedModel, config: LookaheadConfig | None = None, adapter_name: str = DEFAULT_ADAPTER_NAME
 ) -> PeftModel:
@@ -273,7 +283,8 @@ def add_lookahead(
         config.base_model = BaseModelSignature.of(model.config)
     if config.base_model_name_or_path is None:
         config.base_model_name_or_path = getattr(model.config, "_name_or_path", None) or None
-    peft_model = get_peft_model(model, lora_config(config), adapter_name=adapter_name)
+    with peft_wrapping():
+        peft_model = get_peft_model(model, lora_config(config), adapter_name=adapter_name)
     attach_lookahead(peft_model, LookaheadAdapter(config, peft_model, adapter_name))
     return peft_model
 
