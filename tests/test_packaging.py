@@ -95,3 +95,25 @@ def test_wheel_imports_its_kernels_and_runs_a_scorer(wheel, tmp_path):
     assert origin.startswith(str(tmp_path / "site"))
     assert float(total) == pytest.approx(1.0)
     assert "adapter_model.safetensors" in adapter_files and "lukv_profile_lookahead.safetensors" in adapter_files
+
+
+def test_core_evicts_without_triton_evaluate_or_gguf():
+    # A None entry in sys.modules makes `import name` fail, as on a machine where it is not installed.
+    code = (
+        "import sys\n"
+        "for name in ('triton', 'evaluate', 'datasets', 'gguf', 'matplotlib'):\n"
+        "    sys.modules[name] = None\n"
+        "import torch\n"
+        "from transformers import AutoModelForCausalLM, LlamaConfig\n"
+        "from lookahead_cache import LookaheadCache\n"
+        "from lookahead_cache.prefill import CACHE_ARGUMENT\n"
+        "config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,\n"
+        "                     num_attention_heads=4, num_key_value_heads=2)\n"
+        "model = AutoModelForCausalLM.from_config(config).eval()\n"
+        "cache = LookaheadCache(budget=48, scorer='snapkv')\n"
+        "model(torch.randint(3, 128, (1, 100)), **{CACHE_ARGUMENT: cache})\n"
+        "print(cache.kept_tokens().unique().tolist())\n"
+    )
+    result = run_python(code, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[48]"
