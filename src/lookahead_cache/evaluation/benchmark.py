@@ -28,7 +28,7 @@ from ..cache import LookaheadCache
 from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, default_model_path, load_default_model
 from .documents import haystack_ids
 from .methods import CacheMethod
-from .timing import TimedGeneration, prefill_flops, timed_generation
+from .timing import TimedGeneration, median_prefill_ratio, prefill_flops, timed_generation
 
 logger = logging.get_logger(__name__)
 
@@ -237,7 +237,7 @@ def _summarize(
         # Paired by round: runs are interleaved, so each round's full-cache run saw the machine as this one did.
         paired = [mine / theirs - 1 for mine, theirs in zip(row["prefill_s_runs"], full["prefill_s_runs"])]
         row["prefill_overhead_runs"] = paired
-        row["prefill_overhead"] = statistics.median(paired)
+        row["prefill_overhead"] = median_prefill_ratio(runs[row["cache"]], runs[full["cache"]]) - 1
         row["prefill_overhead_fastest"] = min(row["prefill_s_runs"]) / min(full["prefill_s_runs"]) - 1
         row["prefill_flops_overhead"] = row["prefill_flops"] / full["prefill_flops"] - 1
         row["decode_speedup"] = full["decode_ms_per_token"] / row["decode_ms_per_token"]

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from peft import PeftModel
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
@@ -61,6 +62,17 @@ class TimedGeneration:
     def decode_ms_per_token(self) -> float:
         """Median decode step in milliseconds (robust to the odd slow step); NaN when no step ran."""
         return 1000 * statistics.median(self.decode_seconds) if self.decode_seconds else float("nan")
+
+
+def median_prefill_ratio(runs: list[TimedGeneration], baseline_runs: list[TimedGeneration]) -> float:
+    """Median over rounds of a run's prefill time over the baseline's in the same round (1.06: 6% slower).
+
+    Run the two interleaved, round by round: a round's pair then saw the machine in the same state (clock, other
+    load), and the median sets aside a round that a burst of other load hit.
+    """
+    if len(runs) != len(baseline_runs):
+        raise ValueError(f"Pair runs round by round: got {len(runs)} runs and {len(baseline_runs)} baseline runs.")
+    return statistics.median(run.prefill_seconds / base.prefill_seconds for run, base in zip(runs, baseline_runs))
 
 
 def kv_nbytes(cache: Cache) -> int:
@@ -185,12 +197,13 @@ def timed_generation(
     *,
     eos_token_id: int | list[int] | None = None,
     measure_memory: bool = False,
+    progress: bool = False,
 ) -> TimedGeneration:
     """Greedy generation of up to `new_tokens` tokens from `input_ids` (`[1, prompt_len]`) into `cache`.
 
-    The tokens are those of `model.generate(input_ids, do_sample=False, past_key_values=cache)` with the
-    same `max_new_tokens` and end-of-sequence tokens. Generation stops early after an `eos_token_id`; pass
-    None to always run `new_tokens` steps, as a benchmark wants.
+    The tokens are those of `model.generate(input_ids, do_sample=False, cache=cache)` (`past_key_values=` before
+    transformers 5.24; see `CACHE_ARGUMENT`) with the same `max_new_tokens` and end-of-sequence tokens. Generation
+    stops early after an `eos_token_id`; pass None to always run `new_tokens` steps, as a benchmark wants.
 
     Args:
         model: A causal LM.
@@ -199,6 +212,8 @@ def timed_generation(
         new_tokens: Tokens to generate (the first comes from the prefill, each later one from a decode step).
         eos_token_id: End-of-sequence token id(s).
         measure_memory: Measure the peak memory of the prefill forward (see `PrefillMemory`).
+        progress: Show a progress bar over the generated tokens (on stderr, removed when done). It is drawn and
+            updated between the timed regions, so it adds nothing to the measured times.
     """
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"input_ids must hold one prompt, shape [1, prompt_len]; got {tuple(input_ids.shape)}.")
@@ -209,12 +224,14 @@ def timed_generation(
     stop = set([eos_token_id] if isinstance(eos_token_id, int) else eos_token_id or [])
     clock = _CudaClock() if input_ids.device.type == "cuda" else _WallClock()
 
+    bar = tqdm(total=new_tokens, desc="generating", unit="token", leave=False, disable=not progress)
     memory = PrefillMemory(input_ids.device)
     with memory if measure_memory else contextlib.nullcontext():
         start = clock.mark()
         token = _prefill(model, input_ids, cache)
         end = clock.mark()
     prefill_seconds = clock.seconds(start, end)
+    bar.update()
     kept_prompt_tokens = stored_prompt_tokens(cache)
     kv_bytes_after_prefill = kv_nbytes(cache)
     peak_kv_bytes = getattr(cache, "peak_nbytes", kv_bytes_after_prefill)
@@ -229,6 +246,8 @@ def timed_generation(
         logits = step_model(input_ids=tokens[-1], **{CACHE_ARGUMENT: cache}, use_cache=True).logits
         tokens.append(logits[:, -1].argmax(-1, keepdim=True))
         marks.append((start, clock.mark()))
+        bar.update()
+    bar.close()
     return TimedGeneration(
         tokens=torch.cat(tokens, dim=-1)[0].tolist(),
         prompt_tokens=input_ids.shape[-1],
