@@ -5,8 +5,8 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-from hub_server import local_hub  # noqa: E402, F401
 import torch  # noqa: E402
+from hub_server import local_hub  # noqa: E402, F401
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     Gemma3TextConfig,

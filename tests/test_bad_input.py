@@ -6,6 +6,7 @@ from conftest import prompt_ids, tiny_model
 from torch import nn
 
 from lookahead_cache import LookaheadCache
+from lookahead_cache.prefill import CACHE_ARGUMENT
 from lookahead_cache.scorers import Scorer
 
 
@@ -43,7 +44,7 @@ def test_fraction_leaving_less_than_the_protected_tokens_is_refused_at_prefill()
     cache = LookaheadCache(budget=0.1, scorer="knorm", sink=4, window=8)
     with pytest.raises(ValueError, match="fewer than the 12 protected"):
         with torch.no_grad():
-            model(prompt_ids(50), past_key_values=cache)
+            model(prompt_ids(50), **{CACHE_ARGUMENT: cache})
 
 
 def test_unknown_scorer_names_the_available_ones():
@@ -73,7 +74,7 @@ def test_scorer_returning_a_wrong_shape_is_reported():
 
     with pytest.raises(ValueError, match=r"BrokenScorer.score returned shape \(40,\)"):
         with torch.no_grad():
-            tiny_model()(prompt_ids(40), past_key_values=LookaheadCache(budget=16, scorer=BrokenScorer(), window=4))
+            tiny_model()(prompt_ids(40), **{CACHE_ARGUMENT: LookaheadCache(budget=16, scorer=BrokenScorer(), window=4)})
 
 
 def test_unsupported_attention_implementation_is_refused():
@@ -81,7 +82,7 @@ def test_unsupported_attention_implementation_is_refused():
     model.set_attn_implementation("flex_attention")
     with pytest.raises(ValueError, match="supports attn_implementation 'sdpa', 'eager' and 'lookahead_varlen'"):
         with torch.no_grad():
-            model(prompt_ids(40), past_key_values=LookaheadCache(budget=16, scorer="snapkv", window=4))
+            model(prompt_ids(40), **{CACHE_ARGUMENT: LookaheadCache(budget=16, scorer="snapkv", window=4)})
 
 
 class OpaqueAttention(nn.Module):
@@ -102,12 +103,12 @@ class OpaqueModel(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(OpaqueAttention(i) for i in range(2))
 
-    def forward(self, hidden, past_key_values):
+    def forward(self, hidden, cache):
         for layer in self.layers:
-            hidden = layer(hidden, past_key_values)
+            hidden = layer(hidden, cache)
         return hidden
 
 
 def test_model_whose_attention_modules_cannot_be_found_is_refused():
     with pytest.raises(RuntimeError, match="could not find the attention module of layer 0"):
-        OpaqueModel()(torch.zeros(1, 10, 8), past_key_values=LookaheadCache(budget=4, scorer="knorm", sink=0, window=0))
+        OpaqueModel()(torch.zeros(1, 10, 8), cache=LookaheadCache(budget=4, scorer="knorm", sink=0, window=0))

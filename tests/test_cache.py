@@ -7,6 +7,7 @@ from transformers import DynamicCache
 
 from lookahead_cache import LookaheadCache
 from lookahead_cache.layers import EvictingLayer
+from lookahead_cache.prefill import CACHE_ARGUMENT
 from lookahead_cache.scorers import Scorer
 from lookahead_cache.scorers.base import pool_scores
 
@@ -19,7 +20,7 @@ def generate(model, input_ids, cache, attention_mask=None, **kwargs):
     return model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        past_key_values=cache,
+        **{CACHE_ARGUMENT: cache},
         max_new_tokens=NEW_TOKENS,
         do_sample=False,
         **kwargs,
@@ -47,9 +48,9 @@ def test_first_token_logits_identical_with_and_without_eviction(architecture, sc
     model = tiny_model(architecture)
     input_ids = prompt_ids(64)
     with torch.no_grad():
-        full = model(input_ids, past_key_values=DynamicCache()).logits[:, -1]
+        full = model(input_ids, **{CACHE_ARGUMENT: DynamicCache()}).logits[:, -1]
         cache = LookaheadCache(budget=16, scorer=scorer, window=4)
-        evicted = model(input_ids, past_key_values=cache).logits[:, -1]
+        evicted = model(input_ids, **{CACHE_ARGUMENT: cache}).logits[:, -1]
     assert torch.equal(full, evicted)
     assert cache.is_compressed
 
@@ -71,7 +72,7 @@ def test_fraction_budget_keeps_that_share_of_the_prompt():
     model = tiny_model()
     cache = LookaheadCache(budget=0.25, scorer="knorm", sink=2, window=4)
     with torch.no_grad():
-        model(prompt_ids(80), past_key_values=cache)
+        model(prompt_ids(80), **{CACHE_ARGUMENT: cache})
     assert torch.equal(cache.kept_tokens(), torch.full((3, 1, 2), 20))
 
 
@@ -138,7 +139,7 @@ def test_each_head_keeps_its_top_scores_plus_sink_and_window():
     cache = LookaheadCache(budget=12, scorer=scorer, sink=2, window=3)
     length = 40
     with torch.no_grad():
-        model(prompt_ids(length), past_key_values=cache)
+        model(prompt_ids(length), **{CACHE_ARGUMENT: cache})
     protected = {0, 1, 37, 38, 39}
     head0 = protected | set(range(2, 2 + 7))
     head1 = protected | set(range(37 - 7, 37))
@@ -147,7 +148,7 @@ def test_each_head_keeps_its_top_scores_plus_sink_and_window():
     # Kept keys are the original keys at those positions.
     with torch.no_grad():
         full = DynamicCache()
-        model(prompt_ids(length), past_key_values=full)
+        model(prompt_ids(length), **{CACHE_ARGUMENT: full})
     for layer_idx, layer in enumerate(cache.layers):
         for head, positions in ((0, head0), (1, head1)):
             expected = full.layers[layer_idx].keys[0, head, sorted(positions)]
@@ -158,7 +159,7 @@ def test_pyramid_budgets_shrink_with_depth_and_keep_the_total():
     model = tiny_model()
     cache = LookaheadCache(budget=20, scorer="snapkv", allocation="pyramid", sink=2, window=4)
     with torch.no_grad():
-        model(prompt_ids(64), past_key_values=cache)
+        model(prompt_ids(64), **{CACHE_ARGUMENT: cache})
     per_layer = cache.kept_tokens()[:, 0, 0].tolist()
     assert per_layer == sorted(per_layer, reverse=True) and per_layer[0] > per_layer[-1]
     assert sum(per_layer) == 3 * 20
@@ -190,7 +191,7 @@ def test_adakv_cache_keeps_varying_heads_within_the_uniform_total(scorer):
     model = tiny_model()
     cache = LookaheadCache(budget=20, scorer=scorer, allocation="adakv", sink=2, window=4)
     with torch.no_grad():
-        model(prompt_ids(64), past_key_values=cache)
+        model(prompt_ids(64), **{CACHE_ARGUMENT: cache})
     kept = cache.kept_tokens()[:, 0]
     assert kept.sum(-1).tolist() == [kept.shape[-1] * 20] * kept.shape[0]
     assert bool((kept >= 6 + 2).all()) and bool((kept[:, 0] != kept[:, 1]).any())
@@ -207,14 +208,14 @@ def test_decoding_after_eviction_equals_full_cache_with_evicted_tokens_masked():
     kept[:, length - (budget - sink) :] = 1
     with torch.no_grad():
         cache = LookaheadCache(budget=budget, scorer="streaming", sink=sink, window=4)
-        model(input_ids, past_key_values=cache)
-        evicted = model(next_token, past_key_values=cache).logits
+        model(input_ids, **{CACHE_ARGUMENT: cache})
+        evicted = model(next_token, **{CACHE_ARGUMENT: cache}).logits
 
         full = DynamicCache()
-        model(input_ids, past_key_values=full)
+        model(input_ids, **{CACHE_ARGUMENT: full})
         masked = model(
             next_token,
-            past_key_values=full,
+            **{CACHE_ARGUMENT: full},
             attention_mask=torch.cat([kept[:, :length], torch.ones(1, 1, dtype=torch.long)], dim=1),
             position_ids=torch.tensor([[length]]),
         ).logits
@@ -309,7 +310,7 @@ def test_crop_after_eviction_raises():
     model = tiny_model()
     cache = LookaheadCache(budget=16, scorer="knorm", window=4)
     with torch.no_grad():
-        model(prompt_ids(40), past_key_values=cache)
+        model(prompt_ids(40), **{CACHE_ARGUMENT: cache})
     with pytest.raises(ValueError, match="cannot be restored"):
         cache.crop(-1)
     assert not cache.is_croppable
@@ -320,9 +321,9 @@ def test_prefill_holds_at_most_one_uncompressed_layer():
     length, budget = 200, 16
     cache = LookaheadCache(budget=budget, scorer="snapkv", window=4)
     with torch.no_grad():
-        model(prompt_ids(length), past_key_values=cache)
+        model(prompt_ids(length), **{CACHE_ARGUMENT: cache})
         full = DynamicCache()
-        model(prompt_ids(length), past_key_values=full)
+        model(prompt_ids(length), **{CACHE_ARGUMENT: full})
     layer_bytes = full.layers[0].keys.nbytes + full.layers[0].values.nbytes
     assert cache.nbytes() == 3 * layer_bytes * budget // length
     # While layer l is prefilled, layers < l are compressed and l is full.
@@ -339,7 +340,7 @@ def test_cache_releases_its_hooks_when_garbage_collected():
     cache = LookaheadCache(budget=16, scorer="knorm", window=4)
     assert len(torch_module._global_forward_hooks) == before + 1
     with torch.no_grad():
-        model(prompt_ids(40), past_key_values=cache)
+        model(prompt_ids(40), **{CACHE_ARGUMENT: cache})
     assert len(torch_module._global_forward_hooks) == before
     assert any(m._forward_pre_hooks for m in model.modules())
     del cache
@@ -376,6 +377,6 @@ def test_cache_config_rebuilds_configured_instances_through_json(tmp_path):
     assert isinstance(rebuilt.allocator, PyramidAllocator)
     model = tiny_model()
     with torch.no_grad():
-        model(prompt_ids(64), past_key_values=cache)
-        model(prompt_ids(64), past_key_values=rebuilt)
+        model(prompt_ids(64), **{CACHE_ARGUMENT: cache})
+        model(prompt_ids(64), **{CACHE_ARGUMENT: rebuilt})
     assert torch.equal(cache.layers[0].keys, rebuilt.layers[0].keys)

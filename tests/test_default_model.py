@@ -1,12 +1,14 @@
 """The cache on the embedded, trained SmolLM2-135M-Instruct (30 layers, 9 query / 3 KV heads)."""
 
 import pydoc_data.topics
+
 import pytest
 import torch
 from transformers import DynamicCache
 
 from lookahead_cache import LookaheadCache
 from lookahead_cache.layers import EvictingLayer
+from lookahead_cache.prefill import CACHE_ARGUMENT
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +27,7 @@ def greedy(model, input_ids, cache, new_tokens=12, **kwargs):
     return model.generate(
         input_ids,
         attention_mask=kwargs.pop("attention_mask", torch.ones_like(input_ids)),
-        past_key_values=cache,
+        **{CACHE_ARGUMENT: cache},
         max_new_tokens=new_tokens,
         do_sample=False,
         **kwargs,
@@ -37,7 +39,9 @@ def test_answer_matches_dynamic_cache_when_budget_covers_prompt(default_model):
     input_ids = chat_ids(tokenizer, "What is the capital of France?")
     expected = greedy(model, input_ids, DynamicCache())
     assert "Paris" in tokenizer.decode(expected[0, input_ids.shape[1] :])
-    assert torch.equal(greedy(model, input_ids, LookaheadCache(budget=input_ids.shape[1], scorer="snapkv", window=8)), expected)
+    assert torch.equal(
+        greedy(model, input_ids, LookaheadCache(budget=input_ids.shape[1], scorer="snapkv", window=8)), expected
+    )
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -47,9 +51,9 @@ def test_first_token_logits_identical_and_budget_kept_after_eviction(default_mod
     try:
         input_ids = chat_ids(tokenizer, "Summarise the text above.", context_chars=2500)
         with torch.no_grad():
-            full = model(input_ids, past_key_values=DynamicCache()).logits[:, -1]
+            full = model(input_ids, **{CACHE_ARGUMENT: DynamicCache()}).logits[:, -1]
             cache = LookaheadCache(budget=128, scorer="snapkv")
-            evicted = model(input_ids, past_key_values=cache).logits[:, -1]
+            evicted = model(input_ids, **{CACHE_ARGUMENT: cache}).logits[:, -1]
         assert torch.equal(full, evicted)
         assert input_ids.shape[1] > 400
         assert torch.equal(cache.kept_tokens(), torch.full((30, 1, 3), 128))
@@ -85,7 +89,9 @@ def test_second_turn_continues_the_evicted_cache(default_model):
     cache = LookaheadCache(budget=128, scorer="snapkv")
     first_out = greedy(model, first, cache, new_tokens=8)
     turn = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, return_tensors="pt",
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
         return_dict=True,
     )["input_ids"]
     conversation = torch.cat([first_out, turn], dim=1)
@@ -122,7 +128,7 @@ def test_shipped_lookahead_adapter_keeps_the_base_model_exact_and_finds_the_need
     assert torch.equal(greedy(model, input_ids, LookaheadCache(budget=1.0)), expected)
     reference = base(input_ids).logits[:, -1]
     cache = LookaheadCache(budget=128)
-    assert torch.equal(model(input_ids, past_key_values=cache).logits[:, -1], reference)
+    assert torch.equal(model(input_ids, **{CACHE_ARGUMENT: cache}).logits[:, -1], reference)
     assert cache.kept_tokens().max() == 128
 
     task = build_needle_task(tokenizer, 2000, seed=0)
@@ -134,6 +140,6 @@ def test_shipped_lookahead_adapter_keeps_the_base_model_exact_and_finds_the_need
     for scorer in ("lookahead", "snapkv"):
         cache = LookaheadCache(budget=256, scorer=scorer, allocation="lukv")
         with torch.no_grad():
-            model(needle_ids, past_key_values=cache)
+            model(needle_ids, **{CACHE_ARGUMENT: cache})
         kept = cache.kept_tokens()[:, 0]
         assert int(kept.sum()) == 256 * kept.numel() and int(kept.max()) > 2 * int(kept.min()), scorer

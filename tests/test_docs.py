@@ -83,13 +83,47 @@ def test_quickstart_runs_without_deprecations(capsys):
 @pytest.mark.slow
 def test_short_eval_and_bench_raise_no_deprecations(tmp_path, capsys):
     with deprecations_from_our_code() as found:
-        assert main([
-            "eval", "--tasks", "niah_single_noise", "--lengths", "512", "--samples", "1", "--budgets", "64",
-            "--methods", "full", "snapkv", "lookahead", "--out", str(tmp_path / "eval"),
-        ]) == 0
-        assert main([
-            "bench", "--random-weights", "--lengths", "256", "--budget", "64", "--scorers", "snapkv", "lookahead",
-            "--decode-tokens", "2", "--repeats", "1",
-        ]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--tasks",
+                    "niah_single_noise",
+                    "--lengths",
+                    "512",
+                    "--samples",
+                    "1",
+                    "--budgets",
+                    "64",
+                    "--methods",
+                    "full",
+                    "snapkv",
+                    "lookahead",
+                    "--out",
+                    str(tmp_path / "eval"),
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(
+                [
+                    "bench",
+                    "--random-weights",
+                    "--lengths",
+                    "256",
+                    "--budget",
+                    "64",
+                    "--scorers",
+                    "snapkv",
+                    "lookahead",
+                    "--decode-tokens",
+                    "2",
+                    "--repeats",
+                    "1",
+                ]
+            )
+            == 0
+        )
     assert found == []
     assert "snapkv" in capsys.readouterr().out

@@ -6,6 +6,7 @@ TRITON_INTERPRET=0 the same tests run on the GPU.
 
 import pytest
 import torch
+
 from lookahead_cache.kernels import varlen_decode as kernel_module
 from lookahead_cache.kernels.varlen_decode import (
     varlen_decode_attention,

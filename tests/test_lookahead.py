@@ -11,8 +11,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch.overrides import TorchFunctionMode
 from transformers import DynamicCache
-from transformers.testing_utils import CaptureLogger
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.testing_utils import CaptureLogger
 
 from lookahead_cache import LookaheadCache
 from lookahead_cache.adapters import LookaheadConfig, add_lookahead, get_lookahead, load_lookahead
@@ -20,6 +20,7 @@ from lookahead_cache.adapters.lookahead import INERT_INVOCATION_TOKENS
 from lookahead_cache.attention import grouped_query_attention
 from lookahead_cache.evaluation.replay import lookahead_queries, record_prefill
 from lookahead_cache.evaluation.timing import timed_generation
+from lookahead_cache.prefill import CACHE_ARGUMENT
 from lookahead_cache.scorers import LookaheadScorer
 from lookahead_cache.training import kl_loss
 
@@ -48,7 +49,7 @@ def greedy(model, input_ids, attention_mask, cache=None, new_tokens=8):
     return model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        past_key_values=cache,
+        **{CACHE_ARGUMENT: cache},
         max_new_tokens=new_tokens,
         do_sample=False,
     )
@@ -68,10 +69,10 @@ def test_prompt_kv_and_first_token_logits_are_the_base_models_bit_for_bit(archit
     model = lookahead_model(architecture)
     input_ids, attention_mask = padded_batch()
     reference_cache = DynamicCache()
-    reference = base(input_ids=input_ids, attention_mask=attention_mask, past_key_values=reference_cache).logits
+    reference = base(input_ids=input_ids, attention_mask=attention_mask, **{CACHE_ARGUMENT: reference_cache}).logits
     # The first row (48 tokens) evicts, so the lookahead rows join the prefill; the second (39) is kept whole.
     cache = LookaheadCache(budget=40, scorer="lookahead", sink=0, window=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache).logits
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, **{CACHE_ARGUMENT: cache}).logits
     assert cache.is_compressed
     assert torch.equal(logits, reference)
     real = attention_mask.bool()
@@ -102,7 +103,7 @@ def test_long_prompts_keep_the_first_token_logits_bit_for_bit(attn, length):
     input_ids = prompt_ids(length, seed=11)
     with torch.no_grad():
         reference = base(input_ids=input_ids).logits
-        logits = model(input_ids=input_ids, past_key_values=LookaheadCache(budget=64, scorer="lookahead")).logits
+        logits = model(input_ids=input_ids, **{CACHE_ARGUMENT: LookaheadCache(budget=64, scorer="lookahead")}).logits
     assert torch.equal(logits, reference)
     assert model.config._attn_implementation == attn
 
@@ -203,9 +204,9 @@ def test_lookahead_prefill_holds_at_most_one_uncompressed_layer_plus_its_lookahe
     length, budget = 200, 16
     cache = LookaheadCache(budget=budget, scorer="lookahead", window=4)
     with torch.no_grad():
-        model(prompt_ids(length), past_key_values=cache)
+        model(prompt_ids(length), **{CACHE_ARGUMENT: cache})
         full = DynamicCache()
-        model.get_base_model()(prompt_ids(length), past_key_values=full)
+        model.get_base_model()(prompt_ids(length), **{CACHE_ARGUMENT: full})
     layer_bytes = full.layers[0].keys.nbytes + full.layers[0].values.nbytes
     assert cache.nbytes() == 3 * layer_bytes * budget // length
     # While layer l is prefilled, layers < l are compressed and l holds the prompt and the lookahead tokens.
@@ -220,7 +221,7 @@ def test_decoder_outputs_have_the_prompt_rows_only():
         out = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            past_key_values=LookaheadCache(budget=16, scorer="lookahead", sink=2, window=4),
+            **{CACHE_ARGUMENT: LookaheadCache(budget=16, scorer="lookahead", sink=2, window=4)},
             output_hidden_states=True,
         )
         reference = base(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
@@ -240,7 +241,7 @@ def test_a_prefill_that_fails_leaves_the_lookahead_lora_off():
 
     handle = attention.register_forward_pre_hook(fail, with_kwargs=True)
     with pytest.raises(RuntimeError, match="interrupted"), torch.no_grad():
-        model(input_ids=input_ids, past_key_values=LookaheadCache(budget=16, scorer="lookahead", window=4))
+        model(input_ids=input_ids, **{CACHE_ARGUMENT: LookaheadCache(budget=16, scorer="lookahead", window=4)})
     handle.remove()
     assert model.config._attn_implementation == "sdpa"
     # The model PEFT wraps, called directly: no PEFT hook of its own decides the offsets there.
@@ -265,7 +266,7 @@ def test_lookahead_queries_in_the_prefill_equal_those_run_after_a_recorded_promp
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     cache = LookaheadCache(budget=16, scorer=Recording(), sink=2, window=4)
     with torch.no_grad():
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache)
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **{CACHE_ARGUMENT: cache})
         for row in range(2):
             real = input_ids[row : row + 1, attention_mask[row].bool()]
             replayed = lookahead_queries(model, record_prefill(model.get_base_model(), real).prefills)
@@ -309,7 +310,7 @@ def test_decoding_after_eviction_is_the_base_model_on_the_kept_tokens():
         base_layer.prompt_slots = replay_layer.prompt_slots
     first = recording.next_token_logits.argmax(-1, keepdim=True)
     continued = base.generate(
-        input_ids=torch.cat([input_ids, first], -1), past_key_values=base_cache, max_new_tokens=5, do_sample=False
+        input_ids=torch.cat([input_ids, first], -1), **{CACHE_ARGUMENT: base_cache}, max_new_tokens=5, do_sample=False
     )
     assert torch.equal(generated, continued)
     for live_layer, replay_layer in zip(live.layers, replayed.layers):
@@ -338,7 +339,7 @@ def test_scores_follow_the_lookahead_attention():
     # Unpooled, to see the learned attention itself.
     cache = LookaheadCache(budget=3, scorer="lookahead", sink=0, window=0, scorer_kwargs={"kernel_size": 1})
     with torch.no_grad():
-        model(input_ids=input_ids, past_key_values=cache)
+        model(input_ids=input_ids, **{CACHE_ARGUMENT: cache})
         queries = lookahead_queries(model, recording.prefills)
     for layer, prefill, layer_queries in zip(cache.layers, recording.prefills, queries):
         scores = LookaheadScorer(kernel_size=1).score(replace(prefill, lookahead_queries=layer_queries))[0]
@@ -412,7 +413,9 @@ def test_default_scorer_is_the_lookahead_scorer_on_a_model_with_an_adapter():
     settings = dict(budget=20, sink=2, window=4)
     default = LookaheadCache(**settings)
     explicit = LookaheadCache(scorer="lookahead", **settings)
-    assert torch.equal(greedy(model, input_ids, attention_mask, default), greedy(model, input_ids, attention_mask, explicit))
+    assert torch.equal(
+        greedy(model, input_ids, attention_mask, default), greedy(model, input_ids, attention_mask, explicit)
+    )
     assert isinstance(default.scorer, LookaheadScorer)
     assert torch.equal(default.kept_tokens(), explicit.kept_tokens())
     assert all(torch.equal(a.keys, b.keys) for a, b in zip(default.layers, explicit.layers))

@@ -8,9 +8,10 @@ from conftest import prompt_ids, synthetic_profile, tiny_model
 
 from lookahead_cache import LookaheadCache
 from lookahead_cache.adapters.config import BaseModelSignature
+from lookahead_cache.allocation import LUKVAllocator
+from lookahead_cache.prefill import CACHE_ARGUMENT
 from lookahead_cache.profiling import HeadProfile
 from lookahead_cache.profiling.solver import GLOBAL_RATIOS, cumulative_losses, hull_marginal_costs, prune_ratios
-from lookahead_cache.allocation import LUKVAllocator
 from lookahead_cache.scorers import LookaheadScorer, SnapKVScorer, scorer_settings
 
 
@@ -78,7 +79,7 @@ def test_lukv_layer_scope_keeps_each_layers_total_and_follows_the_profile_within
         budget=20, scorer="snapkv", allocation=LUKVAllocator(profile, scope="layer"), sink=2, window=4
     )
     with torch.no_grad():
-        tiny_model()(prompt_ids(64), past_key_values=cache)
+        tiny_model()(prompt_ids(64), **{CACHE_ARGUMENT: cache})
     assert torch.equal(cache.kept_tokens()[:, 0], profile.keep_counts(64, 20, floor=6, scope="layer"))
     with pytest.raises(ValueError, match="scope='heads' must be 'model' or 'layer'"):
         LUKVAllocator(profile, scope="heads")
@@ -108,7 +109,7 @@ def test_lukv_cache_keeps_the_profiled_counts_per_head(tmp_path):
         budget=20, scorer="snapkv", allocation="lukv", sink=2, window=4, allocation_kwargs={"profile": str(tmp_path)}
     )
     with torch.no_grad():
-        model(prompt_ids(64), past_key_values=cache)
+        model(prompt_ids(64), **{CACHE_ARGUMENT: cache})
     kept = cache.kept_tokens()[:, 0]
     assert torch.equal(kept, profile.keep_counts(64, 20, floor=6))
     assert int(kept.sum()) == 20 * kept.numel()
@@ -129,7 +130,7 @@ def test_lukv_finds_the_profile_of_a_configured_scorer_instance(tmp_path):
         allocation_kwargs={"profile": str(tmp_path)},
     )
     with torch.no_grad():
-        model(prompt_ids(64), past_key_values=cache)
+        model(prompt_ids(64), **{CACHE_ARGUMENT: cache})
     assert torch.equal(cache.kept_tokens()[:, 0], profile.keep_counts(64, 20, floor=6))
 
 
@@ -145,17 +146,17 @@ def test_lukv_refuses_a_profile_of_another_scorer_or_model(tmp_path):
             allocation_kwargs={"profile": synthetic_profile()},
         )
         with pytest.raises(ValueError, match="made for scorer 'snapkv'.*scores with 'knorm'"):
-            model(prompt_ids(64), past_key_values=wrong_scorer)
+            model(prompt_ids(64), **{CACHE_ARGUMENT: wrong_scorer})
         other = synthetic_profile()
         other.base_model = BaseModelSignature("llama", 4, 64, 4, 2, 128)
         wrong_model = LookaheadCache(
             budget=20, scorer="snapkv", allocation="lukv", sink=2, window=4, allocation_kwargs={"profile": other}
         )
         with pytest.raises(ValueError, match="another model.*num_hidden_layers"):
-            model(prompt_ids(64), past_key_values=wrong_model)
+            model(prompt_ids(64), **{CACHE_ARGUMENT: wrong_model})
         no_profile = LookaheadCache(budget=20, scorer="snapkv", allocation="lukv", sink=2, window=4)
         with pytest.raises(ValueError, match="needs a LU-KV profile"):
-            model(prompt_ids(64), past_key_values=no_profile)
+            model(prompt_ids(64), **{CACHE_ARGUMENT: no_profile})
 
 
 def test_lukv_refuses_a_profile_made_with_other_scorer_settings():
@@ -164,13 +165,13 @@ def test_lukv_refuses_a_profile_made_with_other_scorer_settings():
     profile.scorer_settings = scorer_settings(SnapKVScorer())
     with torch.no_grad():
         matching = LookaheadCache(budget=20, scorer=SnapKVScorer(), allocation=LUKVAllocator(profile), sink=2, window=4)
-        model(prompt_ids(64), past_key_values=matching)
+        model(prompt_ids(64), **{CACHE_ARGUMENT: matching})
         assert torch.equal(matching.kept_tokens()[:, 0], profile.keep_counts(64, 20, floor=6))
         other_kernel = LookaheadCache(
             budget=20, scorer=SnapKVScorer(kernel_size=1), allocation=LUKVAllocator(profile), sink=2, window=4
         )
         with pytest.raises(ValueError, match="made with snapkv settings .*'kernel_size': 7.*'kernel_size': 1"):
-            model(prompt_ids(64), past_key_values=other_kernel)
+            model(prompt_ids(64), **{CACHE_ARGUMENT: other_kernel})
 
 
 def test_a_scorer_setting_added_after_a_profile_counts_as_its_default_then():
@@ -231,7 +232,7 @@ def test_profiling_a_model_gives_ratios_that_add_up_and_resumes(tiny_model_dir, 
     cache = LookaheadCache(budget=40, scorer="lookahead", allocation="lukv", sink=2, window=4)
     prompt = profiler.calibration_prompts(tokenizer, 500, questions=1)[0][0]
     with torch.no_grad():
-        model(prompt, past_key_values=cache)
+        model(prompt, **{CACHE_ARGUMENT: cache})
     kept = cache.kept_tokens()[:, 0]
     assert torch.equal(kept, profiles["lookahead"].keep_counts(prompt.shape[-1], 40, floor=6))
 
@@ -254,7 +255,7 @@ def test_lukv_reads_the_profile_of_the_adapters_hub_revision(tmp_path, local_hub
         model = load_lookahead(tiny_model(), "lukv-org/tiny", revision=revision)
         cache = LookaheadCache(budget=20, scorer="snapkv", allocation="lukv", sink=2, window=4)
         with torch.no_grad():
-            model(prompt_ids(64), past_key_values=cache)
+            model(prompt_ids(64), **{CACHE_ARGUMENT: cache})
         kept = cache.kept_tokens()[:, 0]
         assert torch.equal(kept, synthetic_profile(seed=seed).keep_counts(64, 20, floor=6)), _served_revisions(
             "lukv-org/tiny", first, second, kept

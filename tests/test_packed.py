@@ -6,14 +6,14 @@ import copy
 import pytest
 import torch
 from conftest import prompt_ids, tiny_model
-from lookahead_cache.kernels import varlen_decode as kernel_module
-from lookahead_cache.kernels.varlen_decode import varlen_decode_attention_triton
 from transformers import DynamicCache
 
 from lookahead_cache import LookaheadCache
 from lookahead_cache.attention import packed_decode_attention
+from lookahead_cache.kernels import varlen_decode as kernel_module
+from lookahead_cache.kernels.varlen_decode import varlen_decode_attention_triton
 from lookahead_cache.packed import DEFAULT_GROWTH, PackedLayer
-from lookahead_cache.prefill import cache_argument
+from lookahead_cache.prefill import CACHE_ARGUMENT, cache_argument
 
 BUDGET = dict(budget=20, scorer="snapkv", allocation="adakv", sink=2, window=4)
 
@@ -47,8 +47,8 @@ def test_attention_over_packed_heads_equals_full_attention_restricted_to_each_he
     input_ids, attention_mask = padded_batch()
     cache, full = LookaheadCache(**BUDGET), DynamicCache()
     with torch.no_grad():
-        model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache)
-        model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=full)
+        model(input_ids=input_ids, attention_mask=attention_mask, **{CACHE_ARGUMENT: cache})
+        model(input_ids=input_ids, attention_mask=attention_mask, **{CACHE_ARGUMENT: full})
     assert isinstance(cache.layers[0], PackedLayer)  # its heads keep different counts
     kept = [kept_positions(layer, full_layer.keys) for layer, full_layer in zip(cache.layers, full.layers)]
 
@@ -71,7 +71,7 @@ def test_attention_over_packed_heads_equals_full_attention_restricted_to_each_he
             token = prompt_ids(1, batch=2, seed=10 + step)
             mask = torch.cat([mask, torch.ones_like(token)], dim=-1)
             with torch.no_grad():
-                model(input_ids=token, attention_mask=mask, position_ids=position + step, past_key_values=cache)
+                model(input_ids=token, attention_mask=mask, position_ids=position + step, **{CACHE_ARGUMENT: cache})
                 for index, module in enumerate(attentions):
                     hidden_states, position_embeddings, output = captured[index]
                     # The full cache, every head reading its kept prompt tokens plus every token decoded since.
@@ -83,7 +83,7 @@ def test_attention_over_packed_heads_equals_full_attention_restricted_to_each_he
                         hidden_states=hidden_states,
                         position_embeddings=position_embeddings,
                         attention_mask=allowed,
-                        past_key_values=full,
+                        **{CACHE_ARGUMENT: full},
                     )
                     torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-6)
     finally:
@@ -96,7 +96,7 @@ def test_bytes_are_the_kept_tokens_bytes_and_decoding_appends_in_place():
     input_ids, attention_mask = padded_batch()
     cache = LookaheadCache(**BUDGET)
     with torch.no_grad():
-        model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache)
+        model(input_ids=input_ids, attention_mask=attention_mask, **{CACHE_ARGUMENT: cache})
     head_dim = cache.layers[0].row_keys.shape[-1]
     token_bytes = 2 * head_dim * 4  # a key and a value in float32
     assert cache.nbytes() == int(cache.kept_tokens().sum()) * token_bytes
@@ -112,7 +112,7 @@ def test_bytes_are_the_kept_tokens_bytes_and_decoding_appends_in_place():
     for step in range(steps):
         mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=-1)
         with torch.no_grad():
-            model(input_ids=prompt_ids(1, batch=2, seed=step), attention_mask=mask, past_key_values=cache)
+            model(input_ids=prompt_ids(1, batch=2, seed=step), attention_mask=mask, **{CACHE_ARGUMENT: cache})
         for layer, seen in zip(packed, buffers):
             seen.add(layer.row_keys.data_ptr())
             slack = layer.nbytes() - int(layer.kept_tokens().sum()) * token_bytes
@@ -179,15 +179,15 @@ def test_packed_caches_stack_with_padded_ones():
     for allocation in ("adakv", "uniform"):
         cache = LookaheadCache(budget=20, scorer="snapkv", allocation=allocation, sink=2, window=4)
         with torch.no_grad():
-            model(input_ids=input_ids, past_key_values=cache)
+            model(input_ids=input_ids, **{CACHE_ARGUMENT: cache})
         caches.append(cache)
     assert isinstance(caches[0].layers[0], PackedLayer)
     stacked = LookaheadCache.stack(caches)
     assert torch.equal(stacked.kept_tokens(), torch.cat([cache.kept_tokens() for cache in caches], dim=1))
     token = prompt_ids(1, seed=9)
     with torch.no_grad():
-        together = model(input_ids=token.expand(2, 1), past_key_values=stacked).logits
-        alone = [model(input_ids=token, past_key_values=cache).logits for cache in caches]
+        together = model(input_ids=token.expand(2, 1), **{CACHE_ARGUMENT: stacked}).logits
+        alone = [model(input_ids=token, **{CACHE_ARGUMENT: cache}).logits for cache in caches]
     torch.testing.assert_close(together, torch.cat(alone), rtol=1e-5, atol=1e-6)
 
 
@@ -201,7 +201,11 @@ def test_varlen_attention_generates_what_sdpa_generates(architecture):
         model = tiny_model(architecture, attn)
         cache = LookaheadCache(**BUDGET)
         first = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, max_new_tokens=4, do_sample=False
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            **{CACHE_ARGUMENT: cache},
+            max_new_tokens=4,
+            do_sample=False,
         )
         assert any(isinstance(layer, PackedLayer) for layer in cache.layers)
         assert all(
@@ -212,7 +216,7 @@ def test_varlen_attention_generates_what_sdpa_generates(architecture):
         turn = torch.cat([first, prompt_ids(5, batch=2, seed=8)], dim=-1)
         mask = torch.cat([attention_mask, torch.ones(2, turn.shape[1] - input_ids.shape[1], dtype=torch.long)], -1)
         outputs[attn] = model.generate(
-            input_ids=turn, attention_mask=mask, past_key_values=cache, max_new_tokens=4, do_sample=False
+            input_ids=turn, attention_mask=mask, **{CACHE_ARGUMENT: cache}, max_new_tokens=4, do_sample=False
         )
     assert torch.equal(outputs["lookahead_varlen"], outputs["sdpa"])
 

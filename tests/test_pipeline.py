@@ -3,8 +3,8 @@
 import pytest
 import torch
 from conftest import tiny_model
-from transformers import PreTrainedTokenizerFast, pipeline
 from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, pipeline
 
 from lookahead_cache import LookaheadCache, LookaheadTextGenerationPipeline
 from lookahead_cache.prefill import CACHE_ARGUMENT
@@ -35,7 +35,7 @@ def test_pipeline_gives_each_input_a_fresh_cache_and_matches_generate(argument):
         expected = model.generate(
             input_ids,
             attention_mask=torch.ones_like(input_ids),
-            past_key_values=LookaheadCache(budget=16, scorer="snapkv", window=4),
+            **{CACHE_ARGUMENT: LookaheadCache(budget=16, scorer="snapkv", window=4)},
             max_new_tokens=6,
             do_sample=False,
         )

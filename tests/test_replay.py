@@ -10,6 +10,7 @@ from lookahead_cache.adapters import LookaheadConfig, add_lookahead, get_lookahe
 from lookahead_cache.evaluation import methods
 from lookahead_cache.evaluation.methods import METHODS, SampleRun, get_method
 from lookahead_cache.evaluation.replay import dynamic_cache_from, future_queries, record_prefill
+from lookahead_cache.prefill import CACHE_ARGUMENT
 from lookahead_cache.scorers import FutureQueriesScorer, get_scorer
 
 SETTINGS = dict(budget=16, window=4, sink=2)
@@ -19,7 +20,7 @@ def greedy(model, input_ids, cache, new_tokens=8):
     return model.generate(
         input_ids,
         attention_mask=torch.ones_like(input_ids),
-        past_key_values=cache,
+        **{CACHE_ARGUMENT: cache},
         max_new_tokens=new_tokens,
         do_sample=False,
     )
@@ -44,7 +45,7 @@ def test_cache_from_recorded_prefill_equals_a_cache_that_ran_the_prefill(archite
 def _kept_after_prefill(model, input_ids, scorer, allocation):
     cache = LookaheadCache(**SETTINGS, scorer=scorer, allocation=allocation)
     with torch.no_grad():
-        model(input_ids, past_key_values=cache)
+        model(input_ids, **{CACHE_ARGUMENT: cache})
     return cache.kept_tokens()
 
 
@@ -52,7 +53,7 @@ def test_recording_leaves_the_full_cache_intact_for_every_replay():
     model = tiny_model("llama")
     input_ids = prompt_ids(50)
     recording = record_prefill(model, input_ids)
-    full_logits = model(input_ids, past_key_values=DynamicCache()).logits[:, -1]
+    full_logits = model(input_ids, **{CACHE_ARGUMENT: DynamicCache()}).logits[:, -1]
     torch.testing.assert_close(recording.next_token_logits, full_logits)
     first = recording.next_token_logits.argmax(-1, keepdim=True)
     expected = greedy(model, input_ids, DynamicCache())
@@ -72,7 +73,7 @@ def test_future_queries_score_the_attention_the_answer_pays_to_the_prompt():
 
     with torch.no_grad():
         attentions = model(
-            answer, past_key_values=dynamic_cache_from(recording.prefills), output_attentions=True
+            answer, **{CACHE_ARGUMENT: dynamic_cache_from(recording.prefills)}, output_attentions=True
         ).attentions
     for prefill, attention in zip(recording.prefills, attentions):
         on_prompt = attention[..., :40]
