@@ -3,7 +3,6 @@
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -182,14 +181,6 @@ def test_causal_attention_flops_count_the_pairs_sdpa_aligns_top_left(queries, ke
     shapes = (2, 3, queries, 4), (2, 1, keys, 4), (2, 1, keys, 4)
     assert _attention_flops(*shapes, is_causal=True) == 2 * 2 * 3 * pairs * 8
     assert _attention_flops(*shapes, is_causal=False) == 2 * 2 * 3 * queries * keys * 8
-
-
-@pytest.mark.slow
-def test_quickstart_example_runs():
-    example = Path(__file__).parents[1] / "examples" / "quickstart.py"
-    result = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=300, check=True)
-    lines = result.stdout.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["generate", "  prompt tokens", "pipeline", "pipeline"]
 
 
 def test_eval_runs_every_method_resumes_and_reports(tiny_model_dir, tmp_path):
