@@ -66,6 +66,19 @@ def test_help_shows_defaults_and_choices(capsys):
     assert "Peak learning rate. (default: 0.001)" in text and "(default: 2)" in text
 
 
+def test_a_command_whose_extra_is_not_installed_names_the_install_command(monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "evaluate" else find_spec(name, *args)
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--out", "unused"])
+    assert exit_info.value.code == 2
+    assert "needs evaluate" in (error := capsys.readouterr().err) and "pip install 'lookahead-cache[eval]'" in error
+
+
 def test_version_names_the_package_and_its_libraries(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])

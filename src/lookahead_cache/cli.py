@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import importlib.util
 import logging as std_logging
 import sys
 from collections.abc import Sequence
@@ -64,6 +65,16 @@ def budget_value(text: str) -> int | float:
         except ValueError:
             pass
     raise argparse.ArgumentTypeError(f"{text!r} is neither a token count (int) nor a fraction (float)")
+
+
+def require_extra(extra: str, *modules: str) -> None:
+    """Raise, naming the install command, if a module that only the `extra` install brings is missing."""
+    missing = [module for module in modules if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ValueError(
+            f"this command needs {', '.join(missing)}, which the core install leaves out: "
+            f"pip install 'lookahead-cache[{extra}]' (or pip install -e '.[{extra}]' in a clone)"
+        )
 
 
 class HelpFormatter(argparse.HelpFormatter):

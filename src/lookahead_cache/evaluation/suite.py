@@ -24,6 +24,7 @@ from transformers.utils import logging
 
 from ..adapters import get_lookahead, load_lookahead
 from ..cache import LookaheadCache
+from ..cli import require_extra
 from ..commands.eval import DEFAULT_MODEL, SIZES
 from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, load_default_model
 from . import report
@@ -42,7 +43,9 @@ from .timing import kv_nbytes, stored_prompt_tokens
 
 logger = logging.get_logger(__name__)
 
+
 def check_arguments(args: argparse.Namespace) -> None:
+    require_extra("eval", "evaluate", "matplotlib")
     size = SIZES[args.size]
     args.budgets = tuple(args.budgets or size.budgets)
     args.lengths = tuple(args.lengths or size.lengths)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli import require_extra
 from ..commands.eval import DEFAULT_MODEL
 from ..evaluation.suite import load_model
 from ..scorers import get_scorer
@@ -11,6 +12,7 @@ from .profiler import profile_model
 
 
 def check_arguments(args: argparse.Namespace) -> None:
+    require_extra("eval", "matplotlib")
     for name in args.scorers:
         get_scorer(name)
     if args.temperature <= 0:

@@ -7,8 +7,9 @@ import argparse
 import shlex
 import sys
 
-from ..default_model import DEFAULT_MODEL_HUB_ID
+from ..cli import require_extra
 from ..commands.eval import DEFAULT_MODEL
+from ..default_model import DEFAULT_MODEL_HUB_ID
 from ..evaluation.suite import load_model
 from ..evaluation.tasks import get_task
 from .config import TrainingConfig
@@ -16,6 +17,7 @@ from .trainer import ADAPTER_DIR, PLOT_NAME, train
 
 
 def check_arguments(args: argparse.Namespace) -> None:
+    require_extra("train", "matplotlib")
     for name in args.tasks:
         get_task(name)
     args.config = TrainingConfig(
