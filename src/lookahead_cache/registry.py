@@ -13,15 +13,29 @@ from typing import Any
 
 
 class Registry(Mapping[str, type]):
-    """A read-only mapping from names to classes, given as `"module:ClassName"` relative to `package`."""
+    """A read-only mapping from names to classes, given as `"module:ClassName"` relative to `package`.
 
-    def __init__(self, package: str, classes: dict[str, str]):
+    `exports` names the package's other public attributes the same way (e.g. `{"Scorer": ".base:Scorer"}`), and
+    `attribute` serves as the package's module-level `__getattr__` for them and for the registered classes.
+    """
+
+    def __init__(self, package: str, classes: dict[str, str], exports: dict[str, str] | None = None):
         self._package = package
         self._classes = dict(classes)
+        self._exports = dict(exports or {})
 
     def __getitem__(self, name: str) -> type:
-        module_name, class_name = self._classes[name].split(":")
-        return getattr(importlib.import_module(module_name, self._package), class_name)
+        return self._load(self._classes[name])
+
+    def _load(self, target: str) -> Any:
+        module_name, attribute = target.split(":")
+        return getattr(importlib.import_module(module_name, self._package), attribute)
+
+    def attribute(self, name: str) -> Any:
+        """A registered class by its class name, or an export by its name (for the package's `__getattr__`)."""
+        if name in self._exports:
+            return self._load(self._exports[name])
+        return self.class_named(name)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._classes)

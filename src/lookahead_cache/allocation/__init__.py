@@ -20,15 +20,9 @@ ALLOCATIONS = Registry(
         "adakv": ".adakv:AdaKVAllocator",
         "lukv": ".lukv:LUKVAllocator",
     },
+    exports={"Allocator": ".base:Allocator"},
 )
-
-
-def __getattr__(name: str) -> Any:
-    if name == "Allocator":
-        from .base import Allocator
-
-        return Allocator
-    return ALLOCATIONS.class_named(name)
+__getattr__ = ALLOCATIONS.attribute
 
 
 def get_allocator(allocation: str | Allocator, **kwargs: Any) -> Allocator:

@@ -23,15 +23,9 @@ SCORERS = Registry(
         "random": ".random:RandomScorer",
         "future_queries": ".future_queries:FutureQueriesScorer",
     },
+    exports={"Scorer": ".base:Scorer"},
 )
-
-
-def __getattr__(name: str) -> Any:
-    if name == "Scorer":
-        from .base import Scorer
-
-        return Scorer
-    return SCORERS.class_named(name)
+__getattr__ = SCORERS.attribute
 
 
 def get_scorer(scorer: str | Scorer, **kwargs: Any) -> Scorer:

@@ -4,7 +4,7 @@ documentation and sources. One file each, registered by name; `get_task(name).bu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ...registry import Registry
 
@@ -28,16 +28,9 @@ TASKS = Registry(
         "few_shot_classification": ".few_shot_classification:FewShotClassification",
         "summary": ".summary:Summary",
     },
+    exports={name: f".base:{name}" for name in ("Draft", "Sample", "Slot", "TaskFamily")},
 )
-_BASE_NAMES = ("Draft", "Sample", "Slot", "TaskFamily")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _BASE_NAMES:
-        from . import base
-
-        return getattr(base, name)
-    return TASKS.class_named(name)
+__getattr__ = TASKS.attribute
 
 
 def get_task(name: str) -> TaskFamily:
