@@ -17,8 +17,10 @@ document = topics["for"] + topics["while"]
 question = "Which clause of a loop runs when the loop ends without a break?"
 messages = [{"role": "user", "content": f"{document}\n\nQuestion: {question}"}]
 
+# The model with the lookahead adapter shipped for it (any transformers causal LM works without one).
+model, tokenizer = load_default_model(lookahead=True)
+
 # 1. generate, with a heuristic scorer: the cache keeps 256 prompt tokens per layer and KV head after prefill.
-model, tokenizer = load_default_model()
 inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
 cache = LookaheadCache(budget=256, scorer="snapkv")
 output = model.generate(**inputs, cache=cache, max_new_tokens=32, do_sample=False)
@@ -40,9 +42,8 @@ results = pipe(chats, cache=LookaheadCache(budget=256), max_new_tokens=32, do_sa
 for q, result in zip(questions, results):
     print(f"pipeline: {q!r} -> {result[0]['generated_text'][-1]['content']!r}")
 
-# 4. The learned lookahead scorer: the same model with the lookahead adapter shipped for it. LookaheadCache()'s
-# default scorer ("auto") picks it whenever the model carries an adapter.
-model, tokenizer = load_default_model(lookahead=True)
+# 4. The learned lookahead scorer: LookaheadCache()'s default scorer ("auto") picks it whenever the model carries a
+# lookahead adapter, and falls back to snapkv (saying so) on a model without one.
 cache = LookaheadCache(budget=256)
 output = model.generate(**inputs, cache=cache, max_new_tokens=32, do_sample=False)
 print(f"generate (lookahead): {tokenizer.decode(output[0, prompt_tokens:], skip_special_tokens=True)!r}")

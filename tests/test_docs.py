@@ -81,49 +81,14 @@ def test_quickstart_runs_without_deprecations(capsys):
 
 
 @pytest.mark.slow
-def test_short_eval_and_bench_raise_no_deprecations(tmp_path, capsys):
+def test_short_eval_and_bench_raise_no_deprecations(tiny_model_dir, tmp_path, capsys):
+    # Random weights with the embedded tokenizer: the evaluation and benchmark code paths, without loading SmolLM2.
     with deprecations_from_our_code() as found:
-        assert (
-            main(
-                [
-                    "eval",
-                    "--tasks",
-                    "niah_single_noise",
-                    "--lengths",
-                    "512",
-                    "--samples",
-                    "1",
-                    "--budgets",
-                    "64",
-                    "--methods",
-                    "full",
-                    "snapkv",
-                    "lookahead",
-                    "--out",
-                    str(tmp_path / "eval"),
-                ]
-            )
-            == 0
-        )
-        assert (
-            main(
-                [
-                    "bench",
-                    "--random-weights",
-                    "--lengths",
-                    "256",
-                    "--budget",
-                    "64",
-                    "--scorers",
-                    "snapkv",
-                    "lookahead",
-                    "--decode-tokens",
-                    "2",
-                    "--repeats",
-                    "1",
-                ]
-            )
-            == 0
-        )
+        eval_argv = ["eval", "--model", str(tiny_model_dir), "--tasks", "niah_single_noise", "--lengths", "512"]
+        eval_argv += ["--samples", "1", "--budgets", "64", "--methods", "full", "snapkv", "--out", str(tmp_path)]
+        assert main(eval_argv) == 0
+        bench_argv = ["bench", "--random-weights", "--lengths", "256", "--budget", "64", "--scorers", "snapkv"]
+        bench_argv += ["lookahead", "--decode-tokens", "2", "--repeats", "1"]
+        assert main(bench_argv) == 0
     assert found == []
     assert "snapkv" in capsys.readouterr().out
