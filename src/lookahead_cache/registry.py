@@ -13,29 +13,15 @@ from typing import Any
 
 
 class Registry(Mapping[str, type]):
-    """A read-only mapping from names to classes, given as `"module:ClassName"` relative to `package`.
+    """A read-only mapping from names to classes, given as `"module:ClassName"` relative to `package`."""
 
-    `exports` names the package's other public attributes the same way (e.g. `{"Scorer": ".base:Scorer"}`), and
-    `attribute` serves as the package's module-level `__getattr__` for them and for the registered classes.
-    """
-
-    def __init__(self, package: str, classes: dict[str, str], exports: dict[str, str] | None = None):
+    def __init__(self, package: str, classes: dict[str, str]):
         self._package = package
         self._classes = dict(classes)
-        self._exports = dict(exports or {})
 
     def __getitem__(self, name: str) -> type:
-        return self._load(self._classes[name])
-
-    def _load(self, target: str) -> Any:
-        module_name, attribute = target.split(":")
-        return getattr(importlib.import_module(module_name, self._package), attribute)
-
-    def attribute(self, name: str) -> Any:
-        """A registered class by its class name, or an export by its name (for the package's `__getattr__`)."""
-        if name in self._exports:
-            return self._load(self._exports[name])
-        return self.class_named(name)
+        module_name, class_name = self._classes[name].split(":")
+        return getattr(importlib.import_module(module_name, self._package), class_name)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._classes)
@@ -43,15 +29,9 @@ class Registry(Mapping[str, type]):
     def __len__(self) -> int:
         return len(self._classes)
 
-    def class_named(self, class_name: str) -> type:
-        """The registered class called `class_name` (for a package's module-level `__getattr__`)."""
-        for name, target in self._classes.items():
-            if target.split(":")[1] == class_name:
-                return self[name]
-        raise AttributeError(f"module {self._package!r} has no attribute {class_name!r}")
-
-    def class_names(self) -> list[str]:
-        return [target.split(":")[1] for target in self._classes.values()]
+    def modules_by_class(self) -> dict[str, str]:
+        """Each registered class's name and its module: the package's lazy exports (see `lazy_attributes`)."""
+        return dict(reversed(target.split(":")) for target in self._classes.values())
 
 
 def lazy_attributes(package: str, exports: dict[str, str]) -> Callable[[str], Any]:

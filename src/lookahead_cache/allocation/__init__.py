@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..registry import Registry
+from ..registry import Registry, lazy_attributes
 
 if TYPE_CHECKING:
     from .base import Allocator
@@ -20,9 +20,8 @@ ALLOCATIONS = Registry(
         "adakv": ".adakv:AdaKVAllocator",
         "lukv": ".lukv:LUKVAllocator",
     },
-    exports={"Allocator": ".base:Allocator"},
 )
-__getattr__ = ALLOCATIONS.attribute
+__getattr__ = lazy_attributes(__name__, {"Allocator": ".base", **ALLOCATIONS.modules_by_class()})
 
 
 def get_allocator(allocation: str | Allocator, **kwargs: Any) -> Allocator:
@@ -43,4 +42,4 @@ def allocation_name(allocator: Allocator) -> str:
     return next((name for name, cls in ALLOCATIONS.items() if type(allocator) is cls), type(allocator).__name__)
 
 
-__all__ = ["ALLOCATIONS", "Allocator", "allocation_name", "get_allocator", *ALLOCATIONS.class_names()]
+__all__ = ["ALLOCATIONS", "Allocator", "allocation_name", "get_allocator", *ALLOCATIONS.modules_by_class()]

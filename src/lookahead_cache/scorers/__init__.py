@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, fields, is_dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..registry import Registry
+from ..registry import Registry, lazy_attributes
 
 if TYPE_CHECKING:
     from .base import Scorer
@@ -23,9 +23,8 @@ SCORERS = Registry(
         "random": ".random:RandomScorer",
         "future_queries": ".future_queries:FutureQueriesScorer",
     },
-    exports={"Scorer": ".base:Scorer"},
 )
-__getattr__ = SCORERS.attribute
+__getattr__ = lazy_attributes(__name__, {"Scorer": ".base", **SCORERS.modules_by_class()})
 
 
 def get_scorer(scorer: str | Scorer, **kwargs: Any) -> Scorer:
@@ -65,5 +64,5 @@ __all__ = [
     "scorer_defaults",
     "scorer_name",
     "scorer_settings",
-    *SCORERS.class_names(),
+    *SCORERS.modules_by_class(),
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...registry import Registry
+from ...registry import Registry, lazy_attributes
 
 if TYPE_CHECKING:
     from .base import TaskFamily
@@ -28,9 +28,10 @@ TASKS = Registry(
         "few_shot_classification": ".few_shot_classification:FewShotClassification",
         "summary": ".summary:Summary",
     },
-    exports={name: f".base:{name}" for name in ("Draft", "Sample", "Slot", "TaskFamily")},
 )
-__getattr__ = TASKS.attribute
+__getattr__ = lazy_attributes(
+    __name__, {**dict.fromkeys(("Draft", "Sample", "Slot", "TaskFamily"), ".base"), **TASKS.modules_by_class()}
+)
 
 
 def get_task(name: str) -> TaskFamily:
@@ -47,5 +48,5 @@ __all__ = [
     "Slot",
     "TaskFamily",
     "get_task",
-    *TASKS.class_names(),
+    *TASKS.modules_by_class(),
 ]
