@@ -456,7 +456,8 @@ class LookaheadCache(Cache):
                     f"LookaheadCache stores per-head budgets packed, and under attn_implementation="
                     f"{self._attn_implementation!r} each decoding step attends to a padded copy of every packed layer. "
                     f"Load the model with attn_implementation='{VARLEN_ATTENTION}' (registered by `from "
-                    "lookahead_cache import LookaheadCache`) to decode them in place (on CPU at about the speed of uniform budgets)."
+                    "lookahead_cache import LookaheadCache`) to decode them in place (on CPU at about the speed of "
+                    "uniform budgets)."
                 )
             self.layers[layer_idx] = packed
         self.peak_nbytes = max(self.peak_nbytes, self.nbytes())
