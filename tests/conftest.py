@@ -61,6 +61,21 @@ def prompt_ids(length: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
     return torch.randint(3, 128, (batch, length), generator=generator)
 
 
+def kept_positions(layer, full_keys: torch.Tensor) -> torch.Tensor:
+    """`[batch, kv_heads, prompt_len]`, True where a compressed layer (packed or padded) right after prefill kept that
+    prompt token, found by its key in `full_keys` (the full cache's; equal up to rounding where the prefill ran
+    another shape, e.g. with lookahead rows)."""
+    from lookahead_cache.packed import PackedLayer
+
+    keys = layer.padded()[0] if isinstance(layer, PackedLayer) else layer.keys
+    valid = layer.slot_valid()
+    valid = torch.ones(keys.shape[:3], dtype=torch.bool) if valid is None else valid.expand(keys.shape[:3])
+    close = torch.isclose(keys[:, :, :, None], full_keys[:, :, None], rtol=1e-4, atol=1e-5).all(-1)
+    matches = close & valid[..., None]
+    assert bool((matches.sum(-1) == valid).all()), "a kept slot matches no prompt token, or several"
+    return matches.any(2)
+
+
 @pytest.fixture(scope="session")
 def default_model():
     pytest.importorskip("gguf")

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from conftest import prompt_ids, tiny_model
+from conftest import kept_positions, prompt_ids, tiny_model
 from transformers import DynamicCache
 
 from lookahead_cache import LookaheadCache
@@ -23,20 +23,6 @@ def padded_batch(length=48, pad=9):
     attention_mask = torch.ones_like(input_ids)
     input_ids[1, :pad], attention_mask[1, :pad] = 0, 0
     return input_ids, attention_mask
-
-
-def kept_positions(layer, full_keys: torch.Tensor) -> torch.Tensor:
-    """`[batch, kv_heads, prompt_len]`, True where a compressed layer (packed or padded) kept that prompt token,
-    found by its key."""
-    if isinstance(layer, PackedLayer):
-        keys, _ = layer.padded()
-    else:
-        keys = layer.keys
-    valid = layer.slot_valid()
-    valid = torch.ones(keys.shape[:3], dtype=torch.bool) if valid is None else valid.expand(keys.shape[:3])
-    matches = (keys[:, :, :, None] == full_keys[:, :, None]).all(-1) & valid[..., None]
-    assert bool((matches.sum(-1) == valid).all())  # every kept slot is exactly one prompt token
-    return matches.any(2)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager", "lookahead_varlen"])

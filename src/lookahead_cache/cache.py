@@ -32,13 +32,13 @@ from .config import (
 )
 from .layers import EvictingLayer
 from .packed import PackedLayer
-from .prefill import LayerPrefill, cache_argument, padding_from_mask
+from .prefill import LayerPrefill, cache_argument, generate_prefill_chunks, padding_from_mask
 from .scorers import Scorer, get_scorer, scorer_name, scorer_settings
 from .selection import protected_positions, select_tokens
 
 logger = logging.get_logger(__name__)
 
-_WAITING, _PREFILLING, _DONE = "waiting", "prefilling", "done"
+_WAITING, _PREFILLING, _DONE, _FAILED = "waiting", "prefilling", "done", "failed"
 _AUTO, _LOOKAHEAD, _SNAPKV = "auto", "lookahead", "snapkv"
 
 
@@ -116,6 +116,14 @@ class LookaheadCache(Cache):
         self.scorer = get_scorer(_LOOKAHEAD if self._scorer_is_auto else scorer, **(scorer_kwargs or {}))
         self.allocator = get_allocator(allocation, **(allocation_kwargs or {}))
         super().__init__(layer_class_to_replicate=EvictingLayer)
+        # The process-wide watch and the per-module mask hooks, removed with the cache.
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        weakref.finalize(self, _remove_handles, self._hooks)
+        self._arm()
+
+    def _arm(self) -> None:
+        """Empty, waiting for a prefill to evict."""
+        self.layers = []
         self.peak_nbytes = 0
         self._state = _WAITING
         self._pending_layer: int | None = None
@@ -126,9 +134,17 @@ class LookaheadCache(Cache):
         self._lookahead_rows: int | None = None
         self._attn_implementation: str | None = None
         self._attention_modules: dict[int, nn.Module] = {}
-        self._module_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._watch = _watch_for_modules(self)
-        weakref.finalize(self, _remove_handles, self._module_hooks, self._watch)
+        self._hooks.append(self._watch)
+
+    def reset(self) -> None:
+        """Empty the cache and re-arm it, settings kept: the next forward is a new prefill, evicted like the first
+        (also after a prefill that raised)."""
+        _remove_handles(self._hooks)
+        self._hooks.clear()
+        if self._scorer_is_auto:
+            self.scorer = get_scorer(_LOOKAHEAD)
+        self._arm()
 
     @classmethod
     def from_config(cls, config: LookaheadCacheConfig) -> LookaheadCache:
@@ -227,16 +243,55 @@ class LookaheadCache(Cache):
     # ----- Cache API -------------------------------------------------------------------------------------
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        if self._state == _WAITING:
-            self._state = _PREFILLING
-        if self._state == _PREFILLING:
-            if self._pending_layer is not None:
-                raise self._attention_not_found(self._pending_layer)
-            self._pending_layer = layer_idx
+        if self._state == _DONE:
+            self._check_batch_size(key_states, layer_idx)
+        else:
+            self._enter_prefill_layer(layer_idx)
         keys, values = super().update(key_states, value_states, layer_idx, *args, **kwargs)
         if self._state == _PREFILLING:
-            self.peak_nbytes = max(self.peak_nbytes, self.nbytes())
+            self._record_peak()
         return keys, values
+
+    @torch.compiler.disable
+    def _enter_prefill_layer(self, layer_idx: int) -> None:
+        # Eager under torch.compile, like all of the prefill's bookkeeping: it walks frames and reads tensor sizes.
+        if self._state == _WAITING:
+            chunks = generate_prefill_chunks()
+            if chunks > 1:
+                raise ValueError(
+                    f"LookaheadCache cannot take generate(prefill_chunk_size=...) yet: it evicts at the end of the "
+                    f"first forward, so the other {chunks - 1} chunks of this prompt would be kept whole, beyond "
+                    f"budget={self.cache_config.budget}. Pass prefill_chunk_size=None (or a chunk size no smaller "
+                    "than the prompt), or use a DynamicCache for chunked prefill."
+                )
+            self._state = _PREFILLING
+        if self._state == _FAILED or layer_idx in self._prefilled_layers or layer_idx == self._pending_layer:
+            # A layer that already stored this prefill's keys is stored again: the forward that began the prefill
+            # raised before its end, and a new one started.
+            self._state = _FAILED
+            raise RuntimeError(
+                "This LookaheadCache's prefill raised before it ended (see that error), leaving its layers partly "
+                "compressed, so it cannot be continued. Call `cache.reset()` to reuse it for a new prompt, or pass a "
+                "fresh LookaheadCache."
+            )
+        if self._pending_layer is not None:
+            raise self._attention_not_found(self._pending_layer)
+        self._pending_layer = layer_idx
+
+    def _check_batch_size(self, key_states: torch.Tensor, layer_idx: int) -> None:
+        layer = self.layers[layer_idx]
+        stored = layer.batch_size if isinstance(layer, PackedLayer) else layer.keys.shape[0]
+        if key_states.shape[0] != stored:
+            raise ValueError(
+                f"This LookaheadCache holds {stored} compressed prompt(s), but the forward passes a batch of "
+                f"{key_states.shape[0]}: a cache continues the batch whose prompt it compressed. Pass a fresh "
+                "LookaheadCache (or call `cache.reset()`) for a new batch."
+            )
+
+    @torch.compiler.disable
+    def _record_peak(self) -> None:
+        # Eager under torch.compile: byte counts of tensors with symbolic shapes cannot be read.
+        self.peak_nbytes = max(self.peak_nbytes, self.nbytes())
 
     @property
     def wants_lookahead_rows(self) -> bool:
@@ -296,6 +351,7 @@ class LookaheadCache(Cache):
 
     # ----- end of prefill --------------------------------------------------------------------------------
 
+    @torch.compiler.disable
     def _on_module_done(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Called after every module that received this cache, until the prefill is over."""
         if self._pending_layer is not None:
@@ -337,7 +393,7 @@ class LookaheadCache(Cache):
                 f"LookaheadCache supports full and sliding-window attention layers; this model also has {unsupported}."
             )
         self._compressed_layers = [i for i, kind in enumerate(self._layer_types) if kind == "full_attention"]
-        self.allocator.bind(module, self.scorer)
+        self.allocator.bind(module, self.scorer, self.cache_config)
         if not self._compressed_layers:
             logger.warning("Every attention layer of this model uses a sliding window: LookaheadCache evicts nothing.")
 
@@ -440,6 +496,9 @@ class LookaheadCache(Cache):
             self._compressed_layers.index(layer_idx),
             len(self._compressed_layers),
         )
+        # A row within its budget is kept whole, as it would be alone, however the allocator shares out the others.
+        fits = prefill.real_lengths <= row_budgets
+        counts = torch.where(fits[:, None], prefill.real_lengths[:, None].to(counts), counts)
         positions, slot_valid = select_tokens(
             scores, prefill.valid, counts, sink=self.cache_config.sink, window=self.cache_config.window
         )
@@ -464,7 +523,7 @@ class LookaheadCache(Cache):
 
     def _register_mask_hook(self, layer_idx: int, module: nn.Module) -> None:
         self._attention_modules[layer_idx] = module
-        self._module_hooks.append(
+        self._hooks.append(
             module.register_forward_pre_hook(_physical_mask_hook(self, layer_idx), with_kwargs=True)
         )
 
@@ -555,7 +614,6 @@ def _stack_layers(layers: list) -> EvictingLayer | DynamicSlidingWindowLayer:
     return EvictingLayer.stack(layers)
 
 
-def _remove_handles(module_hooks: list, watch: torch.utils.hooks.RemovableHandle) -> None:
-    watch.remove()
-    for handle in module_hooks:
+def _remove_handles(handles: list[torch.utils.hooks.RemovableHandle]) -> None:
+    for handle in handles:
         handle.remove()

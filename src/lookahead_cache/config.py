@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ class LookaheadCacheConfig:
     allocation_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
+        # NumPy and other numeric scalars (e.g. a budget from np.arange) are taken as the int or float they hold.
+        self.budget = _plain_number(self.budget)
+        self.sink, self.window = _plain_number(self.sink), _plain_number(self.window)
         if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)):
             raise TypeError(
                 f"budget must be an int (tokens kept per KV head) or a float in (0, 1] (fraction of the prompt), "
@@ -96,3 +100,13 @@ class LookaheadCacheConfig:
     @classmethod
     def from_json_file(cls, path: str | Path) -> LookaheadCacheConfig:
         return cls(**json.loads(Path(path).read_text()))
+
+
+def _plain_number(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value

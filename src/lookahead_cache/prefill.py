@@ -10,6 +10,7 @@ import torch
 import transformers
 from packaging import version
 from torch import nn
+from transformers import GenerationMixin
 
 
 # The keyword under which transformers models take a cache: renamed from `past_key_values` in 5.24, whose alias goes
@@ -24,6 +25,22 @@ def cache_argument(kwargs: dict):
     (still accepted by the models' forward until its removal)."""
     cache = kwargs.get("cache")
     return kwargs.get("past_key_values") if cache is None else cache
+
+
+def generate_prefill_chunks() -> int:
+    """Into how many chunks transformers' `generate(prefill_chunk_size=...)` splits the prefill that calls this
+    (1 outside such a prefill).
+
+    `generate` tells the model nothing of the chunks: each is an ordinary forward, so its prefill frame (where the
+    chunks are a local, `input_chunks`, in transformers 5.19 to 5.25) is the only place they can be seen.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "_prefill" and isinstance(frame.f_locals.get("self"), GenerationMixin):
+            chunks = frame.f_locals.get("input_chunks")
+            return 1 if chunks is None else len(chunks)
+        frame = frame.f_back
+    return 1
 
 
 @dataclass

@@ -12,6 +12,9 @@ from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 LOOKAHEAD_CONFIG_NAME = "lookahead_config.json"
 LOOKAHEAD_WEIGHTS_NAME = "lookahead_embeddings.safetensors"
+# PEFT's files of the lookahead LoRA, saved next to ours.
+PEFT_CONFIG_NAME = "adapter_config.json"
+PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = 1
 # Every linear layer of a Llama-style decoder, as in the paper.
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

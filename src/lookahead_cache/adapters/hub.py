@@ -2,36 +2,49 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
-from huggingface_hub import HfApi, hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-from peft import LoraConfig, PeftModel
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from huggingface_hub import HfApi, constants, hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import validate_repo_id
+from peft import PeftModel
+from safetensors.torch import save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from .cards import render_model_card
-from .config import LOOKAHEAD_CONFIG_NAME, LOOKAHEAD_WEIGHTS_NAME, BaseModelSignature, LookaheadConfig
-from .lookahead import DEFAULT_ADAPTER_NAME, LookaheadAdapter, attach_lookahead, check_lora_config, peft_wrapping
+from .checks import check_adapter
+from .config import LOOKAHEAD_CONFIG_NAME, LOOKAHEAD_WEIGHTS_NAME, PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
+from .lookahead import DEFAULT_ADAPTER_NAME, LookaheadAdapter, attach_lookahead, peft_wrapping, unchanged_on_failure
 
 logger = logging.get_logger(__name__)
 
-PEFT_CONFIG_NAME = "adapter_config.json"
-PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_FILES = (PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, LOOKAHEAD_CONFIG_NAME, LOOKAHEAD_WEIGHTS_NAME)
 _PICKLED_WEIGHTS = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+_WHAT_TO_PASS = "pass an existing folder saved with save_pretrained or a Hub repo id 'owner/name'"
 
 
 def resolve_adapter_files(
     repo_or_dir: str | Path, revision: str | None = None, token: str | bool | None = None
 ) -> Path:
-    """The local folder holding the four adapter files of `repo_or_dir`, downloaded from the Hub if needed."""
-    local = Path(repo_or_dir)
+    """The local folder holding the four adapter files of `repo_or_dir`, downloaded from the Hub if needed.
+
+    An existing local folder wins over a Hub repo of the same name ('owner/name' is both); a `Path`, or a string that
+    cannot be a repo id ('./x', '/x', '~/x', 'a/b/c'), is a local folder, and is reported missing as such.
+    """
+    local = Path(repo_or_dir).expanduser()
     if local.is_dir():
         if revision is not None:
             raise ValueError(f"revision={revision!r} applies to Hub repos; {local} is a local folder.")
@@ -46,11 +59,18 @@ def resolve_adapter_files(
             )
             raise FileNotFoundError(f"{local} is not a complete lookahead adapter: missing {missing}.{hint}")
         return local
+    if local.exists():
+        raise NotADirectoryError(f"{local} is a file, not a folder: {_WHAT_TO_PASS}.")
     repo_id = str(repo_or_dir)
+    if isinstance(repo_or_dir, Path) or not _is_repo_id(repo_id):
+        raise FileNotFoundError(f"No local folder {repo_id!r}{_nearest_existing(local)}; {_WHAT_TO_PASS}.")
     paths = []
     for name in ADAPTER_FILES:
         try:
             paths.append(Path(hf_hub_download(repo_id, name, revision=revision, token=token)))
+        except (LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
+            # Before EntryNotFoundError, which LocalEntryNotFoundError subclasses: the file may well be on the Hub.
+            raise _not_in_cache(repo_id, revision, name, error) from error
         except EntryNotFoundError as error:
             raise FileNotFoundError(
                 f"Hub repo {repo_id!r} (revision {revision or 'main'}) has no {name}: it is not a complete lookahead "
@@ -58,15 +78,53 @@ def resolve_adapter_files(
             ) from error
         except (RepositoryNotFoundError, RevisionNotFoundError) as error:
             raise FileNotFoundError(
-                f"{repo_or_dir!r} is neither a local folder nor a reachable Hub repo (revision {revision or 'main'}): "
-                f"{error}"
+                f"{repo_id!r} is neither a local folder{_nearest_existing(local)} nor a reachable Hub repo (revision "
+                f"{revision or 'main'}): {error}"
             ) from error
         except HfHubHTTPError as error:
             raise OSError(f"Downloading {name} from Hub repo {repo_id!r} failed: {error}") from error
     folders = {path.parent for path in paths}
     if len(folders) != 1:
-        raise RuntimeError(f"The files of {repo_id!r} were downloaded to different folders: {sorted(map(str, folders))}.")
+        raise RuntimeError(
+            f"The files of {repo_id!r} were downloaded to different folders: {sorted(map(str, folders))}."
+        )
     return folders.pop()
+
+
+def _is_repo_id(text: str) -> bool:
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _nearest_existing(local: Path) -> str:
+    """Which part of the missing folder `local` exists here, for a path whose start exists (a typo further on)."""
+    absolute = local.absolute()
+    existing = next(parent for parent in absolute.parents if parent.exists())
+    if existing == Path(absolute.anchor) or existing == Path.cwd():
+        return ""
+    return f" ({existing} exists, but has no {absolute.relative_to(existing).parts[0]!r})"
+
+
+def _not_in_cache(repo_id: str, revision: str | None, name: str, error: Exception) -> OSError:
+    """Why `name` of `repo_id` could not be had from the local Hugging Face cache nor from the Hub."""
+    where = f"Hub repo {repo_id!r} (revision {revision or 'main'})"
+    # Read now, not at import: huggingface_hub reads the environment once, and callers (tests) may set it after.
+    if constants.HF_HUB_OFFLINE:
+        variable = next((v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(v)), "HF_HUB_OFFLINE")
+        return FileNotFoundError(
+            f"{repo_id!r} is not a local folder, and offline mode is on ({variable}=1 is set) while {where} is not in "
+            f"the local Hugging Face cache ({constants.HF_HUB_CACHE}; {name} is missing). Unset {variable} to "
+            f"download it, download it first while online (`hf download {repo_id}`), or pass a local folder saved "
+            "with save_pretrained."
+        )
+    return ConnectionError(
+        f"{repo_id!r} is not a local folder, and {name} of {where} could not be downloaded from {constants.ENDPOINT} "
+        f"nor found in the local Hugging Face cache ({error}). Check the connection (and HF_ENDPOINT), or pass a "
+        "local folder saved with save_pretrained."
+    )
 
 
 def load_lookahead(
@@ -82,11 +140,13 @@ def load_lookahead(
     """Load a trained lookahead adapter into `base_model`, so that `LookaheadCache(scorer="lookahead")` works.
 
     PEFT loads the lookahead LoRA (`PeftModel.from_pretrained`); the lookahead embeddings and config come from our
-    sidecar files in the same folder or repo. Only safetensors files are read.
+    sidecar files in the same folder or repo. Only safetensors files are read. Every file is checked against the
+    others and against `base_model` before PEFT wraps it; if loading fails all the same, `base_model` is left as it
+    was.
 
     Args:
         base_model: The transformers model the adapter was trained for.
-        repo_or_dir: A local folder or a Hub repo id.
+        repo_or_dir: A local folder, or a Hub repo id 'owner/name' (a local folder of that name wins).
         revision: Branch, tag or commit of a Hub repo.
         token: Hub token, as in `huggingface_hub`.
         tokenizer: If given, its vocabulary must match the one the adapter was trained with.
@@ -95,55 +155,26 @@ def load_lookahead(
 
     Returns:
         The `PeftModel` wrapping `base_model`. A plain `generate` on it behaves exactly like `base_model`.
+
+    Raises:
+        FileNotFoundError: No such local folder or Hub repo, a file of the adapter is missing, or (offline mode) the
+            repo is not in the local Hugging Face cache.
+        ValueError: A file is corrupted or truncated, the files disagree, or the adapter does not fit `base_model`.
     """
     folder = resolve_adapter_files(repo_or_dir, revision=revision, token=token)
     source = f"lookahead adapter {str(repo_or_dir)!r}"
-    config = LookaheadConfig.from_json_file(folder / LOOKAHEAD_CONFIG_NAME)
-    model_signature = BaseModelSignature.of(base_model.config, tokenizer)
-    if config.base_model is None:
-        raise ValueError(f"{source}: {LOOKAHEAD_CONFIG_NAME} does not record the base model it was trained for.")
-    mismatches = config.base_model.mismatches(model_signature)
-    if mismatches:
-        raise ValueError(
-            f"{source} was trained for another base model ({config.base_model_name_or_path or config.base_model.model_type}) "
-            f"than the one given ({getattr(base_model.config, '_name_or_path', '') or model_signature.model_type}): "
-            + "; ".join(mismatches)
+    config, lora, embeddings = check_adapter(folder, base_model, tokenizer, source)
+    with unchanged_on_failure(base_model), peft_wrapping():
+        peft_model = PeftModel.from_pretrained(
+            base_model, str(folder), adapter_name=adapter_name, is_trainable=is_trainable, config=lora
         )
-    check_lora_config(LoraConfig.from_pretrained(str(folder)), source)
-    embeddings = _load_embeddings(folder / LOOKAHEAD_WEIGHTS_NAME, config, base_model, source)
-    try:
-        with peft_wrapping():
-            peft_model = PeftModel.from_pretrained(
-                base_model, str(folder), adapter_name=adapter_name, is_trainable=is_trainable
-            )
-    except SafetensorError as error:
-        raise ValueError(f"{source}: {PEFT_WEIGHTS_NAME} is not a valid safetensors file ({error}).") from error
-    adapter = LookaheadAdapter(config, peft_model, adapter_name)
-    with torch.no_grad():
-        adapter.embeddings.copy_(embeddings)
-    adapter.embeddings.requires_grad_(is_trainable)
-    adapter.source, adapter.source_revision = str(repo_or_dir), revision
-    attach_lookahead(peft_model, adapter)
+        adapter = LookaheadAdapter(config, peft_model, adapter_name)
+        with torch.no_grad():
+            adapter.embeddings.copy_(embeddings)
+        adapter.embeddings.requires_grad_(is_trainable)
+        adapter.source, adapter.source_revision = str(repo_or_dir), revision
+        attach_lookahead(peft_model, adapter)
     return peft_model
-
-
-def _load_embeddings(path: Path, config: LookaheadConfig, base_model: PreTrainedModel, source: str) -> torch.Tensor:
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"{source}: {path.name} is not a valid safetensors file ({error}).") from error
-    if set(tensors) != {"embeddings"}:
-        raise ValueError(f"{source}: {path.name} must hold exactly one tensor named 'embeddings', found {sorted(tensors)}.")
-    embeddings = tensors["embeddings"]
-    expected = (config.num_tokens, base_model.get_input_embeddings().weight.shape[-1])
-    if tuple(embeddings.shape) != expected:
-        raise ValueError(
-            f"{source}: {path.name} holds embeddings of shape {tuple(embeddings.shape)}, expected {expected} "
-            "(num_tokens x hidden size)."
-        )
-    if not torch.isfinite(embeddings).all():
-        raise ValueError(f"{source}: {path.name} holds non-finite values; the file is corrupted.")
-    return embeddings
 
 
 def save_lookahead(adapter: LookaheadAdapter, save_directory: str | Path, evaluation: str | None = None) -> Path:

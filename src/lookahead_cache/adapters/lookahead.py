@@ -16,6 +16,7 @@ small module of ours, saved next to PEFT's files and attached to the model it wa
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import warnings
 import weakref
@@ -271,21 +272,69 @@ def peft_wrapping() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def unchanged_on_failure(model: nn.Module) -> Iterator[None]:
+    """If the block raises (anything, an interrupt included), put `model` back as it came in: its module tree,
+    attributes, hooks, which parameters train, and the lookahead adapter attached to it, if any.
+
+    PEFT wraps a model in place: it swaps linear layers for LoRA layers, adds attributes and freezes parameters, so a
+    wrapping that fails half-way would hand the caller a model that is neither the base model nor a working adapter.
+    A module keeps all of that in its `__dict__` (children, parameters, buffers and hooks in containers there), so
+    shallow copies of each module's `__dict__` and of the containers in it restore it. Weights are not copied: PEFT
+    does not write the base model's weights when it adds or loads an adapter.
+    """
+    saved = []
+    for module in model.modules():
+        attributes = dict(vars(module))
+        containers = {
+            name: copy.copy(value) for name, value in attributes.items() if isinstance(value, (dict, list, set))
+        }
+        saved.append((module, attributes, containers))
+    requires_grad = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    registries = [
+        (registry, {module: registry.get(module) for module, _, _ in saved}) for registry in (_ATTACHED, _PREFILL_HOOKS)
+    ]
+    try:
+        yield
+    except BaseException:
+        for module, attributes, containers in saved:
+            state = vars(module)
+            for name in set(state) - set(attributes):
+                del state[name]
+            state.update(attributes)
+            for name, content in containers.items():
+                if isinstance(content, list):
+                    attributes[name][:] = content
+                else:
+                    attributes[name].clear()
+                    attributes[name].update(content)
+        for parameter, flag in requires_grad:
+            parameter.requires_grad_(flag)
+        for registry, before in registries:
+            for module, value in before.items():
+                if value is None:
+                    registry.pop(module, None)
+                else:
+                    registry[module] = value
+        raise
+
+
 def add_lookahead(
     model: PreTrainedModel, config: LookaheadConfig | None = None, adapter_name: str = DEFAULT_ADAPTER_NAME
 ) -> PeftModel:
     """Wrap `model` in a PeftModel with a new, untrained lookahead adapter (for training).
 
-    The LoRA starts as a no-op (PEFT initialises its B matrices to zero); the embeddings start random.
+    The LoRA starts as a no-op (PEFT initialises its B matrices to zero); the embeddings start random. If wrapping
+    fails, `model` is left as it was.
     """
     config = config or LookaheadConfig()
     if config.base_model is None:
         config.base_model = BaseModelSignature.of(model.config)
     if config.base_model_name_or_path is None:
         config.base_model_name_or_path = getattr(model.config, "_name_or_path", None) or None
-    with peft_wrapping():
+    with unchanged_on_failure(model), peft_wrapping():
         peft_model = get_peft_model(model, lora_config(config), adapter_name=adapter_name)
-    attach_lookahead(peft_model, LookaheadAdapter(config, peft_model, adapter_name))
+        attach_lookahead(peft_model, LookaheadAdapter(config, peft_model, adapter_name))
     return peft_model
 
 

@@ -5,6 +5,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
+from ..config import LookaheadCacheConfig
 from ..scorers import Scorer
 
 
@@ -15,8 +16,9 @@ class Allocator(ABC):
     layer's scores (per-head allocation) but not at later layers'.
     """
 
-    def bind(self, attention_module: nn.Module, scorer: Scorer) -> None:
-        """Called before a cache's first eviction with an attention module of the model and the cache's scorer.
+    def bind(self, attention_module: nn.Module, scorer: Scorer, cache_config: LookaheadCacheConfig) -> None:
+        """Called before a cache's first eviction with an attention module of the model, the cache's scorer and its
+        settings.
 
         Allocators that depend on the model (an offline profile, say) load and check what they need here;
         `attention_module.config` is the model's config.

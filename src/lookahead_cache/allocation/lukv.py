@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..adapters.config import BaseModelSignature
+from ..config import LookaheadCacheConfig
 from ..profiling.profile import HeadProfile, check_scope
 from ..scorers import Scorer, scorer_defaults, scorer_name, scorer_settings
 from .base import Allocator
@@ -50,10 +51,18 @@ class LUKVAllocator(Allocator):
         self.scope = scope
         self._counts: dict[tuple[int, int, int], torch.Tensor] = {}
 
-    def bind(self, attention_module: nn.Module, scorer: Scorer) -> None:
+    def bind(self, attention_module: nn.Module, scorer: Scorer, cache_config: LookaheadCacheConfig) -> None:
         name, settings = scorer_name(scorer), scorer_settings(scorer)
         if self.profile is None:
             self.profile = self._load(attention_module, name)
+        profiled = (self.profile.sink, self.profile.window)
+        if profiled != (cache_config.sink, cache_config.window):
+            raise ValueError(
+                f"The LU-KV profile was made with sink={profiled[0]}, window={profiled[1]}, but the cache protects "
+                f"sink={cache_config.sink}, window={cache_config.window}: its head budgets share out other tokens. "
+                f"Create the cache with sink={profiled[0]}, window={profiled[1]}, or profile these settings "
+                f"(`lookahead-cache profile --sink {cache_config.sink} --window {cache_config.window}`)."
+            )
         if self.profile.scorer != name:
             raise ValueError(
                 f"The LU-KV profile was made for scorer {self.profile.scorer!r}, but the cache scores with {name!r}: "
