@@ -1,88 +1,43 @@
-"""Bad input gets a clear error that names the problem and the fix."""
+"""The bad-input matrix of the cache: every misuse a user met, each either refused with an error that names the
+problem and the fix, or handled correctly; none silent.
 
+One row per case, run by one of two table-driven tests: `REFUSED` (the error and its message) and `HANDLED` (a check
+of the correct result). The matrices of the other entry points live beside their own fixtures: adapters in
+`test_adapter_loading.py` (`BAD_ADAPTERS`, `FAILURES`), run folders of `eval`, `train`, `profile` and `bench` in
+`test_run_folders.py`. `torch.compile` (default and `dynamic=True`), which crashed on symbolic sizes, is tested
+in `test_cache.py` (slow).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
 import pytest
 import torch
-from conftest import prompt_ids, tiny_model
+from conftest import prompt_ids, synthetic_profile, tiny_model
 from torch import nn
+from transformers import DynamicCache
 
 from lookahead_cache import LookaheadCache
+from lookahead_cache.allocation import LUKVAllocator
 from lookahead_cache.prefill import CACHE_ARGUMENT
 from lookahead_cache.scorers import Scorer
 
-
-@pytest.mark.parametrize("budget", [0, -5])
-def test_non_positive_budget_is_refused(budget):
-    with pytest.raises(ValueError, match="must be positive"):
-        LookaheadCache(budget=budget, scorer="snapkv")
+SETTINGS = dict(budget=16, scorer="snapkv", sink=2, window=4)
 
 
-@pytest.mark.parametrize("budget", [1.5, 0.0, -0.1, float("nan")])
-def test_fraction_outside_zero_one_is_refused(budget):
-    with pytest.raises(ValueError, match=r"must lie in \(0, 1\]"):
-        LookaheadCache(budget=budget, scorer="snapkv")
+def prefill(cache, length=40, model=None, **inputs):
+    with torch.no_grad():
+        return (model or tiny_model())(prompt_ids(length, **inputs), **{CACHE_ARGUMENT: cache}).logits
 
 
-@pytest.mark.parametrize("budget", [True, "256", None])
-def test_budget_of_wrong_type_is_refused(budget):
-    with pytest.raises(TypeError, match="budget must be an int"):
-        LookaheadCache(budget=budget, scorer="snapkv")
+def generate(model, input_ids, cache, **kwargs):
+    return model.generate(input_ids, **{CACHE_ARGUMENT: cache}, max_new_tokens=4, do_sample=False, **kwargs)
 
 
-@pytest.mark.parametrize("sink, window", [(0, 40), (40, 0), (10, 10)])
-def test_sink_and_window_larger_than_budget_are_refused(sink, window):
-    with pytest.raises(ValueError, match="protected tokens exceed budget=16"):
-        LookaheadCache(budget=16, scorer="snapkv", sink=sink, window=window)
-
-
-def test_negative_window_is_refused():
-    with pytest.raises(ValueError, match="window=-1 must be a non-negative int"):
-        LookaheadCache(budget=16, scorer="snapkv", window=-1)
-
-
-def test_fraction_leaving_less_than_the_protected_tokens_is_refused_at_prefill():
-    model = tiny_model()
-    cache = LookaheadCache(budget=0.1, scorer="knorm", sink=4, window=8)
-    with pytest.raises(ValueError, match="fewer than the 12 protected"):
-        with torch.no_grad():
-            model(prompt_ids(50), **{CACHE_ARGUMENT: cache})
-
-
-def test_unknown_scorer_names_the_available_ones():
-    with pytest.raises(ValueError, match="Unknown scorer 'h2o'. Available scorers: lookahead, snapkv"):
-        LookaheadCache(budget=64, scorer="h2o")
-
-
-def test_unknown_allocation_names_the_available_ones():
-    with pytest.raises(ValueError, match="Unknown allocation 'snapkv'. Available allocations: uniform, pyramid, adakv"):
-        LookaheadCache(budget=64, scorer="snapkv", allocation="snapkv")
-
-
-def test_unknown_scorer_argument_is_refused():
-    with pytest.raises(TypeError, match="kernel"):
-        LookaheadCache(budget=64, scorer="snapkv", scorer_kwargs={"kernel": 5})
-
-
-def test_even_pooling_kernel_is_refused():
-    with pytest.raises(ValueError, match="kernel_size=4 must be a positive odd number"):
-        LookaheadCache(budget=64, scorer="snapkv", scorer_kwargs={"kernel_size": 4})
-
-
-def test_scorer_returning_a_wrong_shape_is_reported():
-    class BrokenScorer(Scorer):
-        def score(self, prefill):
-            return torch.zeros(prefill.keys.shape[-2])
-
-    with pytest.raises(ValueError, match=r"BrokenScorer.score returned shape \(40,\)"):
-        with torch.no_grad():
-            tiny_model()(prompt_ids(40), **{CACHE_ARGUMENT: LookaheadCache(budget=16, scorer=BrokenScorer(), window=4)})
-
-
-def test_unsupported_attention_implementation_is_refused():
-    model = tiny_model()
-    model.set_attn_implementation("flex_attention")
-    with pytest.raises(ValueError, match="supports attn_implementation 'sdpa', 'eager' and 'lookahead_varlen'"):
-        with torch.no_grad():
-            model(prompt_ids(40), **{CACHE_ARGUMENT: LookaheadCache(budget=16, scorer="snapkv", window=4)})
+class BrokenScorer(Scorer):
+    def score(self, prefill):
+        return torch.zeros(prefill.keys.shape[-2])
 
 
 class OpaqueAttention(nn.Module):
@@ -109,6 +64,237 @@ class OpaqueModel(nn.Module):
         return hidden
 
 
-def test_model_whose_attention_modules_cannot_be_found_is_refused():
-    with pytest.raises(RuntimeError, match="could not find the attention module of layer 0"):
-        OpaqueModel()(torch.zeros(1, 10, 8), cache=LookaheadCache(budget=4, scorer="knorm", sink=0, window=0))
+def flex_attention_prefill():
+    model = tiny_model()
+    model.set_attn_implementation("flex_attention")
+    prefill(LookaheadCache(**SETTINGS), model=model)
+
+
+def chunked_generate():
+    generate(tiny_model(), prompt_ids(300), LookaheadCache(budget=64, scorer="snapkv"), prefill_chunk_size=128)
+
+
+def reuse_after_a_raised_prefill():
+    model = tiny_model()
+    cache = LookaheadCache(**SETTINGS)
+    failing = model.model.layers[1].mlp.register_forward_hook(lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        prefill(cache, model=model)
+    failing.remove()
+    prefill(cache, model=model)
+
+
+def another_batch_size():
+    model = tiny_model()
+    cache = LookaheadCache(**SETTINGS)
+    prefill(cache, model=model)
+    prefill(cache, length=1, model=model, batch=2)
+
+
+def profile_of_other_sink_and_window():
+    profile = synthetic_profile()  # made with sink=2, window=4
+    prefill(LookaheadCache(budget=16, scorer="snapkv", allocation=LUKVAllocator(profile), sink=4, window=8))
+
+
+@dataclass
+class Refused:
+    name: str
+    call: Callable[[], object]
+    error: type[Exception]
+    message: str
+
+    def __str__(self):
+        return self.name
+
+
+REFUSED = [
+    Refused("budget 0", lambda: LookaheadCache(budget=0), ValueError, "budget=0 must be positive"),
+    Refused("budget -5", lambda: LookaheadCache(budget=-5), ValueError, "budget=-5 must be positive"),
+    *(
+        Refused(f"fraction {budget}", lambda b=budget: LookaheadCache(budget=b), ValueError, r"must lie in \(0, 1\]")
+        for budget in (1.5, 0.0, -0.1, float("nan"))
+    ),
+    *(
+        Refused(f"budget {budget!r}", lambda b=budget: LookaheadCache(budget=b), TypeError, "budget must be an int")
+        for budget in (True, "256", None, np.bool_(True))
+    ),
+    *(
+        Refused(
+            f"sink {sink} + window {window} > budget",
+            lambda s=sink, w=window: LookaheadCache(budget=16, sink=s, window=w),
+            ValueError,
+            "protected tokens exceed budget=16",
+        )
+        for sink, window in [(0, 40), (40, 0), (10, 10)]
+    ),
+    Refused("window -1", lambda: LookaheadCache(window=-1), ValueError, "window=-1 must be a non-negative int"),
+    Refused(
+        "fraction below the protected tokens",
+        lambda: prefill(LookaheadCache(budget=0.1, scorer="knorm", sink=4, window=8), length=50),
+        ValueError,
+        "fewer than the 12 protected",
+    ),
+    Refused(
+        "unknown scorer",
+        lambda: LookaheadCache(scorer="h2o"),
+        ValueError,
+        "Unknown scorer 'h2o'. Available scorers: lookahead, snapkv",
+    ),
+    Refused(
+        "unknown allocation",
+        lambda: LookaheadCache(allocation="snapkv"),
+        ValueError,
+        "Unknown allocation 'snapkv'. Available allocations: uniform, pyramid, adakv",
+    ),
+    Refused(
+        "unknown scorer argument",
+        lambda: LookaheadCache(scorer="snapkv", scorer_kwargs={"kernel": 5}),
+        TypeError,
+        "kernel",
+    ),
+    Refused(
+        "scorer_kwargs with scorer='auto'",
+        lambda: LookaheadCache(scorer_kwargs={"window": 8}),
+        ValueError,
+        "need a named scorer",
+    ),
+    Refused(
+        "even pooling kernel",
+        lambda: LookaheadCache(scorer="snapkv", scorer_kwargs={"kernel_size": 4}),
+        ValueError,
+        "kernel_size=4 must be a positive odd number",
+    ),
+    Refused(
+        "scorer returning a wrong shape",
+        lambda: prefill(LookaheadCache(budget=16, scorer=BrokenScorer(), window=4)),
+        ValueError,
+        r"BrokenScorer.score returned shape \(40,\)",
+    ),
+    Refused(
+        "lookahead scorer without an adapter",
+        lambda: prefill(LookaheadCache(budget=16, scorer="lookahead", window=4)),
+        ValueError,
+        "scorer='lookahead' needs a model with a lookahead adapter",
+    ),
+    Refused(
+        "unsupported attention implementation",
+        flex_attention_prefill,
+        ValueError,
+        "supports attn_implementation 'sdpa', 'eager' and 'lookahead_varlen'",
+    ),
+    Refused(
+        "attention modules that take the cache positionally",
+        lambda: OpaqueModel()(torch.zeros(1, 10, 8), cache=LookaheadCache(budget=4, scorer="knorm", sink=0, window=0)),
+        RuntimeError,
+        "could not find the attention module of layer 0",
+    ),
+    Refused(
+        "generate(prefill_chunk_size=...) in several chunks",
+        chunked_generate,
+        ValueError,
+        r"cannot take generate\(prefill_chunk_size=...\) yet: .* other 2 chunks .* beyond budget=64",
+    ),
+    Refused(
+        "reuse after a prefill that raised",
+        reuse_after_a_raised_prefill,
+        RuntimeError,
+        r"prefill raised before it ended .* Call `cache.reset\(\)`",
+    ),
+    Refused(
+        "a used cache with another batch size",
+        another_batch_size,
+        ValueError,
+        r"holds 1 compressed prompt\(s\), but the forward passes a batch of 2: .* fresh LookaheadCache",
+    ),
+    Refused(
+        "crop after eviction",
+        lambda: (cache := LookaheadCache(**SETTINGS), prefill(cache), cache.crop(-1)),
+        ValueError,
+        "cannot be restored",
+    ),
+    Refused(
+        "LU-KV profile of other sink/window",
+        profile_of_other_sink_and_window,
+        ValueError,
+        r"made with sink=2, window=4, but the cache protects sink=4, window=8",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=str)
+def test_bad_input_is_refused_with_a_message_naming_the_fix(case):
+    with pytest.raises(case.error, match=case.message):
+        case.call()
+
+
+def numpy_budgets():
+    cache = LookaheadCache(budget=np.int64(16), scorer="snapkv", sink=np.int32(2), window=np.int64(4))
+    prefill(cache)
+    fraction = LookaheadCache(budget=np.float32(0.5), scorer="snapkv", sink=2, window=4)
+    prefill(fraction)
+    assert cache.cache_config.budget == 16 and type(cache.cache_config.budget) is int
+    assert bool((cache.kept_tokens() == 16).all()) and bool((fraction.kept_tokens() == 20).all())
+
+
+def reset_rearms():
+    """After `reset()` the cache evicts the next prompt exactly as a fresh cache does, also after a prefill that
+    raised."""
+    model = tiny_model()
+    settings = dict(budget=12, scorer="snapkv", window=4)
+    second_prompt = prompt_ids(54, seed=3)
+    fresh = LookaheadCache(**settings)
+    expected = generate(model, second_prompt, fresh)
+    cache = LookaheadCache(**settings)
+    generate(model, prompt_ids(40), cache)
+    cache.reset()
+    assert not cache.is_compressed and cache.get_seq_length() == 0 and cache.peak_nbytes == 0
+    assert torch.equal(generate(model, second_prompt, cache), expected)
+    assert torch.equal(cache.kept_tokens(), fresh.kept_tokens()) and cache.peak_nbytes == fresh.peak_nbytes
+    failing = model.model.layers[1].mlp.register_forward_hook(lambda *args: 1 / 0)
+    cache.reset()
+    with pytest.raises(ZeroDivisionError):
+        generate(model, prompt_ids(40), cache)
+    failing.remove()
+    cache.reset()
+    assert torch.equal(generate(model, second_prompt, cache), expected)
+
+
+def one_chunk_is_no_chunking():
+    """A refused chunked prefill leaves the cache empty; one chunk evicts as no chunking does."""
+    model = tiny_model()
+    chunked, whole = LookaheadCache(budget=64, scorer="snapkv"), LookaheadCache(budget=64, scorer="snapkv")
+    with pytest.raises(ValueError, match="prefill_chunk_size"):
+        generate(model, prompt_ids(300), chunked, prefill_chunk_size=128)
+    assert chunked.get_seq_length() == 0 and not chunked.is_compressed
+    output = generate(model, prompt_ids(300), chunked, prefill_chunk_size=300)
+    assert torch.equal(output, generate(model, prompt_ids(300), whole))
+    assert torch.equal(chunked.kept_tokens(), whole.kept_tokens())
+
+
+def prompt_within_budget_is_the_full_cache():
+    model = tiny_model()
+    assert torch.equal(
+        prefill(LookaheadCache(budget=40, scorer="snapkv"), model=model), prefill(DynamicCache(), model=model)
+    )
+
+
+@dataclass
+class Handled:
+    name: str
+    check: Callable[[], None]
+
+    def __str__(self):
+        return self.name
+
+
+HANDLED = [
+    Handled("NumPy budget, sink and window", numpy_budgets),
+    Handled("reset() re-arms eviction, also after a prefill that raised", reset_rearms),
+    Handled("generate(prefill_chunk_size=...) in one chunk", one_chunk_is_no_chunking),
+    Handled("prompt within the budget", prompt_within_budget_is_the_full_cache),
+]
+
+
+@pytest.mark.parametrize("case", HANDLED, ids=str)
+def test_misuse_that_has_a_right_answer_gets_it(case):
+    case.check()

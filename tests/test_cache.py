@@ -382,48 +382,6 @@ def test_cache_config_rebuilds_configured_instances_through_json(tmp_path):
     assert torch.equal(cache.layers[0].keys, rebuilt.layers[0].keys)
 
 
-@pytest.mark.parametrize("architecture", ["llama", "gemma3"])
-def test_reset_rearms_the_cache_for_a_new_prompt(architecture):
-    """After `reset()` the cache evicts the next prompt exactly as a fresh cache does, also after a prefill that
-    raised, whose reuse without a reset is refused."""
-    model = tiny_model(architecture)
-    settings = dict(budget=12, scorer="snapkv", window=4)
-    second_prompt = prompt_ids(54, seed=3)
-    expected, fresh = generate(model, second_prompt, LookaheadCache(**settings)), LookaheadCache(**settings)
-    generate(model, second_prompt, fresh)
-
-    cache = LookaheadCache(**settings)
-    generate(model, prompt_ids(40), cache)
-    cache.reset()
-    assert not cache.is_compressed and cache.get_seq_length() == 0 and cache.peak_nbytes == 0
-    assert torch.equal(generate(model, second_prompt, cache), expected)
-    assert torch.equal(cache.kept_tokens(), fresh.kept_tokens())
-    assert cache.peak_nbytes == fresh.peak_nbytes
-
-    failing = model.model.layers[1].mlp.register_forward_hook(lambda *args: 1 / 0)
-    cache.reset()
-    with pytest.raises(ZeroDivisionError):
-        generate(model, prompt_ids(40), cache)
-    failing.remove()
-    with pytest.raises(RuntimeError, match=r"prefill raised before it ended .* Call `cache.reset\(\)`"):
-        generate(model, prompt_ids(40), cache)
-    cache.reset()
-    assert torch.equal(generate(model, second_prompt, cache), expected)
-
-
-def test_chunked_prefill_is_refused_and_one_chunk_equals_no_chunking():
-    model = tiny_model()
-    input_ids = prompt_ids(300)
-    cache = LookaheadCache(budget=64, scorer="snapkv", sink=4, window=8)
-    with pytest.raises(ValueError, match=r"prefill_chunk_size=.* other 2 chunks .* beyond budget=64"):
-        generate(model, input_ids, cache, prefill_chunk_size=128)
-    assert cache.get_seq_length() == 0 and not cache.is_compressed  # refused before it stored anything
-    one_chunk = generate(model, input_ids, cache, prefill_chunk_size=300)
-    unchunked = LookaheadCache(budget=64, scorer="snapkv", sink=4, window=8)
-    assert torch.equal(one_chunk, generate(model, input_ids, unchunked))
-    assert torch.equal(cache.kept_tokens(), unchunked.kept_tokens())
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("dynamic", [None, True])
 def test_compiled_forward_evicts_and_decodes_like_eager(dynamic):

@@ -54,9 +54,7 @@ def cases(draw):
     model_name = draw(st.sampled_from(MODELS))
     scorers = HEURISTIC_SCORERS + (["lookahead"] if model_name == "llama+lookahead" else [])
     sink, window = draw(st.integers(0, 4)), draw(st.integers(0, 8))
-    budget = draw(
-        st.one_of(st.integers(max(1, sink + window), 48), st.floats(0.05, 1.0))
-    )
+    budget = draw(st.one_of(st.integers(max(1, sink + window), 48), st.floats(0.05, 1.0)))
     lengths = draw(st.lists(st.integers(1, 64), min_size=1, max_size=3))
     config = LookaheadCacheConfig(budget=budget, sink=sink, window=window)
     try:
@@ -153,7 +151,8 @@ def test_eviction_invariants(case):
     if case["scorer"] == "random" or (case["scorer"] == "knorm" and case["model_name"] == "qwen3"):
         return
     for row, length in enumerate(case["lengths"]):
-        alone_ids, alone_mask = input_ids[row : row + 1, width - length :], attention_mask[row : row + 1, width - length :]
+        alone_ids = input_ids[row : row + 1, width - length :]
+        alone_mask = attention_mask[row : row + 1, width - length :]
         alone, alone_full = make_cache(case, model), DynamicCache()
         alone_logits = prefill(model, alone_ids, alone_mask, alone)
         prefill(model, alone_ids, alone_mask, alone_full)

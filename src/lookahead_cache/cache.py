@@ -523,9 +523,7 @@ class LookaheadCache(Cache):
 
     def _register_mask_hook(self, layer_idx: int, module: nn.Module) -> None:
         self._attention_modules[layer_idx] = module
-        self._hooks.append(
-            module.register_forward_pre_hook(_physical_mask_hook(self, layer_idx), with_kwargs=True)
-        )
+        self._hooks.append(module.register_forward_pre_hook(_physical_mask_hook(self, layer_idx), with_kwargs=True))
 
 
 def _watch_for_modules(cache: LookaheadCache) -> torch.utils.hooks.RemovableHandle:

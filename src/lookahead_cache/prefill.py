@@ -12,7 +12,6 @@ from packaging import version
 from torch import nn
 from transformers import GenerationMixin
 
-
 # The keyword under which transformers models take a cache: renamed from `past_key_values` in 5.24, whose alias goes
 # away in 5.40 for `forward` (6.0 for `generate`).
 CACHE_ARGUMENT = (
