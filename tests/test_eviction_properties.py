@@ -8,8 +8,9 @@ with that row prefilled alone:
 - the first `sink` and last `window` real tokens are kept in every head, and no padding token is;
 - `kept_tokens()` counts exactly the kept tokens, and `get_seq_length()` is every token seen;
 - the first generated token's logits are the full cache's;
-- a row keeps what it keeps alone. Left out there: seeded random scores, drawn per batch, and knorm on Qwen3, whose
-  normalised keys all have the same norm up to rounding (a batch and a lone row round differently).
+- a row keeps what it keeps alone. Left out there: seeded random scores, drawn per batch, and knorm on models that
+  normalise their keys (Qwen3, Gemma 3), whose keys then all have the same norm up to rounding, which a batch and a
+  lone row round differently.
 
 The number of examples comes from the hypothesis profile (`HYPOTHESIS_PROFILE=thorough` for many more).
 """
@@ -34,7 +35,7 @@ from lookahead_cache.prefill import CACHE_ARGUMENT
 settings.register_profile(
     "ci", max_examples=80, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
-settings.register_profile("thorough", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 HEURISTIC_SCORERS = ["snapkv", "knorm", "streaming", "random"]
@@ -47,6 +48,10 @@ def model_for(name: str):
     if name == "llama+lookahead":
         return add_lookahead(tiny_model("llama"), LookaheadConfig(num_tokens=4)).eval()
     return tiny_model(name)
+
+
+def normalises_keys(model) -> bool:
+    return any(name.endswith("k_norm") for name, _ in model.named_modules())
 
 
 @st.composite
@@ -148,7 +153,7 @@ def test_eviction_invariants(case):
             assert real[:, : config.sink].all(), "a sink token was evicted"
             assert real[:, max(0, length - config.window) :].all(), "a window token was evicted"
 
-    if case["scorer"] == "random" or (case["scorer"] == "knorm" and case["model_name"] == "qwen3"):
+    if case["scorer"] == "random" or (case["scorer"] == "knorm" and normalises_keys(model)):
         return
     for row, length in enumerate(case["lengths"]):
         alone_ids = input_ids[row : row + 1, width - length :]

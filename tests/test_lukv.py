@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import prompt_ids, synthetic_profile, tiny_model
 
-from lookahead_cache import LookaheadCache
+from lookahead_cache import LookaheadCache, LookaheadCacheConfig
 from lookahead_cache.adapters.config import BaseModelSignature
 from lookahead_cache.allocation import LUKVAllocator
 from lookahead_cache.prefill import CACHE_ARGUMENT
@@ -179,9 +179,10 @@ def test_a_scorer_setting_added_after_a_profile_counts_as_its_default_then():
     attention = tiny_model().model.layers[0].self_attn
     profile = synthetic_profile()
     profile.scorer, profile.scorer_settings = "lookahead", {"kernel_size": 9, "pooling": "max"}
-    LUKVAllocator(profile).bind(attention, LookaheadScorer())
+    settings = LookaheadCacheConfig(budget=20, sink=2, window=4)
+    LUKVAllocator(profile).bind(attention, LookaheadScorer(), settings)
     with pytest.raises(ValueError, match="made with lookahead settings .*'shift': 2"):
-        LUKVAllocator(profile).bind(attention, LookaheadScorer(shift=2))
+        LUKVAllocator(profile).bind(attention, LookaheadScorer(shift=2), settings)
 
 
 @pytest.mark.slow
@@ -218,12 +219,12 @@ def test_profiling_a_model_gives_ratios_that_add_up_and_resumes(tiny_model_dir, 
     # Tables of a scorer with other settings are not reused.
     with pytest.raises(pytest.fail.Exception, match="recomputed a finished prompt"):
         profiler.profile_model(model, tokenizer, [LookaheadScorer(kernel_size=1)], tmp_path / "adapter", **settings)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="holds a profiling run with answer_tokens 6; this call has answer_tokens 8"):
         profiler.profile_model(model, tokenizer, ["snapkv"], tmp_path / "adapter", **{**settings, "answer_tokens": 8})
     # Tables scored by another adapter are not reused.
     with torch.no_grad():
         get_lookahead(model).embeddings.add_(1.0)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="holds a profiling run with lookahead_adapter_sha256 [0-9a-f]{64}; this call"):
         profiler.profile_model(model, tokenizer, ["lookahead"], tmp_path / "adapter", **settings)
     with torch.no_grad():
         get_lookahead(model).embeddings.sub_(1.0)

@@ -130,7 +130,7 @@ def test_training_resumes_after_an_interruption_and_saves_a_loadable_adapter(def
     reloaded = load_lookahead(copy.deepcopy(base), tmp_path / "adapter", tokenizer=tokenizer)
     assert torch.equal(get_lookahead(reloaded).embeddings, get_lookahead(model).embeddings)
 
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="holds a run with epochs 2; this call has epochs 3: pass the same settings"):
         train(copy.deepcopy(base), tokenizer, small_config(epochs=3), tmp_path)
 
 

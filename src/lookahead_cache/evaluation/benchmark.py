@@ -26,6 +26,7 @@ from transformers.utils import logging
 from ..adapters import add_lookahead, load_lookahead
 from ..cache import LookaheadCache
 from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, default_model_path, load_default_model
+from ..run_folder import write_text
 from .documents import haystack_ids
 from .methods import CacheMethod
 from .timing import TimedGeneration, median_prefill_ratio, prefill_flops, timed_generation
@@ -129,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nPeak memory: {settings['peak_memory']}.")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"settings": settings, "results": rows}, indent=2) + "\n")
+        # Renamed into place: an interrupted write keeps the previous results rather than leaving a torn file.
+        write_text(args.out, json.dumps({"settings": settings, "results": rows}, indent=2) + "\n")
         print(f"Wrote {args.out}")
     return 0
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..run_folder import read_jsonl
 from .benchmark import FULL, format_results, markdown_table
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def load_rows(directory: str | Path) -> list[dict[str, Any]]:
     that methods keep the order in which the main runner wrote them. Runs are resumable and may be re-run: a later
     row for the same (sample_id, mode, method, budget) replaces the earlier one. Rows whose `score` is missing or
     null (the kvpress runner leaves it to us) are scored with `lookahead_cache.evaluation.metrics.score`, one call
-    per metric.
+    per metric. A last line cut short by an interrupted run is left out with a warning (the run redoes its row).
 
     Raises:
         FileNotFoundError: The directory holds no `predictions*.jsonl`.
@@ -72,11 +73,8 @@ def load_rows(directory: str | Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"No predictions*.jsonl in {directory}: point to the output directory of a run.")
     rows: dict[tuple[Any, ...], dict[str, Any]] = {}
     for path in paths:
-        with path.open(encoding="utf-8") as file:
-            for number, line in enumerate(file, start=1):
-                if line.strip():
-                    row = _parse_row(line, f"{path}:{number}")
-                    rows[(row["sample_id"], row["mode"], row["method"], _budget_key(row["budget"]))] = row
+        for row in read_jsonl(path, check=check_row):
+            rows[(row["sample_id"], row["mode"], row["method"], _budget_key(row["budget"]))] = row
     return _fill_missing_scores(list(rows.values()))
 
 
@@ -318,13 +316,9 @@ def write_results_page(directory: str | Path, page_path: str | Path, command: st
     return page_path
 
 
-def _parse_row(line: str, where: str) -> dict[str, Any]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{where}: not valid JSON ({error.msg}); each line must be one JSON object.") from None
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}.")
+def check_row(row: dict[str, Any], where: str) -> None:
+    """Refuse a predictions row that lacks a field or has an invalid budget; `where` (`path:line`) leads the
+    message."""
     missing = [field for field in REQUIRED_FIELDS if field not in row]
     if row.get("score") is None:
         missing += [field for field in SCORE_FIELDS if field not in row]
@@ -339,7 +333,6 @@ def _parse_row(line: str, where: str) -> dict[str, Any]:
         raise ValueError(
             f"{where}: budget {budget!r} is neither null, a token count (int >= 1) nor a fraction (float in (0, 1])."
         )
-    return row
 
 
 def _fill_missing_scores(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

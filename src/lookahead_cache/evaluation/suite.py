@@ -5,6 +5,12 @@ every method and budget compresses a copy of that prefill and answers greedily. 
 `OUT/predictions.jsonl` as they are produced, so an interrupted run resumes where it stopped. The samples
 themselves go to `OUT/samples.jsonl` (token ids included), which the kvpress runner in `scripts/kvpress/` reads.
 At the end the report (`OUT/summary.md`, plots, and optionally a results page) is written from all rows.
+
+A later call into the same OUT resumes it, and may add to it: more methods, budgets, modes, tasks, lengths or
+samples (sample `i` of a family and length is the same whatever the count). What would change rows already there
+is refused before anything is written: another model (its weights' fingerprint), another seed, a sample whose
+tokens or answer length differ from the one recorded (another tokenizer, task code or Python version), or another
+lookahead adapter or LU-KV profile for the methods that read them.
 """
 
 from __future__ import annotations
@@ -23,19 +29,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging
 
 from ..adapters import get_lookahead, load_lookahead
+from ..allocation.lukv import adapter_profile
 from ..cache import LookaheadCache
 from ..cli import require_extra
 from ..commands.eval import DEFAULT_MODEL, SIZES
 from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, load_default_model
+from ..run_folder import append_jsonl, check_same_run, model_fingerprint, read_jsonl, write_text
 from . import report
-from .methods import (
-    FULL,
-    CacheMethod,
-    SampleRun,
-    get_method,
-    needs_adapter,
-    scores_with_lookahead,
-)
+from .methods import FULL, CacheMethod, SampleRun, get_method, needs_adapter
 from .metrics import score
 from .replay import record_prefill
 from .tasks import TASKS, Sample, get_task
@@ -90,10 +91,24 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(method, CacheMethod):
             method.check(model)
     samples = build_samples(tokenizer, args.tasks, args.lengths, args.samples, args.seed)
-    write_samples(args.out / "samples.jsonl", samples, tokenizer)
-    _write_settings(args, model)
+    records = [sample_record(sample, tokenizer) for sample in samples]
+    settings = _settings(args, model)
+    dependencies = method_dependencies(model, args.methods)
+    predictions_path = args.out / "predictions.jsonl"
+    # Everything is checked before anything is written: a refused call leaves the folder as it was.
+    settings = _resumed_settings(args.out / "settings.json", settings)
+    new_records = _new_sample_records(args.out / "samples.jsonl", records)
+    rows = read_jsonl(predictions_path, check=report.check_row) if predictions_path.exists() else []
+    _check_dependencies_of_done_rows(rows, predictions_path, dependencies)
+    with append_jsonl(args.out / "samples.jsonl") as append:
+        for record in new_records:
+            append(record)
+    write_text(args.out / "settings.json", json.dumps(settings, indent=2) + "\n")
+    done = {(row["sample_id"], row["mode"], row["method"], row["budget"]) for row in rows}
     started = time.perf_counter()
-    evaluate_samples(model, tokenizer, samples, args.methods, args.budgets, args.modes, args.out / "predictions.jsonl")
+    evaluate_samples(
+        model, tokenizer, samples, args.methods, args.budgets, args.modes, predictions_path, done, dependencies
+    )
     logger.info(f"Evaluation took {time.perf_counter() - started:.0f} s.")
     summary = report.summarize(report.load_rows(args.out))
     (args.out / "summary.md").write_text(report.markdown_summary(summary) + "\n")
@@ -115,22 +130,39 @@ def build_samples(
     return built
 
 
-def write_samples(path: Path, samples: list[Sample], tokenizer: PreTrainedTokenizerBase) -> None:
-    """The samples with their token ids, split where the question begins (read by the kvpress runner)."""
-    with path.open("w") as file:
-        for sample in samples:
-            context_ids, question_ids = sample.prompt_ids(tokenizer)
-            record = {
-                "sample_id": sample.id,
-                "family": sample.family,
-                "context_length": sample.context_length,
-                "context_ids": context_ids[0].tolist(),
-                "question_ids": question_ids[0].tolist(),
-                "answers": list(sample.answers),
-                "metric": sample.metric,
-                "max_new_tokens": sample.max_new_tokens,
-            }
-            file.write(json.dumps(record) + "\n")
+def sample_record(sample: Sample, tokenizer: PreTrainedTokenizerBase) -> dict:
+    """A sample as `samples.jsonl` holds it: with its token ids, split where the question begins (read by the
+    kvpress runner), and everything else that its rows depend on."""
+    context_ids, question_ids = sample.prompt_ids(tokenizer)
+    return {
+        "sample_id": sample.id,
+        "family": sample.family,
+        "context_length": sample.context_length,
+        "context_ids": context_ids[0].tolist(),
+        "question_ids": question_ids[0].tolist(),
+        "answers": list(sample.answers),
+        "metric": sample.metric,
+        "max_new_tokens": sample.max_new_tokens,
+    }
+
+
+def method_dependencies(model: PreTrainedModel, methods: list[str]) -> dict[str, dict[str, str]]:
+    """Per method, the fingerprints of what its answers depend on besides the model and the sample, which its rows
+    record: the lookahead adapter for methods that score with it, the LU-KV profile for those it allocates."""
+    adapter = get_lookahead(model)
+    dependencies = {}
+    for name in methods:
+        method = get_method(name)
+        if not isinstance(method, CacheMethod):
+            continue
+        found = {}
+        if method.needs_lookahead:
+            found["adapter"] = adapter.fingerprint()[:16]
+        if method.allocation == "lukv":
+            found["profile"] = adapter_profile(model, method.scorer).fingerprint()[:16]
+        if found:
+            dependencies[name] = found
+    return dependencies
 
 
 def evaluate_samples(
@@ -141,24 +173,14 @@ def evaluate_samples(
     budgets: tuple[int | float, ...],
     modes: tuple[str, ...],
     predictions_path: Path,
+    done: set[tuple],
+    dependencies: dict[str, dict[str, str]],
 ) -> None:
-    """Run every (method, budget) on every sample and mode, appending rows to `predictions_path` (resumable).
-
-    Rows of methods that score with the lookahead adapter record its fingerprint; resuming with another adapter
-    is refused, so a table never mixes the answers of two adapters.
-    """
-    adapter = get_lookahead(model)
-    fingerprint = adapter.fingerprint()[:16] if adapter is not None else None
-    rows = (
-        report.load_rows(predictions_path.parent)
-        if predictions_path.exists() and predictions_path.stat().st_size
-        else []
-    )
-    _check_adapter_of_done_rows(rows, predictions_path, methods, fingerprint)
-    done = {(row["sample_id"], row["mode"], row["method"], row["budget"]) for row in rows}
+    """Run every (method, budget) on every sample and mode not in `done` (keys `(sample_id, mode, method, budget)`),
+    appending rows to `predictions_path`; each row records the `dependencies` of its method."""
     configs = [(FULL, None)] + [(method, budget) for method in methods if method != FULL for budget in budgets]
     progress = tqdm(total=len(samples) * len(modes) * len(configs), desc="eval", unit="answer")
-    with predictions_path.open("a") as file:
+    with append_jsonl(predictions_path) as append:
         for sample in samples:
             for mode in modes:
                 todo = [c for c in configs if (sample.id, mode, *c) not in done]
@@ -167,10 +189,7 @@ def evaluate_samples(
                     continue
                 progress.set_postfix(sample=sample.id, mode=mode)
                 for row in _evaluate_sample(model, tokenizer, sample, mode, todo, progress):
-                    if scores_with_lookahead(row["method"]):
-                        row["adapter"] = fingerprint
-                    file.write(json.dumps(row) + "\n")
-                    file.flush()
+                    append({**row, **dependencies.get(row["method"], {})})
     progress.close()
 
 
@@ -247,30 +266,32 @@ def _footprint(cache) -> tuple[float, int]:
     return stored_prompt_tokens(cache), kv_nbytes(cache)
 
 
-def _check_adapter_of_done_rows(rows: list[dict], path: Path, methods: list[str], fingerprint: str | None) -> None:
+def _check_dependencies_of_done_rows(rows: list[dict], path: Path, dependencies: dict[str, dict[str, str]]) -> None:
+    """Refuse to add rows of a method made with another adapter or profile than its rows already there."""
     others = {
-        (row["method"], row.get("adapter"))
+        (row["method"], kind, row.get(kind))
         for row in rows
-        if row["method"] in methods and scores_with_lookahead(row["method"]) and row.get("adapter") != fingerprint
+        for kind, fingerprint in dependencies.get(row["method"], {}).items()
+        if row.get(kind) != fingerprint
     }
     if others:
         listed = ", ".join(
-            f"{method} (adapter {adapter or 'not recorded'})" for method, adapter in sorted(others, key=str)
+            f"{method} ({kind} {fingerprint or 'not recorded'})"
+            for method, kind, fingerprint in sorted(others, key=str)
+        )
+        ours = ", ".join(
+            sorted({f"{kind} {value}" for found in dependencies.values() for kind, value in found.items()})
         )
         raise ValueError(
-            f"{path} holds rows made with another lookahead adapter than this run's ({fingerprint}): {listed}. "
-            "Evaluate into another --out, or remove those methods' rows to rerun them with this adapter."
+            f"{path} holds rows made with another lookahead adapter or LU-KV profile than this run's ({ours}): "
+            f"{listed}. Evaluate into another --out, or remove those methods' rows to rerun them with this run's."
         )
 
 
-def _write_settings(args: argparse.Namespace, model: PreTrainedModel) -> None:
-    """Record what ran; a later run into the same directory adds its methods, budgets, ... to the lists, and
-    where its environment differs (a newer transformers, another day) lists both values, so that rows kept from
-    the earlier run are not credited to the later environment."""
-    path = args.out / "settings.json"
-    previous = json.loads(path.read_text()) if path.exists() else {}
-    settings = {
+def _settings(args: argparse.Namespace, model: PreTrainedModel) -> dict:
+    return {
         "model": DEFAULT_MODEL_FILE if args.model == DEFAULT_MODEL else args.model,
+        "model_sha256": model_fingerprint(model),
         "size": args.size,
         "tasks": list(args.tasks),
         "lengths": list(args.lengths),
@@ -287,14 +308,49 @@ def _write_settings(args: argparse.Namespace, model: PreTrainedModel) -> None:
         "transformers": transformers.__version__,
         "date": date.today().isoformat(),
     }
+
+
+def _resumed_settings(path: Path, settings: dict) -> dict:
+    """What `settings.json` holds once this call has run: refused if the run there has another model or seed.
+
+    Otherwise this call adds its methods, budgets, ... to the lists; where its environment differs (a newer
+    transformers, another day) both values are listed, so that rows kept from the earlier run are not credited to
+    the later environment.
+    """
+    if not path.exists():
+        return settings
+    previous = json.loads(path.read_text())
+    identity = {"--model": "model", "model_sha256": "model_sha256", "--seed": "seed"}
+    check_same_run(
+        path.parent,
+        {name: previous[key] for name, key in identity.items() if key in previous},
+        {name: settings[key] for name, key in identity.items()},
+    )
+    merged = dict(settings)
     for key, value in settings.items():
         if key not in previous or previous[key] == value:
             continue
         earlier = previous[key] if isinstance(previous[key], list) else [previous[key]]
-        settings[key] = earlier + [
+        merged[key] = earlier + [
             item for item in (value if isinstance(value, list) else [value]) if item not in earlier
         ]
-    path.write_text(json.dumps(settings, indent=2) + "\n")
+    return merged
+
+
+def _new_sample_records(path: Path, records: list[dict]) -> list[dict]:
+    """The records of this call's samples that `samples.jsonl` lacks; refused if it holds one of them otherwise."""
+    recorded = {record["sample_id"]: record for record in read_jsonl(path)} if path.exists() else {}
+    for record in records:
+        earlier = recorded.get(record["sample_id"])
+        if earlier is not None:
+            differing = [key for key in record if earlier.get(key) != record[key]]
+            check_same_run(
+                path,
+                {key: earlier[key] for key in differing if key in earlier},
+                {key: record[key] for key in differing},
+                what=f"sample {record['sample_id']}",
+            )
+    return [record for record in records if record["sample_id"] not in recorded]
 
 
 def _command_line(args: argparse.Namespace) -> str:

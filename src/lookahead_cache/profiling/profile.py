@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -93,6 +94,14 @@ class HeadProfile:
             for row in wanted
         ]
         return torch.stack(counts).view(layers, heads)
+
+    def fingerprint(self) -> str:
+        """sha256 of the prune ratios and of what they apply to (scorer and its settings, sink, window, layers): what
+        rows evaluated with this profile record, to tell them apart from another profile's."""
+        digest = hashlib.sha256(self.prune_ratios.float().contiguous().cpu().numpy().tobytes())
+        applies_to = [self.scorer, self.scorer_settings, self.sink, self.window, self.layers]
+        digest.update(json.dumps(applies_to, sort_keys=True).encode())
+        return digest.hexdigest()
 
     # ----- files --------------------------------------------------------------------------------------------
 

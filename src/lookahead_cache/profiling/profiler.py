@@ -15,8 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import get_layer_types_and_kwargs
@@ -32,6 +30,14 @@ from ..evaluation.replay import (
     required_lookahead,
 )
 from ..prefill import LayerPrefill
+from ..run_folder import (
+    check_same_run,
+    load_safetensors,
+    model_fingerprint,
+    safetensors_metadata,
+    save_safetensors,
+    write_text,
+)
 from ..scorers import Scorer, get_scorer, scorer_name, scorer_settings
 from ..selection import protected_positions
 from .calibration import calibration_prompts
@@ -141,16 +147,24 @@ def profile_model(
     if adapter is not None:
         # Cached lookahead tables are only valid for the adapter that scored them.
         settings["lookahead_adapter_sha256"] = adapter.fingerprint()
+    # What the tables depend on beyond the calibration data: the model, and the tokens that are never evicted.
+    run_settings = {
+        **settings,
+        "model": getattr(model, "name_or_path", "") or type(model).__name__,
+        "model_sha256": model_fingerprint(model),
+        "sink": sink,
+        "window": window,
+    }
     settings_path = work / "settings.json"
-    if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
-        raise ValueError(f"{work} holds a profiling run with other settings ({settings_path}); use another --out.")
-    settings_path.write_text(json.dumps(settings, indent=2) + "\n")
+    if settings_path.exists():
+        check_same_run(work, json.loads(settings_path.read_text()), run_settings, what="a profiling run")
+    write_text(settings_path, json.dumps(run_settings, indent=2) + "\n")
     layer_types, _ = get_layer_types_and_kwargs(model.config.get_text_config())
     layers = [i for i, kind in enumerate(layer_types) if kind == "full_attention"]
 
     for index, input_ids in enumerate(tqdm(prompts, desc="profile", unit="prompt")):
         path = work / f"prompt_{index:02d}.safetensors"
-        if path.exists() and _recorded_settings(path).items() >= table_settings.items():
+        if path.exists() and safetensors_metadata(path).items() >= table_settings.items():
             continue
         input_ids = input_ids.to(model.device)
         recording = record_prefill(model, input_ids)
@@ -161,14 +175,14 @@ def profile_model(
             name: prompt_prune_ratios(utility, scorer_scores(model, prefills, scorer), sink, window)
             for name, scorer in built.items()
         }
-        save_file(
-            {name: table.float().contiguous() for name, table in tables.items()}, str(path), metadata=table_settings
+        save_safetensors(
+            {name: table.float().contiguous() for name, table in tables.items()}, path, metadata=table_settings
         )
 
     signature = BaseModelSignature.of(model.config, tokenizer)
     profiles = {}
     for name, scorer in built.items():
-        tables = [load_file(str(work / f"prompt_{i:02d}.safetensors"))[name] for i in range(len(prompts))]
+        tables = [load_safetensors(work / f"prompt_{i:02d}.safetensors")[name] for i in range(len(prompts))]
         profile = HeadProfile(
             prune_ratios=torch.stack(tables).mean(0),
             scorer=name,
@@ -183,12 +197,6 @@ def profile_model(
         profile.plot(out / f"lukv_profile_{name}.png")
         profiles[name] = profile
     return profiles
-
-
-def _recorded_settings(path: Path) -> dict[str, str]:
-    """Scorer settings by scorer name of a prompt's saved tables (none in files written before they were recorded)."""
-    with safe_open(str(path), "pt") as tables:
-        return tables.metadata() or {}
 
 
 def _sample_answer(

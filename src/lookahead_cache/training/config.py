@@ -88,7 +88,10 @@ class TrainingConfig:
             raise ValueError(f"learning_rate={self.learning_rate} must be positive.")
 
     def to_json_file(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        # Imported here: the command line reads this module for its defaults without importing torch.
+        from ..run_folder import write_text
+
+        write_text(path, json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def from_json_file(cls, path: Path) -> TrainingConfig:

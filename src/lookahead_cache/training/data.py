@@ -1,25 +1,25 @@
 """The training data: offline prompts, the frozen model's own greedy responses, and their attention to the prompt.
 
 Everything is cached under the run's folder (`examples.jsonl`, one safetensors target per prompt and, unless the
-config says not to, the prompt's keys and values) and reused when the run resumes. Stored keys and values spare every
+config says not to, the prompt's keys and values) and reused when the run resumes; a cached file that does not read
+back stops the run, naming it (deleting it has it made again). Stored keys and values spare every
 training step its prompt forward, which is most of a step's time; they take `layers x kv_heads x head_dim x 2` values
 per prompt token on disk (90 MiB for a 2048-token SmolLM2-135M prompt in float32).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..evaluation.replay import PrefillRecording, continue_recording, future_queries, record_prefill
 from ..evaluation.tasks import Sample, get_task
 from ..prefill import LayerPrefill
+from ..run_folder import append_jsonl, load_safetensors, read_jsonl, safetensors_metadata, save_safetensors
 from ..scorers.future_queries import FutureQueriesScorer
 from .config import TrainingConfig
 
@@ -44,7 +44,7 @@ class TrainingExample:
     prompt_kv_path: Path | None = None
 
     def target(self) -> torch.Tensor:
-        return load_file(str(self.target_path))["target"]
+        return load_safetensors(self.target_path)["target"]
 
     def stored_prefills(self, attention_modules: dict[int, torch.nn.Module]) -> list[LayerPrefill]:
         """The prompt's stored keys and values, per layer, as the `LayerPrefill`s that training reads.
@@ -57,7 +57,7 @@ class TrainingExample:
         if self.prompt_kv_path is None:
             raise ValueError(f"{self.sample_id} was prepared without storing its prompt's keys and values.")
         device = next(iter(attention_modules.values())).q_proj.weight.device
-        stored = load_file(str(self.prompt_kv_path), device=str(device))
+        stored = load_safetensors(self.prompt_kv_path, device=str(device))
         if set(stored) != {f"{kind}.{layer_idx}" for layer_idx in attention_modules for kind in ("keys", "values")}:
             raise ValueError(
                 f"{self.prompt_kv_path} holds {len(stored) // 2} layers, the model {len(attention_modules)}: it was "
@@ -83,10 +83,7 @@ def _store_prompt_kv(recording: PrefillRecording, path: Path) -> None:
     for prefill in recording.prefills:
         tensors[f"keys.{prefill.layer_idx}"] = prefill.keys[0].contiguous()
         tensors[f"values.{prefill.layer_idx}"] = prefill.values[0].contiguous()
-    # Renamed into place, so an interruption never leaves a truncated file under the final name.
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial))
-    partial.replace(path)
+    save_safetensors(tensors, path)
 
 
 def build_prompts(tokenizer: PreTrainedTokenizerBase, config: TrainingConfig, validation: bool = False) -> list[Sample]:
@@ -139,16 +136,16 @@ def prepare_examples(
     if config.store_prompt_kv:
         prompt_kv.mkdir(exist_ok=True)
     done: dict[str, TrainingExample] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            example = TrainingExample(
-                record["sample_id"], record["input_ids"], record["response_ids"], targets / record["target"]
-            )
-            if example.target_path.is_file():
-                done[example.sample_id] = example
+    for record in read_jsonl(path) if path.exists() else []:
+        example = TrainingExample(
+            record["sample_id"], record["input_ids"], record["response_ids"], targets / record["target"]
+        )
+        if example.target_path.is_file():
+            # Read now, from the header alone: a damaged file is named before any training, not at its first step.
+            safetensors_metadata(example.target_path)
+            done[example.sample_id] = example
     eos = model.generation_config.eos_token_id
-    with path.open("a") as file:
+    with append_jsonl(path) as append:
         for sample in tqdm(samples, desc="responses", unit="prompt", disable=disable_progress):
             name = sample.id.replace("/", "_") + ".safetensors"
             kv_path = prompt_kv / name if config.store_prompt_kv else None
@@ -157,6 +154,8 @@ def prepare_examples(
                 if kv_path is not None and not kv_path.is_file():
                     input_ids = torch.tensor([example.input_ids], device=model.device)
                     _store_prompt_kv(record_prefill(model, input_ids), kv_path)
+                elif kv_path is not None:
+                    safetensors_metadata(kv_path)
                 example.prompt_kv_path = kv_path
                 continue
             context_ids, question_ids = sample.prompt_ids(tokenizer)
@@ -165,15 +164,14 @@ def prepare_examples(
             if kv_path is not None:
                 # Written before the example is listed, so a listed example always has its keys and values.
                 _store_prompt_kv(recording, kv_path)
-            save_file({"target": target.float().cpu().contiguous()}, str(targets / name))
+            save_safetensors({"target": target.float().cpu().contiguous()}, targets / name)
             record = {
                 "sample_id": sample.id,
                 "input_ids": input_ids[0].tolist(),
                 "response_ids": response[0].tolist(),
                 "target": name,
             }
-            file.write(json.dumps(record) + "\n")
-            file.flush()
+            append(record)
             done[sample.id] = TrainingExample(
                 sample.id, record["input_ids"], record["response_ids"], targets / name, kv_path
             )

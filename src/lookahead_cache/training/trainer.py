@@ -13,6 +13,7 @@ import math
 import random
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -26,11 +27,15 @@ from transformers.utils import logging
 from ..adapters import BaseModelSignature, LookaheadConfig, add_lookahead, get_lookahead, load_lookahead
 from ..evaluation.replay import lookahead_queries, record_prefill
 from ..kernels.attention_scores import attention_scores_reference
+from ..run_folder import append_jsonl, check_same_run, model_fingerprint, read_jsonl, write_jsonl, write_text
 from .config import TrainingConfig
 from .data import TrainingExample, build_prompts, prepare_examples
 
 logger = logging.get_logger(__name__)
 
+CONFIG_NAME = "training_config.json"
+# Which model the run trains for: its name and its weights' fingerprint.
+BASE_MODEL_NAME = "base_model.json"
 CHECKPOINT_DIR = "checkpoint"
 ADAPTER_DIR = "adapter"
 VALIDATION_DIR = "validation"
@@ -122,6 +127,7 @@ def train(
     """Train lookahead modules for `model` (frozen) and save the adapter to `out_dir/adapter`.
 
     Resumable: rerunning with the same `out_dir` reuses the cached responses and continues from the last checkpoint.
+    Resuming with another config or another model (its weights' fingerprint) is refused, naming what differs.
     Under `accelerate launch`, prompts are split over the processes and gradients averaged.
 
     Args:
@@ -133,15 +139,21 @@ def train(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator()
-    config_path = out / "training_config.json"
-    if config_path.exists() and TrainingConfig.from_json_file(config_path) != config:
-        raise ValueError(
-            f"{out} holds a run with other settings ({config_path}); resume it with the same settings or pick a new --out."
-        )
-    # Every process has read the file before one rewrites it: a read racing the write saw an empty file.
+    config_path, base_model_path = out / CONFIG_NAME, out / BASE_MODEL_NAME
+    base_model = {
+        "model": base_model_name_or_path or model.name_or_path,
+        "model_sha256": model_fingerprint(model),
+    }
+    if config_path.exists():
+        recorded = asdict(TrainingConfig.from_json_file(config_path))
+        if base_model_path.exists():
+            recorded.update(json.loads(base_model_path.read_text()))
+        check_same_run(out, recorded, {**asdict(config), **base_model})
+    # Every process has read the files before one rewrites them: a read racing the write saw an empty file.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         config.to_json_file(config_path)
+        write_text(base_model_path, json.dumps(base_model, indent=2) + "\n")
     model = model.to(accelerator.device).eval()
     model.requires_grad_(False)
 
@@ -188,10 +200,9 @@ def train(
         scheduler.load_state_dict(saved["scheduler"])
 
     log_path = out / LOG_NAME
-    if log_path.exists():
+    if log_path.exists() and accelerator.is_main_process:
         # Steps logged after the last checkpoint are redone.
-        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= state["step"]]
-        log_path.write_text("".join(line + "\n" for line in kept))
+        write_jsonl(log_path, [record for record in read_jsonl(log_path) if record["step"] <= state["step"]])
     progress = tqdm(
         total=total_steps,
         initial=state["step"],
@@ -232,14 +243,14 @@ def train(
             if checkpointing and validation:
                 record["validation_loss"] = validation_loss(peft_model, validation, modules)
                 progress.set_postfix(loss=f"{record['loss']:.4f}", validation=f"{record['validation_loss']:.4f}")
-            with log_path.open("a") as file:
-                file.write(json.dumps(record) + "\n")
+            with append_jsonl(log_path) as append:
+                append(record)
             if checkpointing:
                 _save_checkpoint(adapter, optimizer, scheduler, state, checkpoint)
     progress.close()
 
     if accelerator.is_main_process:
-        losses = [json.loads(line) for line in log_path.read_text().splitlines()]
+        losses = read_jsonl(log_path)
         adapter.config.training = _recipe(config, examples, validation, losses, state, command)
         adapter.save_pretrained(out / ADAPTER_DIR)
         plot_loss(losses, out / PLOT_NAME)
