@@ -382,12 +382,28 @@ def test_cache_config_rebuilds_configured_instances_through_json(tmp_path):
     assert torch.equal(cache.layers[0].keys, rebuilt.layers[0].keys)
 
 
+def lookahead_model():
+    """A tiny Llama with a lookahead adapter whose LoRA is far from a no-op."""
+    from lookahead_cache.adapters import LookaheadConfig, add_lookahead
+
+    model = add_lookahead(tiny_model(), LookaheadConfig(num_tokens=4))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
+    return model.eval()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("dynamic", [None, True])
-def test_compiled_forward_evicts_and_decodes_like_eager(dynamic):
-    """`torch.compile(model.forward)` runs the prefill's bookkeeping eagerly and decodes from the compressed cache
-    with the eager logits."""
-    model = tiny_model()
+@pytest.mark.parametrize(
+    "scorer, dynamic",
+    [("snapkv", None), ("snapkv", True), ("lookahead", True)],
+    ids=["snapkv", "snapkv-dynamic", "lookahead-dynamic"],
+)
+def test_compiled_forward_evicts_and_decodes_like_eager(scorer, dynamic):
+    """`torch.compile(model.forward)` runs the prefill's bookkeeping (and the lookahead rows' attention) eagerly and
+    decodes from the compressed cache with the eager logits."""
+    model = lookahead_model() if scorer == "lookahead" else tiny_model()
     input_ids = prompt_ids(60)
 
     def decode(forward, cache):
@@ -402,9 +418,11 @@ def test_compiled_forward_evicts_and_decodes_like_eager(dynamic):
 
     torch._dynamo.reset()
     compiled = torch.compile(model.forward, dynamic=dynamic)
-    settings = dict(budget=16, scorer="snapkv", window=4)
+    settings = dict(budget=16, scorer=scorer, window=4)
     cache, eager_cache = LookaheadCache(**settings), LookaheadCache(**settings)
     torch.testing.assert_close(decode(compiled, cache), decode(model.forward, eager_cache), atol=1e-5, rtol=1e-5)
     assert cache.is_compressed
     assert torch.equal(cache.kept_tokens(), eager_cache.kept_tokens())
     assert cache.peak_nbytes == eager_cache.peak_nbytes
+    for layer, eager_layer in zip(cache.layers, eager_cache.layers):
+        torch.testing.assert_close(layer.keys, eager_layer.keys, atol=1e-5, rtol=1e-5)

@@ -111,6 +111,8 @@ def packed_decode_attention(
     return torch.bmm(logits.softmax(-1), values)[:, None]
 
 
+# Eager under torch.compile: traced by dynamo (torch 2.13), the prompt rows' outputs came out unlike the base model's.
+@torch.compiler.disable
 def lookahead_prefill_attention(
     module: nn.Module,
     query: torch.Tensor,
