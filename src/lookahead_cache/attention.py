@@ -3,8 +3,9 @@
 `lookahead_varlen`: decoding reads per-head packed layers in place.
 
 Importing this module (which `from lookahead_cache import LookaheadCache` does) registers it with transformers'
-`AttentionInterface` (and SDPA's mask function under the same name); pick it when loading a model, `from_pretrained(..., attn_implementation="lookahead_varlen")`, or later
-with `model.set_attn_implementation("lookahead_varlen")`. It is SDPA everywhere but in one place: a decoding step
+`AttentionInterface` (and SDPA's mask function under the same name); pick it when loading a model,
+`from_pretrained(..., attn_implementation="lookahead_varlen")`, or later with
+`model.set_attn_implementation("lookahead_varlen")`. It is SDPA everywhere but in one place: a decoding step
 (one new token) through a layer that a `LookaheadCache` stored packed (`lookahead_cache.packed.PackedLayer`, for
 head-level budgets such as `adakv` and `lukv`). There it attends to the packed buffers in place (the Triton varlen
 decode kernel on GPU, one masked attention call on CPU: `packed_decode_attention`) instead of to a padded copy.
