@@ -1,11 +1,13 @@
 """Run folders of eval, train and profile: a resumed run continues only the run it finds, JSON-lines files survive
 an interrupted write, and damaged files are named with their fix."""
 
+import importlib.util
 import json
 import logging
 import re
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lookahead_cache.cli import main
 from lookahead_cache.run_folder import append_jsonl, model_fingerprint, read_jsonl
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -65,6 +69,22 @@ def test_read_and_append_survive_an_interrupted_write(tmp_path, logged, content,
     with append_jsonl(path) as append:
         append({"step": 2})
     assert path.read_bytes() == after_append
+
+
+@pytest.mark.parametrize("content", [b"", ROW_1, ROW_1 + b"\n", ROW_1 + b'\n{"step": 2, "lo', b'{"st'])
+def test_the_kvpress_runner_appends_after_the_same_line_boundary(tmp_path, content):
+    """scripts/kvpress/run_kvpress.py runs in a venv that cannot import the package: its own guard before appending
+    leaves the file as `append_jsonl` would."""
+    spec = importlib.util.spec_from_file_location("run_kvpress", REPOSITORY / "scripts" / "kvpress" / "run_kvpress.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    ours, theirs = tmp_path / "ours.jsonl", tmp_path / "theirs.jsonl"
+    ours.write_bytes(content)
+    theirs.write_bytes(content)
+    with append_jsonl(ours):
+        pass
+    runner.end_at_line_boundary(theirs)
+    assert theirs.read_bytes() == ours.read_bytes()
 
 
 @pytest.mark.parametrize(

@@ -194,6 +194,27 @@ def done_keys(path: Path) -> set[tuple]:
     return keys
 
 
+def end_at_line_boundary(path: Path) -> None:
+    """Make `path` end with a newline before rows are appended, so that none lands on the end of another: a whole
+    last row lacking it gets it, a torn one (an interrupted write, redone since `done_keys` skips it) is cut off.
+    (`lookahead_cache.run_folder` does the same for our own runs; this venv cannot import it.)"""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    start = data.rfind(b"\n") + 1
+    try:
+        json.loads(data[start:])
+    except ValueError:
+        logger.warning(f"{path}: dropping its torn last line (an interrupted write); its row is redone")
+        with path.open("r+b") as file:
+            file.truncate(start)
+        return
+    with path.open("ab") as file:
+        file.write(b"\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
@@ -231,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = eos_ids(model, tokenizer)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    end_at_line_boundary(args.out)
     row_seconds = []
     with args.out.open("a") as out_file:
         for sample, mode, press_name, fraction in tqdm(todo, desc="kvpress", unit="row"):
