@@ -35,7 +35,10 @@ TINY_CONFIGS = {
     "qwen3": lambda: Qwen3Config(**COMMON, head_dim=16),
     "mistral": lambda: MistralConfig(**COMMON, sliding_window=None),
     "gemma3": lambda: Gemma3TextConfig(
-        **COMMON, head_dim=16, sliding_window=8, layer_types=["sliding_attention", "full_attention", "sliding_attention"]
+        **COMMON,
+        head_dim=16,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
     ),
 }
 ARCHITECTURES = list(TINY_CONFIGS)
@@ -88,15 +91,18 @@ def default_model():
 def tiny_model_dir(tmp_path_factory):
     """A random-weight Llama with the embedded model's tokenizer, saved like any local checkpoint."""
     pytest.importorskip("gguf")
-    from transformers import AutoTokenizer
+    from lookahead_cache.default_model import load_default_tokenizer
 
-    from lookahead_cache.default_model import default_model_path
-
-    path = default_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    tokenizer = load_default_tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("tiny-llama")
@@ -105,8 +111,17 @@ def tiny_model_dir(tmp_path_factory):
     return directory
 
 
-def synthetic_profile(layers: int = 3, kv_heads: int = 2, scorer: str = "snapkv", seed: int = 0, model=None):
-    """A LU-KV profile of a tiny model (`tiny_model()` unless given) whose heads prune at different speeds."""
+def synthetic_profile(
+    layers: int = 3,
+    kv_heads: int = 2,
+    scorer: str = "snapkv",
+    seed: int = 0,
+    model=None,
+    sink: int = 2,
+    window: int = 4,
+):
+    """A LU-KV profile of a tiny model (`tiny_model()` unless given) whose heads prune at different speeds, for caches
+    that protect `sink` and `window` tokens."""
     from lookahead_cache.adapters.config import BaseModelSignature
     from lookahead_cache.profiling import HeadProfile
     from lookahead_cache.profiling.solver import GLOBAL_RATIOS
@@ -117,8 +132,8 @@ def synthetic_profile(layers: int = 3, kv_heads: int = 2, scorer: str = "snapkv"
     return HeadProfile(
         prune_ratios=ratios.float(),
         scorer=scorer,
-        sink=2,
-        window=4,
+        sink=sink,
+        window=window,
         layers=list(range(layers)),
         base_model=BaseModelSignature.of((model or tiny_model()).config),
         calibration={"source": "synthetic, for tests"},

@@ -143,3 +143,26 @@ def test_shipped_lookahead_adapter_keeps_the_base_model_exact_and_finds_the_need
             model(needle_ids, **{CACHE_ARGUMENT: cache})
         kept = cache.kept_tokens()[:, 0]
         assert int(kept.sum()) == 256 * kept.numel() and int(kept.max()) > 2 * int(kept.min()), scorer
+
+
+def test_converted_checkpoint_is_the_gguf_file_de_quantised_bit_for_bit(default_model):
+    """`load_default_model` reads the checkpoint converted once from the GGUF file: same weights, config and
+    tokenizer as de-quantising the GGUF file anew."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lookahead_cache.default_model import default_model_path
+
+    model, tokenizer = default_model
+    path = default_model_path()
+    gguf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    gguf_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    converted, expected = model.state_dict(), gguf_model.state_dict()
+    assert converted.keys() == expected.keys()
+    assert all(torch.equal(converted[name], expected[name]) for name in expected)
+    gguf_config = gguf_model.config.to_diff_dict()
+    assert gguf_config.pop("quantization_config")["quant_method"] == "gguf"
+    assert model.config.to_diff_dict() == gguf_config
+    assert model.generation_config.to_diff_dict() == gguf_model.generation_config.to_diff_dict()
+    assert tokenizer.get_vocab() == gguf_tokenizer.get_vocab()
+    assert tokenizer.chat_template == gguf_tokenizer.chat_template
+    assert tokenizer.special_tokens_map == gguf_tokenizer.special_tokens_map

@@ -33,7 +33,7 @@ from lookahead_cache.packed import PackedLayer
 from lookahead_cache.prefill import CACHE_ARGUMENT
 
 settings.register_profile(
-    "ci", max_examples=80, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+    "ci", max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile("thorough", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
@@ -84,8 +84,14 @@ def make_cache(case, model):
     if allocation == "lukv":
         layer_types = getattr(model.config, "layer_types", None) or ["full_attention"] * model.config.num_hidden_layers
         compressed = layer_types.count("full_attention")
-        profile = synthetic_profile(layers=compressed, scorer=case["scorer"], seed=case["seed"], model=model)
-        profile.sink, profile.window = case["sink"], case["window"]
+        profile = synthetic_profile(
+            layers=compressed,
+            scorer=case["scorer"],
+            seed=case["seed"],
+            model=model,
+            sink=case["sink"],
+            window=case["window"],
+        )
         allocation = LUKVAllocator(profile)
     return LookaheadCache(
         budget=case["budget"], scorer=case["scorer"], allocation=allocation, sink=case["sink"], window=case["window"]

@@ -7,6 +7,7 @@ from transformers import DynamicCache
 
 from lookahead_cache import LookaheadCache
 from lookahead_cache.adapters import LookaheadConfig, add_lookahead, get_lookahead
+from lookahead_cache.config import DEFAULT_SINK, DEFAULT_WINDOW
 from lookahead_cache.evaluation import methods
 from lookahead_cache.evaluation.methods import METHODS, SampleRun, get_method
 from lookahead_cache.evaluation.replay import dynamic_cache_from, future_queries, record_prefill
@@ -93,7 +94,10 @@ def test_every_method_answers_from_one_recording(question_aware, tmp_path):
     # With a (new, idle) lookahead adapter, so that the lookahead methods run too, and LU-KV profiles beside it.
     model = add_lookahead(tiny_model("qwen3"), LookaheadConfig(num_tokens=8)).eval()
     for scorer in ("snapkv", "lookahead"):
-        synthetic_profile(scorer=scorer, model=model).save_pretrained(tmp_path)
+        # The evaluation's methods protect the default sink and window.
+        synthetic_profile(scorer=scorer, model=model, sink=DEFAULT_SINK, window=DEFAULT_WINDOW).save_pretrained(
+            tmp_path
+        )
     get_lookahead(model).source = str(tmp_path)
     context, question = prompt_ids(70), prompt_ids(6, seed=1)
     prefilled = torch.cat([context, question], -1) if question_aware else context
@@ -121,7 +125,9 @@ def test_every_method_answers_from_one_recording(question_aware, tmp_path):
 def test_lookahead_tokens_run_once_per_sample_for_every_method_and_budget(monkeypatch, tmp_path):
     model = add_lookahead(tiny_model("llama"), LookaheadConfig(num_tokens=8)).eval()
     torch.nn.init.normal_(get_lookahead(model).embeddings, std=1.0)
-    synthetic_profile(scorer="lookahead", model=model).save_pretrained(tmp_path)
+    synthetic_profile(scorer="lookahead", model=model, sink=DEFAULT_SINK, window=DEFAULT_WINDOW).save_pretrained(
+        tmp_path
+    )
     get_lookahead(model).source = str(tmp_path)
     input_ids = prompt_ids(70)
     recording = record_prefill(model, input_ids)

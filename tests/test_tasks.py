@@ -21,12 +21,9 @@ NUM_SAMPLES = 2
 @pytest.fixture(scope="module")
 def tokenizer():
     pytest.importorskip("gguf")
-    from transformers import AutoTokenizer
+    from lookahead_cache.default_model import load_default_tokenizer
 
-    from lookahead_cache.default_model import default_model_path
-
-    path = default_model_path()
-    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return load_default_tokenizer()
 
 
 @pytest.fixture(scope="module")
