@@ -278,6 +278,20 @@ def test_eval_refuses_a_damaged_line_before_the_last_naming_it(resumed):
     assert files(out) == before
 
 
+def damage_json(path):
+    path.write_text(path.read_text()[:-4])
+    return re.escape(f"{path} is not valid JSON (") + ".*restore it, or start the run in a new --out"
+
+
+def test_eval_names_a_damaged_settings_file_and_leaves_the_folder_as_it_was(resumed):
+    out, argv = resumed
+    message = damage_json(out / "settings.json")
+    before = files(out)
+    with pytest.raises(ValueError, match=message):
+        main(argv)
+    assert files(out) == before
+
+
 def test_eval_refuses_lukv_rows_of_another_profile(tiny_model_dir, tmp_path):
     from lookahead_cache.adapters import LookaheadConfig, add_lookahead, get_lookahead
     from lookahead_cache.config import DEFAULT_SINK, DEFAULT_WINDOW
@@ -383,6 +397,13 @@ def test_train_names_a_damaged_cached_file_and_the_fix(train_again, folder):
         rerun()
 
 
+@pytest.mark.parametrize("name", ["training_config.json", "base_model.json"])
+def test_train_names_a_damaged_settings_file(train_again, name):
+    out, rerun = train_again
+    with pytest.raises(ValueError, match=damage_json(out / name)):
+        rerun()
+
+
 def test_train_resume_drops_a_torn_loss_row_and_writes_complete_rows(train_again, logged):
     out, rerun = train_again
     log = out / "loss.jsonl"
@@ -441,6 +462,12 @@ def test_profile_refuses_to_resume_with_another_model(profiled, tiny_model_dir, 
     _, profile = profiled
     with pytest.raises(ValueError, match=r"holds a profiling run with model \S+, model_sha256 [0-9a-f]{16}; this call"):
         profile(model_dir=other_weights(tiny_model_dir, tmp_path / "retrained"))
+
+
+def test_profile_names_a_damaged_settings_file(profiled):
+    out, profile = profiled
+    with pytest.raises(ValueError, match=damage_json(out / "calibration" / "settings.json")):
+        profile()
 
 
 def test_profile_names_a_damaged_calibration_table_and_the_fix(profiled):

@@ -85,6 +85,26 @@ def append_jsonl(path: Path) -> Iterator[Callable[[dict[str, Any]], None]]:
         yield append
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object of a settings or state file of a run folder; one that does not parse (edited by hand, or
+    broken by something outside the run: the run writes them whole) is an error naming the file and the fix.
+
+    Raises:
+        ValueError: `path` does not hold one JSON object.
+    """
+    try:
+        data = json.loads(path.read_bytes())
+    except ValueError as error:
+        reason = f"{error.msg} at line {error.lineno}" if isinstance(error, json.JSONDecodeError) else "not UTF-8"
+        raise ValueError(
+            f"{path} is not valid JSON ({reason}). The run wrote it whole, so it was changed since: restore it, or "
+            "start the run in a new --out."
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}: restore it, or use a new --out.")
+    return data
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     """Replace `path` with `rows`, one per line, at once (see `write_text`)."""
     write_text(path, "".join(json.dumps(row) + "\n" for row in rows))

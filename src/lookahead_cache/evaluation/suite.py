@@ -34,7 +34,7 @@ from ..cache import LookaheadCache
 from ..cli import require_extra
 from ..commands.eval import DEFAULT_MODEL, SIZES
 from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, load_default_model
-from ..run_folder import append_jsonl, check_same_run, model_fingerprint, read_jsonl, write_text
+from ..run_folder import append_jsonl, check_same_run, model_fingerprint, read_json, read_jsonl, write_text
 from . import report
 from .methods import FULL, CacheMethod, SampleRun, get_method, needs_adapter
 from .metrics import score
@@ -319,7 +319,7 @@ def _resumed_settings(path: Path, settings: dict) -> dict:
     """
     if not path.exists():
         return settings
-    previous = json.loads(path.read_text())
+    previous = read_json(path)
     identity = {"--model": "model", "model_sha256": "model_sha256", "--seed": "seed"}
     check_same_run(
         path.parent,

@@ -34,6 +34,7 @@ from ..run_folder import (
     check_same_run,
     load_safetensors,
     model_fingerprint,
+    read_json,
     safetensors_metadata,
     save_safetensors,
     write_text,
@@ -157,7 +158,7 @@ def profile_model(
     }
     settings_path = work / "settings.json"
     if settings_path.exists():
-        check_same_run(work, json.loads(settings_path.read_text()), run_settings, what="a profiling run")
+        check_same_run(work, read_json(settings_path), run_settings, what="a profiling run")
     write_text(settings_path, json.dumps(run_settings, indent=2) + "\n")
     layer_types, _ = get_layer_types_and_kwargs(model.config.get_text_config())
     layers = [i for i, kind in enumerate(layer_types) if kind == "full_attention"]

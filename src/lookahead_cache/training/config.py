@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 # Families the shipped adapter never sees, so the evaluation can show generalisation to unseen task kinds:
 # multi-key and multi-value retrieval, and frequent-words aggregation.
@@ -95,7 +94,9 @@ class TrainingConfig:
 
     @classmethod
     def from_json_file(cls, path: Path) -> TrainingConfig:
-        data: dict[str, Any] = json.loads(path.read_text())
+        from ..run_folder import read_json
+
+        data = read_json(path)
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"{path} has unknown training settings {unknown}.")

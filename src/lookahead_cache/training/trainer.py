@@ -27,7 +27,15 @@ from transformers.utils import logging
 from ..adapters import BaseModelSignature, LookaheadConfig, add_lookahead, get_lookahead, load_lookahead
 from ..evaluation.replay import lookahead_queries, record_prefill
 from ..kernels.attention_scores import attention_scores_reference
-from ..run_folder import append_jsonl, check_same_run, model_fingerprint, read_jsonl, write_jsonl, write_text
+from ..run_folder import (
+    append_jsonl,
+    check_same_run,
+    model_fingerprint,
+    read_json,
+    read_jsonl,
+    write_jsonl,
+    write_text,
+)
 from .config import TrainingConfig
 from .data import TrainingExample, build_prompts, prepare_examples
 
@@ -147,7 +155,7 @@ def train(
     if config_path.exists():
         recorded = asdict(TrainingConfig.from_json_file(config_path))
         if base_model_path.exists():
-            recorded.update(json.loads(base_model_path.read_text()))
+            recorded.update(read_json(base_model_path))
         check_same_run(out, recorded, {**asdict(config), **base_model})
     # Every process has read the files before one rewrites them: a read racing the write saw an empty file.
     accelerator.wait_for_everyone()
@@ -171,7 +179,7 @@ def train(
     state = {"step": 0, "seconds": 0.0}
     if (checkpoint / STATE_NAME).is_file():
         peft_model = load_lookahead(model, checkpoint, tokenizer=tokenizer, is_trainable=True)
-        state = json.loads((checkpoint / STATE_NAME).read_text())
+        state = read_json(checkpoint / STATE_NAME)
         logger.info(f"Resuming from step {state['step']} ({checkpoint}).")
     else:
         # The same seed in every process: each starts from the same embeddings and LoRA, and a rerun from scratch
