@@ -34,7 +34,7 @@ SHOWN_ITEMS = 8
 
 
 def read_jsonl(path: Path, check: Callable[[dict[str, Any], str], None] | None = None) -> list[dict[str, Any]]:
-    """The JSON objects of `path`, one per line; blank lines are skipped.
+    """The JSON objects of `path`, one per line; blank lines are skipped, and a file not written yet holds none.
 
     A last line that lacks its newline and is not JSON is what an interrupted append leaves: it is left out with a
     warning naming the file and line, and `append_jsonl` removes it before the row is written again. A last row
@@ -46,6 +46,8 @@ def read_jsonl(path: Path, check: Callable[[dict[str, Any], str], None] | None =
     Raises:
         ValueError: A line other than a torn last one is not a JSON object; the message names the file and line.
     """
+    if not path.exists():
+        return []
     data = path.read_bytes()
     lines = data.split(b"\n")
     torn = _torn_last_line(data)

@@ -200,12 +200,6 @@ def needs_adapter(name: str) -> bool:
     return isinstance(method, CacheMethod) and method.needs_adapter
 
 
-def scores_with_lookahead(name: str) -> bool:
-    """Whether method `name` scores with the model's lookahead tokens (so its answers depend on the adapter)."""
-    method = get_method(name)
-    return isinstance(method, CacheMethod) and method.needs_lookahead
-
-
 def get_method(name: str) -> Callable[[SampleRun, int | float | None], Cache]:
     if name not in METHODS:
         raise ValueError(f"Unknown evaluation method {name!r}. Available: {', '.join(METHODS)}.")

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     # Everything is checked before anything is written: a refused call leaves the folder as it was.
     settings = _resumed_settings(args.out / "settings.json", settings)
     new_records = _new_sample_records(args.out / "samples.jsonl", records)
-    rows = read_jsonl(predictions_path, check=report.check_row) if predictions_path.exists() else []
+    rows = read_jsonl(predictions_path, check=report.check_row)
     _check_dependencies_of_done_rows(rows, predictions_path, dependencies)
     with append_jsonl(args.out / "samples.jsonl") as append:
         for record in new_records:
@@ -339,7 +339,7 @@ def _resumed_settings(path: Path, settings: dict) -> dict:
 
 def _new_sample_records(path: Path, records: list[dict]) -> list[dict]:
     """The records of this call's samples that `samples.jsonl` lacks; refused if it holds one of them otherwise."""
-    recorded = {record["sample_id"]: record for record in read_jsonl(path)} if path.exists() else {}
+    recorded = {record["sample_id"]: record for record in read_jsonl(path)}
     for record in records:
         earlier = recorded.get(record["sample_id"])
         if earlier is not None:

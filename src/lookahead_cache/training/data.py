@@ -136,7 +136,7 @@ def prepare_examples(
     if config.store_prompt_kv:
         prompt_kv.mkdir(exist_ok=True)
     done: dict[str, TrainingExample] = {}
-    for record in read_jsonl(path) if path.exists() else []:
+    for record in read_jsonl(path):
         example = TrainingExample(
             record["sample_id"], record["input_ids"], record["response_ids"], targets / record["target"]
         )
