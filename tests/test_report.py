@@ -201,6 +201,31 @@ def test_average_is_the_macro_mean_of_family_means():
     assert average["ci_low"] <= average["mean"] <= average["ci_high"]
 
 
+def test_group_averages_are_macro_means_over_their_families_and_columns_before_the_average():
+    rows = [row(family="kept", index=i, score=float(i == 0)) for i in range(4)]
+    rows += [row(family="trained_a", score=1.0), row(family="trained_b", index=1, score=0.0)]
+    rows += [row(family="trained_b", index=2, score=1.0)]
+    groups = {"held out": ["kept", "never_run"], "training": ["trained_a", "trained_b"]}
+    summary = summarize(rows, groups=groups)
+    assert entry(summary, family="average (held out)")["mean"] == pytest.approx(0.25)
+    assert entry(summary, family="average (training)")["mean"] == pytest.approx((1.0 + 0.5) / 2)
+    assert entry(summary, family=AVERAGE)["mean"] == pytest.approx((0.25 + 1.0 + 0.5) / 3)
+    header = markdown_summary(summary).split("| method")[1].splitlines()[0]
+    assert [c.strip() for c in header.split("|")][2:-1] == [
+        "kept",
+        "trained_a",
+        "trained_b",
+        "average (held out)",
+        "average (training)",
+        "average",
+    ]
+    # A group the table does not span adds nothing: one family alone, or every family of the table.
+    only = summarize([row(family="kept")], groups=groups)
+    assert [e["family"] for e in only] == ["kept", AVERAGE]
+    with pytest.raises(ValueError, match="like the macro averages"):
+        summarize([row(family="average (mine)")])
+
+
 def test_lookahead_table_lists_held_out_families_and_means_over_held_out_training_and_all_families():
     rows = []
     for family, full, lookahead in (("kept", 1.0, 0.0), ("trained_a", 1.0, 1.0), ("trained_b", 0.0, 1.0)):

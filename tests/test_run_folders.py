@@ -331,6 +331,8 @@ def tiny_training_config(**overrides):
         "gradient_accumulation": 1,
         "warmup_steps": 0,
         "num_tokens": 2,
+        "validation_samples_per_task": 0,
+        "store_prompt_kv": True,
     }
     return TrainingConfig(**{**settings, **overrides})
 

@@ -30,6 +30,8 @@ def small_config(**overrides):
         warmup_steps=1,
         save_every=1,
         num_tokens=4,
+        validation_samples_per_task=0,
+        store_prompt_kv=True,
     )
     return TrainingConfig(**{**settings, **overrides})
 
@@ -86,14 +88,11 @@ def test_training_from_stored_prompts_matches_training_that_reruns_them(default_
         # Validation runs at every checkpoint (save_every=1), on prompts of another seed.
         assert a["validation_loss"] == pytest.approx(b["validation_loss"], rel=1e-5)
     assert stored[1]["validation_loss"] != stored[0]["validation_loss"]
-    validation_ids = {
-        json.loads(line)["sample_id"] for line in (tmp_path / "stored" / "validation" / "examples.jsonl").open()
-    }
-    assert len(validation_ids) == 1
-    validation_prompt = json.loads((tmp_path / "stored" / "validation" / "examples.jsonl").read_text())["input_ids"]
-    assert all(
-        json.loads(line)["input_ids"] != validation_prompt for line in (tmp_path / "stored" / "examples.jsonl").open()
-    )
+    # Training and validation responses share the run's responses file, named by their seeds.
+    rows = [json.loads(line) for line in (tmp_path / "stored" / "responses.jsonl").read_text().splitlines()]
+    validation = [row for row in rows if row["key"].endswith("@2000")]
+    assert len(validation) == 1 and len(rows) == 3
+    assert all(row["prompt_sha256"] != validation[0]["prompt_sha256"] for row in rows if row not in validation)
     recipe = json.loads((tmp_path / "stored" / "adapter" / "lookahead_config.json").read_text())["training"]
     assert "on 1 prompts of the same families, seed 2000" in recipe["validation_loss"]
 
@@ -140,7 +139,7 @@ def test_distributed_training_averages_gradients_like_one_process(tiny_model_dir
     # `accelerate launch --multi_gpu` takes on GPUs.
     train_args = ["train", "--model", str(tiny_model_dir), "--tasks", "niah_single_noise", "--lengths", "384"]
     train_args += ["--samples-per-task", "4", "--response-tokens", "4", "--epochs", "1", "--num-tokens", "4"]
-    train_args += ["--warmup-steps", "0"]
+    train_args += ["--warmup-steps", "0", "--validation-samples-per-task", "0"]
     environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run(
         [sys.executable, "-m", "lookahead_cache.cli", *train_args, "--grad-accum", "2", "--out", str(tmp_path / "one")],

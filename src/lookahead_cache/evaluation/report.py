@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..run_folder import read_jsonl
+from ..training.config import SUITE_SPLIT
 from .benchmark import FULL, format_results, markdown_table
 
 if TYPE_CHECKING:
@@ -78,7 +79,9 @@ def load_rows(directory: str | Path) -> list[dict[str, Any]]:
     return _fill_missing_scores(list(rows.values()))
 
 
-def summarize(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarize(
+    rows: Iterable[dict[str, Any]], groups: Mapping[str, Collection[str]] | None = None
+) -> list[dict[str, Any]]:
     """Mean score and 95% confidence interval per (mode, context_length, family, method, budget).
 
     The interval is a percentile bootstrap (1000 resamples, fixed seed, so reruns give the same page) rather than a
@@ -91,21 +94,27 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     length, since averages over different families are not comparable; and it has no interval where a family has a
     single sample.
 
+    `groups` add macro averages over groups of families the same way, each named `average (<group>)` (e.g. the
+    families held out of training, and the others), where a configuration covers every family of the group that its
+    table has, and the group has some but not all of the table's families.
+
     Args:
         rows: Rows with a `score`, as `load_rows` returns them.
+        groups: Group names and their families.
 
     Returns:
         Dicts with `mode`, `context_length`, `family`, `method`, `budget`, `n`, `mean`, `ci_low`, `ci_high`; ordered
         by mode (in order of first appearance), context length, method (`full` first, then in order of first
-        appearance), budget (tokens before fractions, ascending) and family (sorted, `average` last).
+        appearance), budget (tokens before fractions, ascending) and family (sorted, then the group averages in
+        the order given, `average` last).
     """
     scores: dict[tuple[Any, ...], list[float]] = {}
     budgets: dict[tuple[int, float], int | float | None] = {}
     mode_order: list[str] = []
     method_order = [FULL]
     for row in rows:
-        if row["family"] == AVERAGE:
-            raise ValueError(f"A family is named {AVERAGE!r}, the name of the macro average: rename it.")
+        if row["family"].startswith(AVERAGE):
+            raise ValueError(f"A family is named {row['family']!r}, like the macro averages: rename it.")
         key = (row["mode"], row["context_length"], row["method"], _budget_key(row["budget"]))
         scores.setdefault(key + (row["family"],), []).append(float(row["score"]))
         budgets.setdefault(key[-1], row["budget"])
@@ -128,6 +137,11 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         samples = [np.array(scores[(mode, length, method, budget, family)]) for family in names]
         for family, family_samples in zip(names, samples):
             summary.append(_entry(mode, length, family, method, budgets[budget], [family_samples]))
+        for group, members in (groups or {}).items():
+            in_table = table_families[(mode, length)] & set(members)
+            if in_table and in_table != table_families[(mode, length)] and in_table <= set(names):
+                grouped = [family_samples for family, family_samples in zip(names, samples) if family in in_table]
+                summary.append(_entry(mode, length, f"{AVERAGE} ({group})", method, budgets[budget], grouped))
         if table_families[(mode, length)] == set(names):
             summary.append(_entry(mode, length, AVERAGE, method, budgets[budget], samples))
     return summary
@@ -253,7 +267,7 @@ def write_results_page(directory: str | Path, page_path: str | Path, command: st
     directory, page_path = Path(directory), Path(page_path)
     figures = page_path.parent / page_path.stem
     rows = load_rows(directory)
-    summary = summarize(rows)
+    summary = summarize(rows, groups=SUITE_SPLIT)
     plots = plot_accuracy_vs_budget(summary, figures)
     lines = [
         "# Results",
@@ -428,9 +442,11 @@ def _summary_tables(summary: Sequence[dict[str, Any]]) -> dict[tuple[str, int], 
 
 
 def _families(entries: Iterable[dict[str, Any]]) -> list[str]:
-    """Column and panel order: families sorted, the macro average last."""
-    names = {entry["family"] for entry in entries}
-    return sorted(names - {AVERAGE}) + ([AVERAGE] if AVERAGE in names else [])
+    """Column and panel order: families sorted, then the group averages in the order summarized, the macro average
+    last."""
+    names = list(dict.fromkeys(entry["family"] for entry in entries))
+    averages = [name for name in names if name.startswith(f"{AVERAGE} (")]
+    return sorted(set(names) - {AVERAGE, *averages}) + averages + ([AVERAGE] if AVERAGE in names else [])
 
 
 def _cell(entry: dict[str, Any]) -> str:

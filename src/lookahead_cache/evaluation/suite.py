@@ -35,6 +35,7 @@ from ..cli import require_extra
 from ..commands.eval import DEFAULT_MODEL, SIZES
 from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, load_default_model
 from ..run_folder import append_jsonl, check_same_run, model_fingerprint, read_json, read_jsonl, write_text
+from ..training.config import SUITE_SPLIT
 from . import report
 from .methods import FULL, CacheMethod, SampleRun, get_method, needs_adapter
 from .metrics import score
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         model, tokenizer, samples, args.methods, args.budgets, args.modes, predictions_path, done, dependencies
     )
     logger.info(f"Evaluation took {time.perf_counter() - started:.0f} s.")
-    summary = report.summarize(report.load_rows(args.out))
+    summary = report.summarize(report.load_rows(args.out), groups=SUITE_SPLIT)
     (args.out / "summary.md").write_text(report.markdown_summary(summary) + "\n")
     report.plot_accuracy_vs_budget(summary, args.out / "figures")
     if args.results_page is not None:

@@ -11,19 +11,27 @@ from ..cli import require_extra
 from ..commands.eval import DEFAULT_MODEL
 from ..default_model import DEFAULT_MODEL_HUB_ID
 from ..evaluation.suite import load_model
-from ..evaluation.tasks import get_task
 from .config import TrainingConfig
+from .data import RESPONSES_NAME, mix_task
 from .trainer import ADAPTER_DIR, PLOT_NAME, train
 
 
 def check_arguments(args: argparse.Namespace) -> None:
     require_extra("train", "matplotlib")
     for name in args.tasks:
-        get_task(name)
+        mix_task(name)
+    defaults = TrainingConfig()
+    if args.samples_per_task is None:
+        if args.lengths != defaults.lengths:
+            raise ValueError(
+                f"--lengths {' '.join(map(str, args.lengths))} are not the default lengths, whose counts the default "
+                "--samples-per-task gives: pass it (one count, or one per length)."
+            )
+        args.samples_per_task = defaults.samples_per_task
     args.config = TrainingConfig(
         tasks=list(args.tasks),
         lengths=list(args.lengths),
-        samples_per_task=args.samples_per_task,
+        samples_per_task=_one_or_per_length(args.samples_per_task),
         seed=args.seed,
         response_tokens=args.response_tokens,
         epochs=args.epochs,
@@ -34,16 +42,34 @@ def check_arguments(args: argparse.Namespace) -> None:
         num_tokens=args.num_tokens,
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha,
-        validation_samples_per_task=args.validation_samples_per_task,
+        validation_samples_per_task=(
+            None if args.validation_samples_per_task is None else _one_or_per_length(args.validation_samples_per_task)
+        ),
         validation_seed=args.validation_seed,
         store_prompt_kv=args.store_prompt_kv,
     )
+
+
+def _one_or_per_length(counts: list[int]) -> int | list[int]:
+    return counts[0] if len(counts) == 1 else counts
 
 
 def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model)
     command = "lookahead-cache " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     name = DEFAULT_MODEL_HUB_ID if args.model == DEFAULT_MODEL else args.model
-    train(model, tokenizer, args.config, args.out, command=command, base_model_name_or_path=name)
-    print(f"Adapter: {args.out / ADAPTER_DIR}\nLoss curve: {args.out / PLOT_NAME}")
+    train(
+        model,
+        tokenizer,
+        args.config,
+        args.out,
+        command=command,
+        base_model_name_or_path=name,
+        responses=args.responses,
+        responses_only=args.responses_only,
+    )
+    if args.responses_only:
+        print(f"Responses: {args.responses or args.out / RESPONSES_NAME}")
+    else:
+        print(f"Adapter: {args.out / ADAPTER_DIR}\nLoss curve: {args.out / PLOT_NAME}")
     return 0

@@ -6,14 +6,22 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-# Families the shipped adapter never sees, so the evaluation can show generalisation to unseen task kinds:
-# multi-key and multi-value retrieval, and frequent-words aggregation.
-HELD_OUT_TASKS = ("niah_multikey", "niah_multivalue", "frequent_words")
-TRAINING_TASKS = (
+from .forms import FORMS
+
+# Families of the evaluation suite that no training prompt's generator shares, so that the evaluation shows how the
+# scorer does on task forms it never saw: every needle-in-a-haystack family (they share one generator) and
+# frequent-words aggregation.
+HELD_OUT_TASKS = (
     "niah_single_noise",
     "niah_single_essay",
     "niah_single_uuid",
+    "niah_multikey",
+    "niah_multivalue",
     "niah_multiquery",
+    "frequent_words",
+)
+# The suite's other families, which the training mix uses beside the forms of `lookahead_cache.training.forms`.
+TRAINING_TASKS = (
     "variable_tracking",
     "common_words",
     "doc_qa",
@@ -21,6 +29,11 @@ TRAINING_TASKS = (
     "few_shot_classification",
     "summary",
 )
+# Default validation prompts stop at this length: longer ones would cost more at every checkpoint than they tell.
+MAX_VALIDATION_LENGTH = 4096
+# The suite's families by whether the training mix uses them: evaluation reports a macro average over each.
+SUITE_SPLIT = {"held out": HELD_OUT_TASKS, "training": TRAINING_TASKS}
+TRAINING_FORMS = tuple(FORMS)
 # Seeds of training prompts start here; evaluation uses seed 0, so no prompt is shared with it.
 TRAINING_SEED = 1000
 # Validation prompts: the training families, drawn apart from training (1000), evaluation (0) and selection (500).
@@ -32,9 +45,10 @@ class TrainingConfig:
     """What `lookahead-cache train` does.
 
     Attributes:
-        tasks: Task families of the training mix (built offline by `lookahead_cache.evaluation.tasks`).
-        lengths: Prompt lengths in tokens; training at short lengths transfers to longer prompts.
-        samples_per_task: Prompts per family and length.
+        tasks: Task forms of the training mix: forms of `lookahead_cache.training.forms` and families of the
+            evaluation suite (`lookahead_cache.evaluation.tasks`), all built offline.
+        lengths: Prompt lengths in tokens.
+        samples_per_task: Prompts per form at each of `lengths` (one count per length, or one for all).
         seed: Seed of the prompts (evaluation uses 0).
         response_tokens: Greedy response tokens of the frozen model whose attention is the target.
         epochs: Passes over the prompts.
@@ -45,16 +59,19 @@ class TrainingConfig:
         max_grad_norm: Gradient clipping.
         save_every: Checkpoint every this many optimizer steps (and at the end).
         num_tokens, lora_rank, lora_alpha: The lookahead modules (see `LookaheadConfig`).
-        validation_samples_per_task: Validation prompts per family and length (0: no validation), drawn with
-            `validation_seed`; their KL is logged at every checkpoint.
+        validation_samples_per_task: Validation prompts per form at each of `lengths` (one count per length, or one
+            for all; 0: no validation), drawn with `validation_seed`; their KL is logged at every checkpoint.
+            Default: one at each length up to `MAX_VALIDATION_LENGTH`.
         validation_seed: Seed of the validation prompts; must differ from `seed`.
         store_prompt_kv: Store each prompt's keys and values with its target, so that training steps skip the
-            prompt's forward (about 5x faster steps, at the disk cost given in `lookahead_cache.training.data`).
+            prompt's forward (about 5x faster steps, at the disk cost given in `lookahead_cache.training.data`: about
+            46 KiB per SmolLM2 prompt token, 140 GB for the default mix, so it is off by default).
     """
 
-    tasks: list[str] = field(default_factory=lambda: list(TRAINING_TASKS))
-    lengths: list[int] = field(default_factory=lambda: [768, 1024, 1536])
-    samples_per_task: int = 10
+    tasks: list[str] = field(default_factory=lambda: [*TRAINING_FORMS, *TRAINING_TASKS])
+    lengths: list[int] = field(default_factory=lambda: [512, 1024, 2048, 4096, 8192])
+    # Most prompts short, where a CPU makes responses quickly, and some at every length up to 8k.
+    samples_per_task: int | list[int] = field(default_factory=lambda: [40, 40, 15, 3, 2])
     seed: int = TRAINING_SEED
     response_tokens: int = 48
     epochs: int = 2
@@ -67,24 +84,38 @@ class TrainingConfig:
     num_tokens: int = 32
     lora_rank: int = 8
     lora_alpha: int = 32
-    validation_samples_per_task: int = 0
+    validation_samples_per_task: int | list[int] | None = None
     validation_seed: int = VALIDATION_SEED
-    store_prompt_kv: bool = True
+    store_prompt_kv: bool = False
 
     def __post_init__(self):
-        for name in ("samples_per_task", "response_tokens", "epochs", "gradient_accumulation", "save_every"):
+        for name in ("response_tokens", "epochs", "gradient_accumulation", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
         if not self.tasks or not self.lengths:
             raise ValueError("tasks and lengths must each name at least one entry.")
-        if self.validation_samples_per_task < 0:
-            raise ValueError(f"validation_samples_per_task={self.validation_samples_per_task} must not be negative.")
-        if self.validation_samples_per_task and self.validation_seed == self.seed:
+        if self.validation_samples_per_task is None:
+            self.validation_samples_per_task = [int(length <= MAX_VALIDATION_LENGTH) for length in self.lengths]
+        self.samples_per_task = self._per_length("samples_per_task")
+        self.validation_samples_per_task = self._per_length("validation_samples_per_task")
+        if not any(self.samples_per_task):
+            raise ValueError(f"samples_per_task={self.samples_per_task} must ask for at least one prompt.")
+        if any(self.validation_samples_per_task) and self.validation_seed == self.seed:
             raise ValueError(
                 f"validation_seed equals seed ({self.seed}): validation would repeat the training prompts; pick another."
             )
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate={self.learning_rate} must be positive.")
+
+    def _per_length(self, name: str) -> list[int]:
+        counts = getattr(self, name)
+        counts = [counts] * len(self.lengths) if isinstance(counts, int) else list(counts)
+        if len(counts) != len(self.lengths) or any(not isinstance(c, int) or c < 0 for c in counts):
+            raise ValueError(
+                f"{name}={getattr(self, name)} must be one count of prompts, or one per length ({len(self.lengths)} "
+                f"for lengths {self.lengths}), none negative."
+            )
+        return counts
 
     def to_json_file(self, path: Path) -> None:
         # Imported here: the command line reads this module for its defaults without importing torch.

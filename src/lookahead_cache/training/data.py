@@ -1,49 +1,126 @@
 """The training data: offline prompts, the frozen model's own greedy responses, and their attention to the prompt.
 
-Everything is cached under the run's folder (`examples.jsonl`, one safetensors target per prompt and, unless the
-config says not to, the prompt's keys and values) and reused when the run resumes; a cached file that does not read
-back stops the run, naming it (deleting it has it made again). Stored keys and values spare every
-training step its prompt forward, which is most of a step's time; they take `layers x kv_heads x head_dim x 2` values
-per prompt token on disk (90 MiB for a 2048-token SmolLM2-135M prompt in float32).
+Making the responses is the long part (a prefill and a greedy decode per prompt), so they are kept apart from
+everything else, in a responses file (`responses.jsonl` in the run folder, or a file passed in that can be
+committed and shared): one row per prompt with the response as token ids and a digest of the prompt. It is all a
+run needs to resume on another machine: the prompts are rebuilt from the mix's seed and checked against the
+digests, and the target attention is recomputed from prompt and response (a prefill and one forward of the response,
+no decoding).
+
+With `store_prompt_kv`, each prompt's keys and values and its target are also stored in the run folder (one
+safetensors file each), sparing every training step its prompt forward, which is most of a step's time; they take
+`layers x kv_heads x head_dim x 2` values per prompt token on disk (90 MiB for a 2048-token SmolLM2-135M prompt in
+float32). Without it, every step reruns the prompt and recomputes the target. A stored file that does not read back
+stops the run, naming it (deleting it has it made again).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import itertools
+import json
+import platform
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from ..evaluation.replay import PrefillRecording, continue_recording, future_queries, record_prefill
-from ..evaluation.tasks import Sample, get_task
-from ..prefill import LayerPrefill
-from ..run_folder import append_jsonl, load_safetensors, read_jsonl, safetensors_metadata, save_safetensors
+from ..evaluation.replay import PrefillRecording, future_queries, record_prefill
+from ..evaluation.tasks import TASKS, Sample, TaskFamily
+from ..prefill import CACHE_ARGUMENT, LayerPrefill
+from ..run_folder import (
+    append_jsonl,
+    check_same_run,
+    load_safetensors,
+    model_fingerprint,
+    read_json,
+    read_jsonl,
+    safetensors_metadata,
+    save_safetensors,
+    write_text,
+)
 from ..scorers.future_queries import FutureQueriesScorer
 from .config import TrainingConfig
+from .forms import FORMS
 
-EXAMPLES_NAME = "examples.jsonl"
+RESPONSES_NAME = "responses.jsonl"
+# Responses decode in batches of prompts of one length, up to this many prompt tokens in all, gathered from windows
+# of this many prompts.
+BATCH_TOKENS = 16384
+BATCH_WINDOW = 48
 TARGETS_DIR = "targets"
 PROMPT_KV_DIR = "prompt_kv"
 
 
+def mix_task(name: str) -> TaskFamily:
+    """The task form `name` of the training mix: a form of `lookahead_cache.training.forms` or a family of the
+    evaluation suite."""
+    if name in FORMS:
+        return FORMS[name]()
+    if name in TASKS:
+        return TASKS[name]()
+    raise ValueError(f"Unknown task {name!r}. Training forms: {', '.join(FORMS)}; suite families: {', '.join(TASKS)}.")
+
+
+def prompt_key(sample: Sample, seed: int) -> str:
+    """A prompt's name in a responses file: its sample id and the seed it was drawn with (`doc_qa/1024/3@1000`)."""
+    return f"{sample.id}@{seed}"
+
+
+def prompt_digest(input_ids: list[int]) -> str:
+    """16 hex digits of a sha256 of the prompt's token ids: what a rebuilt prompt is checked against."""
+    return hashlib.sha256(json.dumps(input_ids).encode()).hexdigest()[:16]
+
+
+def build_prompts(
+    tokenizer: PreTrainedTokenizerBase, config: TrainingConfig, validation: bool = False
+) -> dict[str, Sample]:
+    """The training mix by prompt key: `samples_per_task[i]` prompts per form at `lengths[i]`, drawn with the training
+    seed; or, with `validation`, `validation_samples_per_task` of them drawn with the validation seed.
+
+    Ordered index first (the first prompt of every form and length, then the second...), so that responses made in
+    this order cover every form and length evenly when they are interrupted.
+    """
+    counts, seed = (
+        (config.validation_samples_per_task, config.validation_seed)
+        if validation
+        else (config.samples_per_task, config.seed)
+    )
+    built = {
+        (name, length): mix_task(name).build(tokenizer, length, count, seed)
+        for length, count in zip(config.lengths, counts)
+        if count
+        for name in config.tasks
+    }
+    prompts = {}
+    for index in range(max(counts, default=0)):
+        for samples in built.values():
+            if index < len(samples):
+                prompts[prompt_key(samples[index], seed)] = samples[index]
+    return prompts
+
+
 @dataclass
 class TrainingExample:
-    """One prompt, the frozen model's greedy response to it, and where its target attention is stored.
+    """One prompt and the frozen model's greedy response to it.
 
     The target (`[layers, kv_heads, prompt_len]` float32, each row summing to 1) is the mean softmax attention that
-    the response tokens pay to the prompt, per layer and KV head: what the lookahead tokens learn to predict.
-    `prompt_kv_path`, when set, holds the frozen model's keys and values of the prompt.
+    the response tokens pay to the prompt, per layer and KV head: what the lookahead tokens learn to predict. It is
+    read from `target_path` when the run stores it with the prompt's keys and values (`prompt_kv_path`), and
+    recomputed from the prompt otherwise.
     """
 
     sample_id: str
     input_ids: list[int]
     response_ids: list[int]
-    target_path: Path
+    target_path: Path | None = None
     prompt_kv_path: Path | None = None
 
-    def target(self) -> torch.Tensor:
+    def stored_target(self) -> torch.Tensor:
+        if self.target_path is None:
+            raise ValueError(f"{self.sample_id} was prepared without storing its target.")
         return load_safetensors(self.target_path)["target"]
 
     def stored_prefills(self, attention_modules: dict[int, torch.nn.Module]) -> list[LayerPrefill]:
@@ -86,37 +163,95 @@ def _store_prompt_kv(recording: PrefillRecording, path: Path) -> None:
     save_safetensors(tensors, path)
 
 
-def build_prompts(tokenizer: PreTrainedTokenizerBase, config: TrainingConfig, validation: bool = False) -> list[Sample]:
-    """The training mix: `samples_per_task` prompts per family and length, drawn with the training seed; or, with
-    `validation`, `validation_samples_per_task` of them drawn with the validation seed."""
-    count, seed = (
-        (config.validation_samples_per_task, config.validation_seed)
-        if validation
-        else (config.samples_per_task, config.seed)
-    )
-    return [
-        sample
-        for length in config.lengths
-        for name in config.tasks
-        for sample in get_task(name).build(tokenizer, length, count, seed)
-    ]
+@torch.no_grad()
+def greedy_responses(
+    model: PreTrainedModel, recordings: list[PrefillRecording], max_new_tokens: int
+) -> list[list[int]]:
+    """The greedy responses of `model` to recorded prompts, each up to its end of turn or `max_new_tokens`.
+
+    The prompts decode together, left-padded to the longest: a CPU decode step costs about as much for a few
+    prompts as for one (it reads every weight once), so a batch makes its responses several times faster than one
+    prompt at a time. Padding changes float rounding only, so a response can differ from the unbatched one where
+    two tokens tie to rounding: it is still the model's own greedy response.
+    """
+    longest = max(recording.prompt_length for recording in recordings)
+    cache = DynamicCache()
+    for layer, _ in enumerate(recordings[0].prefills):
+        keys, values = [], []
+        for recording in recordings:
+            prefill = recording.prefills[layer]
+            padding = (0, 0, longest - prefill.prompt_length, 0)
+            keys.append(torch.nn.functional.pad(prefill.keys, padding))
+            values.append(torch.nn.functional.pad(prefill.values, padding))
+        cache.update(torch.cat(keys), torch.cat(values), recordings[0].prefills[layer].layer_idx)
+    lengths = torch.tensor([recording.prompt_length for recording in recordings], device=cache.layers[0].keys.device)
+    mask = torch.arange(longest, device=lengths.device)[None] >= (longest - lengths)[:, None]
+    tokens = torch.cat([recording.next_token_logits for recording in recordings]).argmax(-1, keepdim=True)
+    eos = model.generation_config.eos_token_id
+    eos = torch.tensor([eos] if isinstance(eos, int) else (eos or []), device=tokens.device)
+    generated = [tokens]
+    finished = torch.isin(tokens[:, 0], eos)
+    for step in range(max_new_tokens - 1):
+        if finished.all():
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+        logits = model(
+            input_ids=tokens,
+            attention_mask=mask.long(),
+            position_ids=(lengths + step)[:, None],
+            **{CACHE_ARGUMENT: cache},
+            use_cache=True,
+        ).logits
+        tokens = logits[:, -1].argmax(-1, keepdim=True)
+        generated.append(tokens)
+        finished |= torch.isin(tokens[:, 0], eos)
+    responses = []
+    for row in torch.cat(generated, dim=-1).tolist():
+        end = next((i + 1 for i, token in enumerate(row) if token in eos.tolist()), len(row))
+        responses.append(row[:end])
+    return responses
 
 
 @torch.no_grad()
+def response_target(model: PreTrainedModel, recording: PrefillRecording, response: torch.Tensor) -> torch.Tensor:
+    """`[layers, kv_heads, prompt_len]`: the mean attention that the `response` (`[1, n]`) pays to the recorded
+    prompt, per layer and KV head (the oracle's scores)."""
+    scorer = FutureQueriesScorer(future_queries(model, recording.prefills, response))
+    return torch.cat([scorer.score(prefill) for prefill in recording.prefills])
+
+
 def response_and_target(
-    model: PreTrainedModel, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id
+    model: PreTrainedModel, input_ids: torch.Tensor, max_new_tokens: int
 ) -> tuple[PrefillRecording, torch.Tensor, torch.Tensor]:
     """The prompt's recorded prefill, the greedy response `[1, n]` of `model` to `input_ids` (`[1, T]`) and its
     target attention."""
     recording = record_prefill(model, input_ids)
-    first = recording.next_token_logits.argmax(-1, keepdim=True)
-    response = continue_recording(
-        model, input_ids, recording, first, max_new_tokens, do_sample=False, eos_token_id=eos_token_id
-    )
-    # The oracle's scores: what the response's queries attend to in the prompt, per layer and KV head.
-    scorer = FutureQueriesScorer(future_queries(model, recording.prefills, response))
-    target = torch.cat([scorer.score(prefill) for prefill in recording.prefills])
-    return recording, response, target
+    (response,) = greedy_responses(model, [recording], max_new_tokens)
+    response = torch.tensor([response], device=input_ids.device)
+    return recording, response, response_target(model, recording, response)
+
+
+def responses_settings_path(responses: Path) -> Path:
+    """The settings file beside a responses file: which model made them, how long they may be."""
+    return responses.with_name(responses.stem + ".settings.json")
+
+
+def _check_responses_settings(responses: Path, model: PreTrainedModel, config: TrainingConfig) -> None:
+    """Refuse responses made by another model or with another response length; record the settings of new ones."""
+    current = {"model_sha256": model_fingerprint(model), "response_tokens": config.response_tokens}
+    settings = responses_settings_path(responses)
+    if settings.exists():
+        check_same_run(responses, read_json(settings), current, what="responses")
+    elif responses.exists() and read_jsonl(responses):
+        raise ValueError(
+            f"{responses} holds responses but not the settings file {settings.name} that says which model made them: "
+            "restore it beside the responses, or pass another responses file."
+        )
+    else:
+        # The Python version is recorded, not compared: its docs and sources are the mix's text, and a prompt that
+        # changes with it is caught by its digest.
+        recorded = {**current, "python": platform.python_version()}
+        write_text(settings, json.dumps(recorded, indent=2) + "\n")
 
 
 def prepare_examples(
@@ -124,55 +259,97 @@ def prepare_examples(
     tokenizer: PreTrainedTokenizerBase,
     config: TrainingConfig,
     out_dir: Path,
-    samples: list[Sample] | None = None,
+    prompts: dict[str, Sample] | None = None,
+    responses: Path | None = None,
     disable_progress: bool = False,
 ) -> list[TrainingExample]:
-    """Build (or reload) the training examples under `out_dir`: responses once, cached on disk, resumable."""
-    samples = build_prompts(tokenizer, config) if samples is None else samples
-    path = out_dir / EXAMPLES_NAME
-    targets = out_dir / TARGETS_DIR
-    targets.mkdir(parents=True, exist_ok=True)
-    prompt_kv = out_dir / PROMPT_KV_DIR
+    """The training examples of `prompts` (default: the config's training mix): each response made once and appended
+    to `responses` (default `out_dir/responses.jsonl`), reused from there after an interruption or on another machine;
+    with `config.store_prompt_kv`, the prompt's keys and values and its target stored under `out_dir`.
+
+    Raises:
+        ValueError: `responses` was made by another model or with another `response_tokens`, or a prompt rebuilt
+            here is not the one it answered (the mix's source texts differ: another Python version).
+    """
+    prompts = build_prompts(tokenizer, config) if prompts is None else prompts
+    responses = out_dir / RESPONSES_NAME if responses is None else Path(responses)
+    responses.parent.mkdir(parents=True, exist_ok=True)
+    _check_responses_settings(responses, model, config)
+    answered = {row["key"]: row for row in read_jsonl(responses)}
+    stored = {}
     if config.store_prompt_kv:
-        prompt_kv.mkdir(exist_ok=True)
-    done: dict[str, TrainingExample] = {}
-    for record in read_jsonl(path):
-        example = TrainingExample(
-            record["sample_id"], record["input_ids"], record["response_ids"], targets / record["target"]
-        )
-        if example.target_path.is_file():
-            # Read now, from the header alone: a damaged file is named before any training, not at its first step.
-            safetensors_metadata(example.target_path)
-            done[example.sample_id] = example
-    eos = model.generation_config.eos_token_id
-    with append_jsonl(path) as append:
-        for sample in tqdm(samples, desc="responses", unit="prompt", disable=disable_progress):
-            name = sample.id.replace("/", "_") + ".safetensors"
-            kv_path = prompt_kv / name if config.store_prompt_kv else None
-            example = done.get(sample.id)
-            if example is not None:
-                if kv_path is not None and not kv_path.is_file():
-                    input_ids = torch.tensor([example.input_ids], device=model.device)
-                    _store_prompt_kv(record_prefill(model, input_ids), kv_path)
-                elif kv_path is not None:
-                    safetensors_metadata(kv_path)
-                example.prompt_kv_path = kv_path
-                continue
-            context_ids, question_ids = sample.prompt_ids(tokenizer)
-            input_ids = torch.cat([context_ids, question_ids], dim=-1).to(model.device)
-            recording, response, target = response_and_target(model, input_ids, config.response_tokens, eos)
-            if kv_path is not None:
-                # Written before the example is listed, so a listed example always has its keys and values.
-                _store_prompt_kv(recording, kv_path)
-            save_safetensors({"target": target.float().cpu().contiguous()}, targets / name)
-            record = {
-                "sample_id": sample.id,
-                "input_ids": input_ids[0].tolist(),
-                "response_ids": response[0].tolist(),
-                "target": name,
-            }
-            append(record)
-            done[sample.id] = TrainingExample(
-                sample.id, record["input_ids"], record["response_ids"], targets / name, kv_path
+        for name in (TARGETS_DIR, PROMPT_KV_DIR):
+            stored[name] = out_dir / name
+            stored[name].mkdir(parents=True, exist_ok=True)
+    examples, pending = {}, []
+    for key, sample in prompts.items():
+        context_ids, question_ids = sample.prompt_ids(tokenizer)
+        input_ids = torch.cat([context_ids, question_ids], dim=-1)[0].tolist()
+        digest = prompt_digest(input_ids)
+        row = answered.get(key)
+        if row is None:
+            pending.append((key, sample.context_length, input_ids, digest))
+        elif row["prompt_sha256"] != digest:
+            raise ValueError(
+                f"The prompt {key} built here is not the one {responses} answered (digest {digest}, recorded "
+                f"{row['prompt_sha256']}): the mix's source texts differ, most likely another Python version (see "
+                f"{responses_settings_path(responses).name}). Use that version, or make responses anew in another "
+                "file."
             )
-    return [done[sample.id] for sample in samples]
+        examples[key] = TrainingExample(key, input_ids, [] if row is None else row["response_ids"])
+        if stored:
+            name = key.replace("/", "_").replace("@", "_") + ".safetensors"
+            examples[key].target_path = stored[TARGETS_DIR] / name
+            examples[key].prompt_kv_path = stored[PROMPT_KV_DIR] / name
+
+    def store(example: TrainingExample, recording: PrefillRecording) -> None:
+        response = torch.tensor([example.response_ids], device=model.device)
+        _store_prompt_kv(recording, example.prompt_kv_path)
+        save_safetensors({"target": response_target(model, recording, response).cpu()}, example.target_path)
+
+    with (
+        append_jsonl(responses) as append,
+        tqdm(total=len(pending), desc="responses", unit="prompt", disable=disable_progress) as progress,
+    ):
+        for batch in _same_length_batches(pending):
+            recordings = [_record_keys_and_values(model, input_ids) for _, _, input_ids, _ in batch]
+            for (key, _, input_ids, digest), recording, response in zip(
+                batch, recordings, greedy_responses(model, recordings, config.response_tokens)
+            ):
+                examples[key].response_ids = response
+                if stored:
+                    # Stored before the response is listed, so that a listed response has its files.
+                    store(examples[key], recording)
+                append({"key": key, "prompt_sha256": digest, "prompt_tokens": len(input_ids), "response_ids": response})
+            progress.update(len(batch))
+    for example in examples.values():
+        if not stored:
+            continue
+        if example.target_path.is_file() and example.prompt_kv_path.is_file():
+            # Read now, from the header alone: a damaged file is named before any training, not at its step.
+            safetensors_metadata(example.target_path)
+            safetensors_metadata(example.prompt_kv_path)
+        else:
+            store(example, _record_keys_and_values(model, example.input_ids))
+    return list(examples.values())
+
+
+def _record_keys_and_values(model: PreTrainedModel, input_ids: list[int]) -> PrefillRecording:
+    """The prompt's recorded prefill without the attention inputs, which responses and targets do not read (a
+    batch of 8k-token recordings would hold gigabytes of them)."""
+    recording = record_prefill(model, torch.tensor([input_ids], device=model.device))
+    recording.prefills = [replace(prefill, hidden_states=None) for prefill in recording.prefills]
+    return recording
+
+
+def _same_length_batches(pending: list[tuple]) -> list[list[tuple]]:
+    """`pending` prompts `(key, context_length, ...)` in batches of one length of at most `BATCH_TOKENS` tokens,
+    taken from windows of the list in order, so that an interrupted run has covered every form and length evenly."""
+    batches = []
+    for start in range(0, len(pending), BATCH_WINDOW):
+        window = sorted(pending[start : start + BATCH_WINDOW], key=lambda prompt: prompt[1])
+        for length, group in itertools.groupby(window, key=lambda prompt: prompt[1]):
+            group = list(group)
+            size = max(1, BATCH_TOKENS // length)
+            batches += [group[i : i + size] for i in range(0, len(group), size)]
+    return batches

@@ -1,9 +1,8 @@
 """Training the lookahead modules: only the lookahead embeddings and LoRA learn, from the KL to the target attention.
 
-The prompt's keys and values do not depend on the lookahead modules: they come from disk, stored when the
-responses were made (or, with `store_prompt_kv=False`, from a forward without gradients at every step). Only the
-lookahead rows run with gradients, and their attention over the prompt is compared with the attention the model's
-own response paid it. `accelerate launch` spreads the prompts over processes and averages the gradients.
+The prompt's keys and values and the target do not depend on the lookahead modules: they come from a forward without
+gradients at every step, or from disk with `store_prompt_kv`. Only the lookahead rows run with gradients, and their
+attention over the prompt is compared with the attention the model's own response paid it. `accelerate launch` spreads the prompts over processes and averages the gradients.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from ..run_folder import (
     write_text,
 )
 from .config import TrainingConfig
-from .data import TrainingExample, build_prompts, prepare_examples
+from .data import RESPONSES_NAME, TrainingExample, build_prompts, prepare_examples, response_target
 
 logger = logging.get_logger(__name__)
 
@@ -84,12 +83,12 @@ def example_loss(model: PeftModel, example: TrainingExample, modules: dict[int, 
     """The KL loss of one example; `modules` are the base model's attention modules (see `attention_modules`)."""
     if example.prompt_kv_path is not None:
         prefills = example.stored_prefills(modules)
+        target = example.stored_target()
     else:
-        with torch.no_grad():
-            prefills = record_prefill(
-                model.get_base_model(), torch.tensor([example.input_ids], device=model.device)
-            ).prefills
-    target = example.target()
+        base = model.get_base_model()
+        recording = record_prefill(base, torch.tensor([example.input_ids], device=model.device))
+        prefills = recording.prefills
+        target = response_target(base, recording, torch.tensor([example.response_ids], device=model.device))
     if target.shape[-1] != len(example.input_ids):
         raise ValueError(
             f"The target of {example.sample_id} covers {target.shape[-1]} tokens, its prompt {len(example.input_ids)}."
@@ -131,7 +130,9 @@ def train(
     *,
     command: str | None = None,
     base_model_name_or_path: str | None = None,
-) -> PeftModel:
+    responses: str | Path | None = None,
+    responses_only: bool = False,
+) -> PeftModel | None:
     """Train lookahead modules for `model` (frozen) and save the adapter to `out_dir/adapter`.
 
     Resumable: rerunning with the same `out_dir` reuses the cached responses and continues from the last checkpoint.
@@ -140,9 +141,12 @@ def train(
 
     Args:
         base_model_name_or_path: How the model card names the base model (default: the model's `name_or_path`).
+        responses: The responses file to read and extend (default: `responses.jsonl` in `out_dir`); one kept
+            outside the run folder (committed, shared) lets a run resume on another machine without remaking them.
+        responses_only: Make the responses of the training and validation prompts, and stop before training.
 
     Returns:
-        The PeftModel carrying the trained adapter.
+        The PeftModel carrying the trained adapter (None with `responses_only`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,14 +169,20 @@ def train(
     model = model.to(accelerator.device).eval()
     model.requires_grad_(False)
 
-    if accelerator.is_main_process:
-        prepare_examples(model, tokenizer, config, out)
-    accelerator.wait_for_everyone()
-    examples = prepare_examples(model, tokenizer, config, out, disable_progress=True)
     validation = []
-    if config.validation_samples_per_task and accelerator.is_main_process:
-        validation_samples = build_prompts(tokenizer, config, validation=True)
-        validation = prepare_examples(model, tokenizer, config, out / VALIDATION_DIR, samples=validation_samples)
+    if accelerator.is_main_process:
+        # Validation first: it is small, and it is what choosing a checkpoint needs before the training mix is whole.
+        if any(config.validation_samples_per_task):
+            validation_prompts = build_prompts(tokenizer, config, validation=True)
+            validation = prepare_examples(
+                model, tokenizer, config, out / VALIDATION_DIR, validation_prompts, responses or out / RESPONSES_NAME
+            )
+        examples = prepare_examples(model, tokenizer, config, out, responses=responses)
+    accelerator.wait_for_everyone()
+    if responses_only:
+        return None
+    if not accelerator.is_main_process:
+        examples = prepare_examples(model, tokenizer, config, out, responses=responses, disable_progress=True)
     modules = attention_modules(model)
 
     checkpoint = out / CHECKPOINT_DIR
@@ -288,10 +298,11 @@ def _recipe(
     recipe = {
         "command": command or "lookahead_cache.training.train(...)",
         "data": (
-            f"{len(examples)} offline prompts: families {', '.join(config.tasks)} at {config.lengths} tokens, "
-            f"{config.samples_per_task} per family and length, seed {config.seed}; targets from the model's own greedy "
-            f"responses of up to {config.response_tokens} tokens"
+            f"{len(examples)} offline prompts of {len(config.tasks)} task forms ({', '.join(config.tasks)}), "
+            f"{config.samples_per_task} per form at {config.lengths} tokens, seed {config.seed}; targets from the "
+            f"model's own greedy responses of up to {config.response_tokens} tokens"
         ),
+        "tasks": list(config.tasks),
         "steps": f"{state['step']} optimizer steps of {config.gradient_accumulation} prompts, {config.epochs} epochs",
         "optimizer": f"AdamW, lr {config.learning_rate} (warm-up {config.warmup_steps} steps, cosine to 10 %), clip {config.max_grad_norm}",
         "train_time": f"{state['seconds'] / 60:.1f} min of optimizer steps (responses not included)",

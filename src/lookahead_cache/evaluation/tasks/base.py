@@ -185,9 +185,13 @@ class TaskFamily(ABC):
         """Drafts of the sample in `slot`, to be tried in turn: the first that fits the length is kept."""
 
     def _sample(self, tokenizer: PreTrainedTokenizerBase, slot: Slot) -> Sample:
-        longest, exhausted = 0, True
+        longest, exhausted, shortest = 0, True, None
         for draft in itertools.islice(self._drafts(tokenizer, slot), MAX_DRAFTS):
             size, length = self._fit(tokenizer, draft, slot.context_length)
+            if length > slot.context_length:
+                # Even this draft's least context is too long (a long module docstring, say); another may fit.
+                shortest = length if shortest is None else min(shortest, length)
+                continue
             if length >= MIN_FILL * slot.context_length:
                 context, question, answers = draft.render(size)
                 return Sample(
@@ -202,6 +206,12 @@ class TaskFamily(ABC):
                 )
             longest = max(longest, length)
             exhausted = exhausted and size == draft.max_size
+        if not longest:
+            raise ValueError(
+                f"context_length={slot.context_length} is too small for {self.name}: its shortest prompt (chat "
+                f"template, instruction, question and the least context) takes {shortest} tokens. Use a longer "
+                "context_length."
+            )
         if exhausted:
             raise ValueError(
                 f"context_length={slot.context_length} exceeds the text available to {self.name}: its longest "
@@ -214,7 +224,8 @@ class TaskFamily(ABC):
         )
 
     def _fit(self, tokenizer: PreTrainedTokenizerBase, draft: Draft, context_length: int) -> tuple[int, int]:
-        """The largest size whose prompt fits in `context_length` tokens, and that prompt's length.
+        """The largest size whose prompt fits in `context_length` tokens, and that prompt's length (size 1 and its
+        length when even that does not fit).
 
         Interpolation steps (prompt length is nearly linear in the size) alternate with bisection steps, which
         bound the number of tokenisations when it is not.
@@ -226,10 +237,7 @@ class TaskFamily(ABC):
 
         low, low_length = 1, length(1)
         if low_length > context_length:
-            raise ValueError(
-                f"context_length={context_length} is too small for {self.name}: its shortest prompt (chat template, "
-                f"instruction, question and the least context) takes {low_length} tokens. Use a longer context_length."
-            )
+            return low, low_length
         high, high_length = draft.max_size, length(draft.max_size)
         if high_length <= context_length:
             return high, high_length

@@ -53,6 +53,12 @@ class FewShotClassification(TaskFamily):
     description = "Label a stdlib docstring with its module after many labelled examples (in-context learning)."
 
     def _drafts(self, tokenizer: PreTrainedTokenizerBase, slot: Slot) -> Iterator[Draft]:
+        # Each draft draws anew: at short lengths a long example can leave the prompt short of the fit, and another
+        # draw of examples is as good a sample.
+        while True:
+            yield self._draft(slot)
+
+    def _draft(self, slot: Slot) -> Draft:
         rng = slot.rng
         pools = labelled_docstrings()
         label = rng.choice(LABELS)
@@ -71,4 +77,4 @@ class FewShotClassification(TaskFamily):
         def render(size: int) -> tuple[str, str, tuple[str, ...]]:
             return INTRO + "\n\n".join(examples[:size]), question, (label,)
 
-        yield Draft(render, max_size=len(examples))
+        return Draft(render, max_size=len(examples))
