@@ -41,7 +41,7 @@ def test_targets_are_the_responses_attention_per_layer_and_head(default_model, t
     examples = prepare_examples(model, tokenizer, small_config(), tmp_path)
     assert len(examples) == 2
     for example in examples:
-        target = example.target()
+        target = example.stored_target()
         assert target.shape == (30, 3, len(example.input_ids))
         torch.testing.assert_close(target.sum(-1), torch.ones(30, 3))
         assert 1 <= len(example.response_ids) <= 4
@@ -94,7 +94,11 @@ def test_training_from_stored_prompts_matches_training_that_reruns_them(default_
     assert len(validation) == 1 and len(rows) == 3
     assert all(row["prompt_sha256"] != validation[0]["prompt_sha256"] for row in rows if row not in validation)
     recipe = json.loads((tmp_path / "stored" / "adapter" / "lookahead_config.json").read_text())["training"]
-    assert "on 1 prompts of the same families, seed 2000" in recipe["validation_loss"]
+    assert "on 1 prompts of the same forms, seed 2000" in recipe["validation_loss"]
+    # The checkpoint of lowest validation KL is kept as an adapter of its own, its recipe naming the step.
+    best_step = min(stored, key=lambda r: r["validation_loss"])["step"]
+    best = json.loads((tmp_path / "stored" / "best_adapter" / "lookahead_config.json").read_text())["training"]
+    assert f"lowest {min(r['validation_loss'] for r in stored):.4f} at step {best_step}" in best["validation_loss"]
 
     with pytest.raises(ValueError, match="validation_seed equals seed"):
         small_config(validation_samples_per_task=1, validation_seed=1000)

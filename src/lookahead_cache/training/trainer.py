@@ -45,6 +45,8 @@ CONFIG_NAME = "training_config.json"
 BASE_MODEL_NAME = "base_model.json"
 CHECKPOINT_DIR = "checkpoint"
 ADAPTER_DIR = "adapter"
+# The checkpoint of lowest validation KL, as an adapter: the run's choice when it validates.
+BEST_ADAPTER_DIR = "best_adapter"
 VALIDATION_DIR = "validation"
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.pt"
@@ -247,7 +249,7 @@ def train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        state = {"step": step + 1, "seconds": state["seconds"] + time.perf_counter() - started}
+        state = {**state, "step": step + 1, "seconds": state["seconds"] + time.perf_counter() - started}
         record = {
             "step": step + 1,
             "loss": float(step_loss),
@@ -263,6 +265,10 @@ def train(
                 progress.set_postfix(loss=f"{record['loss']:.4f}", validation=f"{record['validation_loss']:.4f}")
             with append_jsonl(log_path) as append:
                 append(record)
+            if record.get("validation_loss", math.inf) < state.get("best_validation_loss", math.inf):
+                state.update(best_step=step + 1, best_validation_loss=record["validation_loss"])
+                adapter.config.training = _recipe(config, examples, validation, read_jsonl(log_path), state, command)
+                _save_atomically(adapter.save_pretrained, out / BEST_ADAPTER_DIR)
             if checkpointing:
                 _save_checkpoint(adapter, optimizer, scheduler, state, checkpoint)
     progress.close()
@@ -273,20 +279,34 @@ def train(
         adapter.save_pretrained(out / ADAPTER_DIR)
         plot_loss(losses, out / PLOT_NAME)
         logger.info(f"Saved the adapter to {out / ADAPTER_DIR}; loss curve in {out / PLOT_NAME}.")
+        if "best_step" in state:
+            logger.info(
+                f"The lowest validation KL ({state['best_validation_loss']:.4f}) was at step {state['best_step']}: "
+                f"that checkpoint is the adapter in {out / BEST_ADAPTER_DIR}."
+            )
     accelerator.wait_for_everyone()
     return peft_model
 
 
 def _save_checkpoint(adapter, optimizer, scheduler, state: dict, checkpoint: Path) -> None:
-    """Write the checkpoint to a fresh folder, then swap it in, so an interruption never leaves half of one."""
-    partial = checkpoint.with_name(checkpoint.name + ".partial")
-    adapter.save_pretrained(partial)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, partial / OPTIMIZER_NAME)
-    (partial / STATE_NAME).write_text(json.dumps(state) + "\n")
-    previous = checkpoint.with_name(checkpoint.name + ".previous")
-    if checkpoint.exists():
-        checkpoint.rename(previous)
-    partial.rename(checkpoint)
+    def save(folder: Path) -> None:
+        adapter.save_pretrained(folder)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, folder / OPTIMIZER_NAME)
+        (folder / STATE_NAME).write_text(json.dumps(state) + "\n")
+
+    _save_atomically(save, checkpoint)
+
+
+def _save_atomically(save, folder: Path) -> None:
+    """`save(path)` into a fresh folder, then swapped in for `folder`, so an interruption never leaves half of one."""
+    partial = folder.with_name(folder.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    save(partial)
+    previous = folder.with_name(folder.name + ".previous")
+    if folder.exists():
+        folder.rename(previous)
+    partial.rename(folder)
     if previous.exists():
         shutil.rmtree(previous)
 
@@ -311,9 +331,11 @@ def _recipe(
     }
     validated = [r for r in losses if "validation_loss" in r]
     if validated:
+        first, last = validated[0], validated[-1]
         recipe["validation_loss"] = (
-            f"{validated[-1]['validation_loss']:.4f} at the last step ({validated[0]['validation_loss']:.4f} at step "
-            f"{validated[0]['step']}) on {len(validation)} prompts of the same families, seed {config.validation_seed}"
+            f"{last['validation_loss']:.4f} at step {last['step']} ({first['validation_loss']:.4f} at step "
+            f"{first['step']}; lowest {state['best_validation_loss']:.4f} at step {state['best_step']}) on "
+            f"{len(validation)} prompts of the same forms, seed {config.validation_seed}"
         )
     return recipe
 
