@@ -109,11 +109,11 @@ def test_training_resumes_after_an_interruption_and_saves_a_loadable_adapter(def
     config = small_config()
     real_loss, calls = trainer_module.example_loss, []
 
-    def interrupted(model, example, modules):
+    def interrupted(model, example, modules, recording=None):
         calls.append(example.sample_id)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real_loss(model, example, modules)
+        return real_loss(model, example, modules, recording)
 
     monkeypatch.setattr(trainer_module, "example_loss", interrupted)
     with pytest.raises(KeyboardInterrupt):

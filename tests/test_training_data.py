@@ -9,8 +9,9 @@ from conftest import prompt_ids, tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lookahead_cache.evaluation.replay import continue_recording, record_prefill
-from lookahead_cache.training import TrainingConfig
+from lookahead_cache.training import TrainingConfig, train
 from lookahead_cache.training import data as data_module
+from lookahead_cache.training import trainer as trainer_module
 from lookahead_cache.training.data import (
     build_prompts,
     greedy_responses,
@@ -113,3 +114,35 @@ def test_responses_of_another_prompt_model_or_length_are_refused(tiny_with_token
     responses_settings_path(shared).unlink()
     with pytest.raises(ValueError, match="not the settings file"):
         prepare_examples(model, tokenizer, mix_config(), tmp_path / "run", responses=shared)
+
+
+def test_responses_made_in_the_training_steps_are_those_made_before_and_train_alike(
+    tiny_with_tokenizer, tmp_path, monkeypatch
+):
+    model, tokenizer = tiny_with_tokenizer
+    config = mix_config(epochs=1, gradient_accumulation=2, warmup_steps=0, num_tokens=2, save_every=1)
+    made_first = tmp_path / "made_first.jsonl"
+    prepare_examples(model, tokenizer, config, tmp_path / "prepared", responses=made_first)
+    train(copy.deepcopy(model), tokenizer, config, tmp_path / "before", responses=made_first)
+
+    prefills = []
+    real_make_responses = trainer_module.make_responses
+    monkeypatch.setattr(
+        trainer_module, "make_responses", lambda *args, **kwargs: prefills.append(args[1]) or real_make_responses(*args)
+    )
+    train(copy.deepcopy(model), tokenizer, config, tmp_path / "in_steps")
+    # Made step by step, two prompts at a time, in the training order.
+    assert [len(batch) for batch in prefills] == [2, 2, 2]
+
+    def rows(path):
+        return {row["key"]: row for row in map(json.loads, path.read_text().splitlines())}
+
+    assert rows(tmp_path / "in_steps" / "responses.jsonl") == rows(made_first)
+    logs = [rows_of(tmp_path / run / "loss.jsonl") for run in ("before", "in_steps")]
+    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [1, 2, 3]
+    for before, in_steps in zip(*logs):
+        assert in_steps["loss"] == pytest.approx(before["loss"], rel=1e-5)
+
+
+def rows_of(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]

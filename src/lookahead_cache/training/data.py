@@ -20,7 +20,9 @@ import hashlib
 import itertools
 import json
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from operator import itemgetter
 from pathlib import Path
 
 import torch
@@ -262,10 +264,18 @@ def prepare_examples(
     prompts: dict[str, Sample] | None = None,
     responses: Path | None = None,
     disable_progress: bool = False,
+    *,
+    store: bool | None = None,
+    make_missing: bool = True,
 ) -> list[TrainingExample]:
     """The training examples of `prompts` (default: the config's training mix): each response made once and appended
     to `responses` (default `out_dir/responses.jsonl`), reused from there after an interruption or on another machine;
-    with `config.store_prompt_kv`, the prompt's keys and values and its target stored under `out_dir`.
+    with `store` (default `config.store_prompt_kv`), the prompt's keys and values and its target stored under
+    `out_dir`.
+
+    Args:
+        make_missing: Make the responses not in `responses` yet; without it their examples are returned with empty
+            `response_ids`, for `make_responses` to fill when they are needed.
 
     Raises:
         ValueError: `responses` was made by another model or with another `response_tokens`, or a prompt rebuilt
@@ -277,24 +287,21 @@ def prepare_examples(
     _check_responses_settings(responses, model, config)
     answered = {row["key"]: row for row in read_jsonl(responses)}
     stored = {}
-    if config.store_prompt_kv:
+    if config.store_prompt_kv if store is None else store:
         for name in (TARGETS_DIR, PROMPT_KV_DIR):
             stored[name] = out_dir / name
             stored[name].mkdir(parents=True, exist_ok=True)
-    examples, pending = {}, []
+    examples = {}
     for key, sample in prompts.items():
         context_ids, question_ids = sample.prompt_ids(tokenizer)
         input_ids = torch.cat([context_ids, question_ids], dim=-1)[0].tolist()
-        digest = prompt_digest(input_ids)
         row = answered.get(key)
-        if row is None:
-            pending.append((key, sample.context_length, input_ids, digest))
-        elif row["prompt_sha256"] != digest:
+        if row is not None and row["prompt_sha256"] != prompt_digest(input_ids):
             raise ValueError(
-                f"The prompt {key} built here is not the one {responses} answered (digest {digest}, recorded "
-                f"{row['prompt_sha256']}): the mix's source texts differ, most likely another Python version (see "
-                f"{responses_settings_path(responses).name}). Use that version, or make responses anew in another "
-                "file."
+                f"The prompt {key} built here is not the one {responses} answered (digest "
+                f"{prompt_digest(input_ids)}, recorded {row['prompt_sha256']}): the mix's source texts differ, most "
+                f"likely another Python version (see {responses_settings_path(responses).name}). Use that version, "
+                "or make responses anew in another file."
             )
         examples[key] = TrainingExample(key, input_ids, [] if row is None else row["response_ids"])
         if stored:
@@ -302,36 +309,60 @@ def prepare_examples(
             examples[key].target_path = stored[TARGETS_DIR] / name
             examples[key].prompt_kv_path = stored[PROMPT_KV_DIR] / name
 
-    def store(example: TrainingExample, recording: PrefillRecording) -> None:
+    def store_files(example: TrainingExample, recording: PrefillRecording) -> None:
         response = torch.tensor([example.response_ids], device=model.device)
         _store_prompt_kv(recording, example.prompt_kv_path)
         save_safetensors({"target": response_target(model, recording, response).cpu()}, example.target_path)
 
+    pending = [example for example in examples.values() if not example.response_ids] if make_missing else []
     with (
         append_jsonl(responses) as append,
         tqdm(total=len(pending), desc="responses", unit="prompt", disable=disable_progress) as progress,
     ):
-        for batch in _same_length_batches(pending):
-            recordings = [_record_keys_and_values(model, input_ids) for _, _, input_ids, _ in batch]
-            for (key, _, input_ids, digest), recording, response in zip(
-                batch, recordings, greedy_responses(model, recordings, config.response_tokens)
-            ):
-                examples[key].response_ids = response
-                if stored:
-                    # Stored before the response is listed, so that a listed response has its files.
-                    store(examples[key], recording)
-                append({"key": key, "prompt_sha256": digest, "prompt_tokens": len(input_ids), "response_ids": response})
+        for batch in _same_length_batches(pending, [prompts[example.sample_id].context_length for example in pending]):
+            # Stored before the responses are listed, so that a listed response has its files.
+            before_listing = store_files if stored else None
+            make_responses(model, batch, config.response_tokens, append, before_listing=before_listing)
             progress.update(len(batch))
     for example in examples.values():
-        if not stored:
+        if not stored or not example.response_ids:
             continue
         if example.target_path.is_file() and example.prompt_kv_path.is_file():
             # Read now, from the header alone: a damaged file is named before any training, not at its step.
             safetensors_metadata(example.target_path)
             safetensors_metadata(example.prompt_kv_path)
         else:
-            store(example, _record_keys_and_values(model, example.input_ids))
+            store_files(example, _record_keys_and_values(model, example.input_ids))
     return list(examples.values())
+
+
+def make_responses(
+    model: PreTrainedModel,
+    examples: list[TrainingExample],
+    max_new_tokens: int,
+    append: Callable[[dict], None],
+    before_listing: Callable[[TrainingExample, PrefillRecording], None] | None = None,
+) -> list[PrefillRecording]:
+    """Make the greedy responses of `examples` together, set their `response_ids` and `append` their rows to the
+    responses file; returns each prompt's recorded prefill, which training reuses for its step.
+
+    Args:
+        before_listing: Called with each example and its recording before its row is appended.
+    """
+    recordings = [_record_keys_and_values(model, example.input_ids) for example in examples]
+    for example, recording, response in zip(examples, recordings, greedy_responses(model, recordings, max_new_tokens)):
+        example.response_ids = response
+        if before_listing is not None:
+            before_listing(example, recording)
+        append(
+            {
+                "key": example.sample_id,
+                "prompt_sha256": prompt_digest(example.input_ids),
+                "prompt_tokens": len(example.input_ids),
+                "response_ids": response,
+            }
+        )
+    return recordings
 
 
 def _record_keys_and_values(model: PreTrainedModel, input_ids: list[int]) -> PrefillRecording:
@@ -342,14 +373,17 @@ def _record_keys_and_values(model: PreTrainedModel, input_ids: list[int]) -> Pre
     return recording
 
 
-def _same_length_batches(pending: list[tuple]) -> list[list[tuple]]:
-    """`pending` prompts `(key, context_length, ...)` in batches of one length of at most `BATCH_TOKENS` tokens,
-    taken from windows of the list in order, so that an interrupted run has covered every form and length evenly."""
+def _same_length_batches(examples: list[TrainingExample], lengths: list[int]) -> list[list[TrainingExample]]:
+    """`examples` of the given prompt lengths (the lengths they were built for) in batches of one length of at most
+    `BATCH_TOKENS` tokens, taken from windows of the list in order, so that an interrupted run has covered every form
+    and length evenly."""
     batches = []
-    for start in range(0, len(pending), BATCH_WINDOW):
-        window = sorted(pending[start : start + BATCH_WINDOW], key=lambda prompt: prompt[1])
-        for length, group in itertools.groupby(window, key=lambda prompt: prompt[1]):
-            group = list(group)
+    for start in range(0, len(examples), BATCH_WINDOW):
+        window = sorted(
+            zip(lengths[start : start + BATCH_WINDOW], examples[start : start + BATCH_WINDOW]), key=itemgetter(0)
+        )
+        for length, group in itertools.groupby(window, key=itemgetter(0)):
+            group = [example for _, example in group]
             size = max(1, BATCH_TOKENS // length)
             batches += [group[i : i + size] for i in range(0, len(group), size)]
     return batches

@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from ..adapters import BaseModelSignature, LookaheadConfig, add_lookahead, get_lookahead, load_lookahead
-from ..evaluation.replay import lookahead_queries, record_prefill
+from ..evaluation.replay import PrefillRecording, lookahead_queries, record_prefill
 from ..kernels.attention_scores import attention_scores_reference
 from ..run_folder import (
     append_jsonl,
@@ -36,7 +36,14 @@ from ..run_folder import (
     write_text,
 )
 from .config import TrainingConfig
-from .data import RESPONSES_NAME, TrainingExample, build_prompts, prepare_examples, response_target
+from .data import (
+    RESPONSES_NAME,
+    TrainingExample,
+    build_prompts,
+    make_responses,
+    prepare_examples,
+    response_target,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -81,14 +88,20 @@ def attention_modules(model: PreTrainedModel) -> dict[int, torch.nn.Module]:
     return {prefill.layer_idx: prefill.module for prefill in recording.prefills}
 
 
-def example_loss(model: PeftModel, example: TrainingExample, modules: dict[int, torch.nn.Module]) -> torch.Tensor:
-    """The KL loss of one example; `modules` are the base model's attention modules (see `attention_modules`)."""
+def example_loss(
+    model: PeftModel,
+    example: TrainingExample,
+    modules: dict[int, torch.nn.Module],
+    recording: PrefillRecording | None = None,
+) -> torch.Tensor:
+    """The KL loss of one example; `modules` are the base model's attention modules (see `attention_modules`), and
+    `recording` the prompt's prefill where the step has it already (its response was just made)."""
     if example.prompt_kv_path is not None:
         prefills = example.stored_prefills(modules)
         target = example.stored_target()
     else:
         base = model.get_base_model()
-        recording = record_prefill(base, torch.tensor([example.input_ids], device=model.device))
+        recording = recording or record_prefill(base, torch.tensor([example.input_ids], device=model.device))
         prefills = recording.prefills
         target = response_target(base, recording, torch.tensor([example.response_ids], device=model.device))
     if target.shape[-1] != len(example.input_ids):
@@ -171,15 +184,19 @@ def train(
     model = model.to(accelerator.device).eval()
     model.requires_grad_(False)
 
+    responses = out / RESPONSES_NAME if responses is None else Path(responses)
+    # One process that reruns every prompt anyway makes the missing responses in its steps, from the same prefill:
+    # the first epoch then costs what making the responses alone would.
+    in_steps = not (config.store_prompt_kv or responses_only or accelerator.num_processes > 1)
     validation = []
     if accelerator.is_main_process:
-        # Validation first: it is small, and it is what choosing a checkpoint needs before the training mix is whole.
+        # Validation first, and stored whatever the run stores: its few prompts are scored at every checkpoint.
         if any(config.validation_samples_per_task):
             validation_prompts = build_prompts(tokenizer, config, validation=True)
             validation = prepare_examples(
-                model, tokenizer, config, out / VALIDATION_DIR, validation_prompts, responses or out / RESPONSES_NAME
+                model, tokenizer, config, out / VALIDATION_DIR, validation_prompts, responses, store=True
             )
-        examples = prepare_examples(model, tokenizer, config, out, responses=responses)
+        examples = prepare_examples(model, tokenizer, config, out, responses=responses, make_missing=not in_steps)
     accelerator.wait_for_everyone()
     if responses_only:
         return None
@@ -235,8 +252,14 @@ def train(
         batch = order[step * per_step : (step + 1) * per_step]
         mine = batch[accelerator.process_index :: world]
         step_loss = torch.zeros((), device=accelerator.device)
+        recordings = {}
+        unanswered = [examples[index] for index in mine if not examples[index].response_ids]
+        if unanswered:
+            with append_jsonl(responses) as append:
+                made = make_responses(peft_model.get_base_model(), unanswered, config.response_tokens, append)
+            recordings = {example.sample_id: recording for example, recording in zip(unanswered, made)}
         for index in mine:
-            loss = example_loss(peft_model, examples[index], modules)
+            loss = example_loss(peft_model, examples[index], modules, recordings.get(examples[index].sample_id))
             (loss / len(batch)).backward()
             step_loss += loss.detach() / len(batch)
         if world > 1:
@@ -325,7 +348,7 @@ def _recipe(
         "tasks": list(config.tasks),
         "steps": f"{state['step']} optimizer steps of {config.gradient_accumulation} prompts, {config.epochs} epochs",
         "optimizer": f"AdamW, lr {config.learning_rate} (warm-up {config.warmup_steps} steps, cosine to 10 %), clip {config.max_grad_norm}",
-        "train_time": f"{state['seconds'] / 60:.1f} min of optimizer steps (responses not included)",
+        "train_time": f"{state['seconds'] / 60:.1f} min of optimizer steps (responses made before them not included)",
         "first_loss": f"{losses[0]['loss']:.4f}",
         "final_loss": f"{sum(r['loss'] for r in tail) / len(tail):.4f} (mean of the last {len(tail)} steps)",
     }
