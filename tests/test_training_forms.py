@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lookahead_cache.evaluation.tasks import TASKS
+from lookahead_cache.evaluation.tasks import TASKS, get_task
 from lookahead_cache.training.config import HELD_OUT_TASKS, TrainingConfig
-from lookahead_cache.training.data import mix_task
 from lookahead_cache.training.forms import FORMS
 
 MIX = TrainingConfig().tasks
@@ -31,7 +30,7 @@ def test_the_default_mix_has_twenty_forms_and_no_held_out_family():
 
 @pytest.mark.parametrize("name", MIX)
 def test_forms_build_at_the_shortest_and_longest_default_lengths_deterministically(tokenizer, name):
-    task = mix_task(name)
+    task = get_task(name)
     for length in (min(TrainingConfig().lengths), max(TrainingConfig().lengths)):
         (sample,) = task.build(tokenizer, length, 1, seed=1000)
         context_ids, question_ids = sample.prompt_ids(tokenizer)

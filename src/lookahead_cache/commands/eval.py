@@ -8,6 +8,8 @@ from pathlib import Path
 
 from ..cli import budget_value, positive_int
 from ..evaluation.tasks import TASKS
+from ..training.config import VALIDATION_SEED
+from ..training.forms import FORMS
 
 RUNNER = "lookahead_cache.evaluation.suite"
 DEFAULT_MODEL = "default"
@@ -66,9 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tasks",
         nargs="+",
-        choices=list(TASKS),
+        choices=[*TASKS, *FORMS],
         metavar="TASK",
-        help=f"Task families (all if not given): {', '.join(TASKS)}.",
+        help=f"Task families (the suite's if not given): {', '.join(TASKS)}; or forms of the training mix "
+        f"({', '.join(FORMS)}), e.g. with the validation seed --seed {VALIDATION_SEED} to choose settings on prompts "
+        "no adapter trained on.",
     )
     parser.add_argument(
         "--budgets",

@@ -11,15 +11,16 @@ from ..cli import require_extra
 from ..commands.eval import DEFAULT_MODEL
 from ..default_model import DEFAULT_MODEL_HUB_ID
 from ..evaluation.suite import load_model
+from ..evaluation.tasks import get_task
 from .config import TrainingConfig
-from .data import RESPONSES_NAME, mix_task
+from .data import RESPONSES_NAME
 from .trainer import ADAPTER_DIR, PLOT_NAME, train
 
 
 def check_arguments(args: argparse.Namespace) -> None:
     require_extra("train", "matplotlib")
     for name in args.tasks:
-        mix_task(name)
+        get_task(name)
     defaults = TrainingConfig()
     if args.samples_per_task is None:
         if args.lengths != defaults.lengths:

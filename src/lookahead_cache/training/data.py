@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..evaluation.replay import PrefillRecording, future_queries, record_prefill
-from ..evaluation.tasks import TASKS, Sample, TaskFamily
+from ..evaluation.tasks import Sample, get_task
 from ..prefill import CACHE_ARGUMENT, LayerPrefill
 from ..run_folder import (
     append_jsonl,
@@ -45,7 +45,6 @@ from ..run_folder import (
 )
 from ..scorers.future_queries import FutureQueriesScorer
 from .config import TrainingConfig
-from .forms import FORMS
 
 RESPONSES_NAME = "responses.jsonl"
 # Responses decode in batches of prompts of one length, up to this many prompt tokens in all, gathered from windows
@@ -54,16 +53,6 @@ BATCH_TOKENS = 16384
 BATCH_WINDOW = 48
 TARGETS_DIR = "targets"
 PROMPT_KV_DIR = "prompt_kv"
-
-
-def mix_task(name: str) -> TaskFamily:
-    """The task form `name` of the training mix: a form of `lookahead_cache.training.forms` or a family of the
-    evaluation suite."""
-    if name in FORMS:
-        return FORMS[name]()
-    if name in TASKS:
-        return TASKS[name]()
-    raise ValueError(f"Unknown task {name!r}. Training forms: {', '.join(FORMS)}; suite families: {', '.join(TASKS)}.")
 
 
 def prompt_key(sample: Sample, seed: int) -> str:
@@ -91,7 +80,7 @@ def build_prompts(
         else (config.samples_per_task, config.seed)
     )
     built = {
-        (name, length): mix_task(name).build(tokenizer, length, count, seed)
+        (name, length): get_task(name).build(tokenizer, length, count, seed)
         for length, count in zip(config.lengths, counts)
         if count
         for name in config.tasks

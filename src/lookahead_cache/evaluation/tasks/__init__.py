@@ -35,10 +35,14 @@ __getattr__ = lazy_attributes(
 
 
 def get_task(name: str) -> TaskFamily:
-    """The task family registered as `name`."""
-    if name not in TASKS:
-        raise ValueError(f"Unknown task {name!r}. Available tasks: {', '.join(TASKS)}.")
-    return TASKS[name]()
+    """The task family registered as `name`: a family of the suite, or a form of the training mix
+    (`lookahead_cache.training.forms`), which evaluation can score as well, e.g. on prompts of the validation seed."""
+    from ...training.forms import FORMS
+
+    for registry in (TASKS, FORMS):
+        if name in registry:
+            return registry[name]()
+    raise ValueError(f"Unknown task {name!r}. Suite families: {', '.join(TASKS)}; training forms: {', '.join(FORMS)}.")
 
 
 __all__ = [
