@@ -28,6 +28,8 @@ from lookahead_cache.evaluation.timing import prefill_flops
         (["profile", "--temperature", "0", "--out", "unused"], "--temperature 0.0 must be positive"),
         (["profile", "--model", "my-model", "--scorers", "lookahead", "--out", "unused"], "needs --adapter"),
         (["eval", "--methods", "full", "lukv", "--model", "my-model", "--out", "unused"], "need --adapter"),
+        (["train", "--lengths", "1024", "--out", "unused"], "--lengths 1024 are not the default lengths"),
+        (["train", "--tasks", "niah_single_4", "--out", "unused"], "invalid choice: 'niah_single_4'"),
     ],
 )
 def test_bad_arguments_are_usage_errors_naming_the_problem(argv, message, capsys):
@@ -96,6 +98,15 @@ def test_command_line_choices_are_the_registries():
     assert set(SCORER_CHOICES) == {"auto", *SCORERS} - {"future_queries"}
     assert ALLOCATION_CHOICES == ["uniform", "pyramid", "adakv", "lukv"]
     assert sorted([*DEFAULT_METHODS, *EXTRA_METHODS]) == sorted(METHODS)
+    # Both take the suite's families and the training mix's forms by name.
+    from lookahead_cache.cli import build_parser
+    from lookahead_cache.evaluation.tasks import TASKS
+    from lookahead_cache.training.forms import FORMS
+
+    for command in ("eval", "train"):
+        _, commands = build_parser(command)
+        (tasks,) = [action for action in commands[command]._actions if action.dest == "tasks"]
+        assert tasks.choices == [*TASKS, *FORMS]
 
 
 @pytest.mark.slow

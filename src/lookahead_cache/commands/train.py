@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tasks",
         nargs="+",
         default=defaults.tasks,
-        choices=[*FORMS, *TASKS],
+        choices=[*TASKS, *FORMS],
         metavar="TASK",
         help="Task forms of the training mix: training forms and evaluation families.",
     )
