@@ -56,13 +56,12 @@ def main() -> None:
     model, tokenizer = load_model(DEFAULT_MODEL, args.adapter)
     tasks = [*HELD_OUT_TASKS, *TRAINING_TASKS]
     samples = build_samples(tokenizer, tasks, (args.length,), args.samples, args.seed)
-    eos = model.generation_config.eos_token_id
     rows = []
     with torch.no_grad():
         for sample in tqdm(samples, desc="coverage", unit="prompt"):
             context, question = sample.prompt_ids(tokenizer)
             input_ids = torch.cat([context, question], dim=-1).to(model.device)
-            recording, _, target = response_and_target(model, input_ids, args.response_tokens, eos)
+            recording, _, target = response_and_target(model, input_ids, args.response_tokens)
             queries = lookahead_queries(model, recording.prefills)
             prefills = [replace(prefill, lookahead_queries=q) for prefill, q in zip(recording.prefills, queries)]
             row = {"sample_id": sample.id, "family": sample.family, "held_out": sample.family in HELD_OUT_TASKS}
