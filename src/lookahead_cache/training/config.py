@@ -65,7 +65,7 @@ class TrainingConfig:
         validation_seed: Seed of the validation prompts; must differ from `seed`.
         store_prompt_kv: Store each prompt's keys and values with its target, so that training steps skip the
             prompt's forward (about 5x faster steps, at the disk cost given in `lookahead_cache.training.data`: about
-            46 KiB per SmolLM2 prompt token, 140 GB for the default mix, so it is off by default).
+            45 KiB per SmolLM2 prompt token, 110 GB for the default mix, so it is off by default).
     """
 
     tasks: list[str] = field(default_factory=lambda: [*TRAINING_FORMS, *TRAINING_TASKS])

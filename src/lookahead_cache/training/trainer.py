@@ -2,7 +2,8 @@
 
 The prompt's keys and values and the target do not depend on the lookahead modules: they come from a forward without
 gradients at every step, or from disk with `store_prompt_kv`. Only the lookahead rows run with gradients, and their
-attention over the prompt is compared with the attention the model's own response paid it. `accelerate launch` spreads the prompts over processes and averages the gradients.
+attention over the prompt is compared with the attention the model's own response paid it. `accelerate launch`
+spreads the prompts over processes and averages the gradients.
 """
 
 from __future__ import annotations
