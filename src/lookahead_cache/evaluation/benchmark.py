@@ -28,12 +28,11 @@ from ..cache import LookaheadCache
 from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, default_model_path, load_default_model
 from ..run_folder import write_text
 from .documents import haystack_ids
-from .methods import CacheMethod
+from .methods import FULL, cache_configuration
 from .timing import TimedGeneration, median_prefill_ratio, prefill_flops, timed_generation
 
 logger = logging.get_logger(__name__)
 
-FULL = "full"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WARM_UP_TOKENS = 4
 MIB = 2**20
@@ -72,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         model.set_attn_implementation(args.attn_implementation)
         model_name = DEFAULT_MODEL_FILE
         prompts = {n: torch.tensor([haystack_ids(tokenizer, n, args.seed)]) for n in args.lengths}
-    if any(needs_adapter(config) for config in args.scorers):
+    if any(cache_configuration(config).needs_adapter for config in args.scorers):
         # Every configuration then runs through the same PEFT-wrapped model, whose LoRA is idle outside the lookahead
         # rows, so the ratios compare caches, not wrappers.
         if args.adapter is not None:
@@ -110,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         "budget": args.budget,
         "scorers": args.scorers,
         "lookahead_adapter": (args.adapter or ("untrained" if args.random_weights else "shipped default"))
-        if any(needs_adapter(config) for config in args.scorers)
+        if any(cache_configuration(config).needs_adapter for config in args.scorers)
         else None,
         "decode_tokens": args.decode_tokens,
         "repeats": args.repeats,
@@ -123,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
     }
     print(
         f"{model_name} on {settings['device']} ({settings['device_name']}, {settings['dtype']}, "
-        f"{settings['threads']} threads); budget {args.budget}; medians of {args.repeats} interleaved runs after a warm-up "
-        "(overhead: median of each round's prefill time over the full cache's in the same round).\n"
+        f"{settings['threads']} threads); budget {args.budget}; medians of {args.repeats} interleaved runs after a "
+        "warm-up (overhead: median of each round's prefill time over the full cache's in the same round).\n"
     )
     print(format_results(rows))
     print(f"\nPeak memory: {settings['peak_memory']}.")
@@ -205,14 +204,8 @@ def new_cache(config: str, budget: int | float) -> Cache:
     """The cache of a benchmark configuration: `full`, `scorer` or `scorer+allocation`."""
     if config == FULL:
         return DynamicCache()
-    scorer, _, allocation = config.partition("+")
-    return LookaheadCache(budget=budget, scorer=scorer, allocation=allocation or "uniform")
-
-
-def needs_adapter(config: str) -> bool:
-    """Whether a configuration reads the lookahead adapter: its scorer, or the LU-KV profile shipped beside it."""
-    scorer, _, allocation = config.partition("+")
-    return CacheMethod(scorer, allocation or "uniform").needs_adapter
+    method = cache_configuration(config)
+    return LookaheadCache(budget=budget, scorer=method.scorer, allocation=method.allocation)
 
 
 def _summarize(

@@ -6,6 +6,10 @@ A method is a callable `(SampleRun, budget) -> Cache`, registered by name in `ME
 with them (LU-KV reads the profiles shipped beside the lookahead adapter). Heuristic methods only score the recorded
 layers; `oracle` and `laq` first obtain the queries of future tokens (the full-cache answer, or a drafted one) and
 score with those; `lookahead` runs the model's learned lookahead tokens after the recorded prompt.
+
+This module is the one vocabulary of methods: `FULL` (the uncompressed reference), the method names of
+`lookahead-cache eval` (`METHODS`, `get_method`, `needs_adapter`), and the cache configurations of
+`lookahead-cache bench`, written `scorer` or `scorer+allocation` (`cache_configuration`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from ..scorers import SCORERS
 from ..scorers.future_queries import FutureQueriesScorer
 from .replay import PrefillRecording, dynamic_cache_from, future_queries, lookahead_queries
 
+# The uncompressed cache: the reference every method and configuration is compared with.
 FULL = "full"
 # LAQ drafts this many pseudo tokens with a SnapKV-compressed cache before scoring with their queries.
 LAQ_DRAFT_TOKENS = 32
@@ -194,13 +199,20 @@ METHODS: dict[str, Callable[[SampleRun, int | float | None], Cache]] = {
 }
 
 
+def get_method(name: str) -> Callable[[SampleRun, int | float | None], Cache]:
+    if name not in METHODS:
+        raise ValueError(f"Unknown evaluation method {name!r}. Available: {', '.join(METHODS)}.")
+    return METHODS[name]
+
+
 def needs_adapter(name: str) -> bool:
     """Whether method `name` reads the model's lookahead adapter (see `CacheMethod.needs_adapter`)."""
     method = get_method(name)
     return isinstance(method, CacheMethod) and method.needs_adapter
 
 
-def get_method(name: str) -> Callable[[SampleRun, int | float | None], Cache]:
-    if name not in METHODS:
-        raise ValueError(f"Unknown evaluation method {name!r}. Available: {', '.join(METHODS)}.")
-    return METHODS[name]
+def cache_configuration(config: str) -> CacheMethod:
+    """The LookaheadCache configuration named `scorer` or `scorer+allocation`, as `lookahead-cache bench --scorers`
+    takes them (the allocation is uniform unless named); the names are checked when a cache is made of it."""
+    scorer, _, allocation = config.partition("+")
+    return CacheMethod(scorer, allocation or "uniform")

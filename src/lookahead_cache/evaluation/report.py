@@ -27,7 +27,8 @@ import numpy as np
 
 from ..run_folder import read_jsonl
 from ..training.config import SUITE_SPLIT
-from .benchmark import FULL, format_results, markdown_table
+from .benchmark import format_results, markdown_table
+from .methods import FULL
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
