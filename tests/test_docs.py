@@ -30,6 +30,43 @@ def readme_python_blocks() -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", (REPO_ROOT / "README.md").read_text(), flags=re.S | re.M)
 
 
+def readme_bash_blocks() -> list[str]:
+    return re.findall(r"^```bash\n(.*?)^```", (REPO_ROOT / "README.md").read_text(), flags=re.S | re.M)
+
+
+def _github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
+    return {_github_anchor(heading) for heading in re.findall(r"^#+ (.*)$", text, flags=re.M)}
+
+
+def test_readme_test_command_is_the_one_ci_runs():
+    # The README's two commands (demo, tests) come first; CI runs the second one as written.
+    demo, tests = (block.strip() for block in readme_bash_blocks()[:2])
+    assert demo.endswith("lookahead-cache demo") and tests.endswith("python -m pytest -q")
+    assert tests in (REPO_ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize("page", ["README.md", *sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "docs").glob("*.md"))])
+def test_markdown_links_resolve(page):
+    """Every relative link of the README and the docs pages names a file of the repository (and a heading of it)."""
+    path = REPO_ROOT / page
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+://", target):
+            continue
+        file, _, anchor = target.partition("#")
+        linked = (path.parent / file).resolve() if file else path
+        if not linked.exists() or (anchor and linked.suffix == ".md" and anchor not in _anchors(linked)):
+            broken.append(target)
+    assert broken == []
+
+
 def _is_ours(filename: str) -> bool:
     return filename.startswith((PACKAGE_DIR, str(REPO_ROOT / "examples"))) or filename.startswith("<README.md")
 
