@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The device checks in one command, for a lent GPU machine: the Triton kernels' tests on CUDA, both kernel
 # benchmarks and the per-head storage decode benchmark. Their time limits add up to 8.5 minutes, under the device
-# tool's 10 per command. Results go to $OUT (the device tool's folder), or to results/gpu elsewhere; compare them
-# with results/gpu_h200/ (the first H200 run).
+# tool's 10 per command. Results go to $OUT (the device tool's folder), or to results/gpu elsewhere; compare the
+# benchmarks with results/gpu_h200/ (the first H200 run; docs/measurements.md#on-a-gpu).
 #
 #     bash scripts/gpu_check.sh
 #
