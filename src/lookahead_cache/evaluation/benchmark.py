@@ -29,13 +29,13 @@ from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, default_mod
 from ..run_folder import write_text
 from .documents import haystack_ids
 from .methods import FULL, cache_configuration
+from .report.tables import MIB, format_results, markdown_table  # noqa: F401 (MIB, markdown_table: for demo, scripts)
 from .timing import TimedGeneration, median_prefill_ratio, prefill_flops, timed_generation
 
 logger = logging.get_logger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WARM_UP_TOKENS = 4
-MIB = 2**20
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -241,62 +241,3 @@ def _summarize(
         full_memory, memory = full["peak_prefill_memory_bytes"], row["peak_prefill_memory_bytes"]
         row["peak_memory_ratio"] = memory / full_memory if memory is not None and full_memory else None
     return rows
-
-
-def format_results(rows: list[dict[str, Any]]) -> str:
-    """The benchmark rows as a markdown table; ratios are against the full cache of the same prompt."""
-    header = [
-        "prompt",
-        "cache",
-        "kept/head",
-        "prefill s",
-        "overhead",
-        "fastest overhead",
-        "FLOP overhead",
-        "decode ms/tok",
-        "decode speedup",
-        "KV MiB",
-        "KV ratio",
-        "peak KV MiB",
-        "peak KV ratio",
-        "peak mem MiB",
-        "peak mem ratio",
-    ]
-    table = []
-    for row in rows:
-        memory, memory_ratio = row["peak_prefill_memory_bytes"], row["peak_memory_ratio"]
-        table.append(
-            [
-                str(row["length"]),
-                row["cache"],
-                f"{row['kept_tokens_per_head']:.0f}",
-                f"{row['prefill_s']:.3f}",
-                f"{100 * row['prefill_overhead']:+.1f}%",
-                _percent(row.get("prefill_overhead_fastest"), 1),
-                _percent(row.get("prefill_flops_overhead"), 2),
-                f"{row['decode_ms_per_token']:.2f}",
-                f"{row['decode_speedup']:.2f}x",
-                f"{row['kv_bytes_after_prefill'] / MIB:.1f}",
-                f"{row['kv_ratio']:.3f}x",
-                f"{row['peak_kv_bytes'] / MIB:.1f}",
-                f"{row['peak_kv_ratio']:.3f}x",
-                "n/a" if memory is None else f"{memory / MIB:.1f}",
-                "n/a" if memory_ratio is None else f"{memory_ratio:.2f}x",
-            ]
-        )
-    return markdown_table(header, table)
-
-
-def _percent(ratio: float | None, decimals: int) -> str:
-    # None for rows of files written before the benchmark measured it.
-    return "n/a" if ratio is None else f"{100 * ratio:+.{decimals}f}%"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """A markdown table with padded columns, readable as plain text too."""
-    widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + " |"
-
-    return "\n".join([line(header), "|" + "|".join("-" * (width + 2) for width in widths) + "|", *map(line, rows)])
