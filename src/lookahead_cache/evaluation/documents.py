@@ -1,14 +1,20 @@
-"""Long prompts built offline from English prose that ships with Python, for the demo and the benchmark.
+"""Long prompts built offline from English prose that ships with Python: the haystack of the demo, the benchmark
+and the suite's prose tasks, and where needles go into a haystack.
 
 The prose is the reference documentation in `pydoc_data.topics` (about 465k characters in 79 topics), so long
 prompts need neither a download nor a data package. Code samples, grammar rules and headings are left out:
 only paragraphs of running text are used, re-wrapped onto one line each.
+
+Needles go into a haystack of units (paragraphs, sentences, lines) with `insert_at`, for the demo's needle task
+here and for the suite's RULER-style tasks (`tasks._haystack.insert_at_depths`, `tasks._niah`), which differ in
+what they insert and where.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -57,6 +63,18 @@ def haystack_ids(tokenizer: PreTrainedTokenizerBase, num_tokens: int, seed: int 
             f"num_tokens={num_tokens} exceeds the {len(ids)} tokens of prose in pydoc_data; ask for a shorter prompt."
         )
     return ids[:num_tokens]
+
+
+def insert_at(units: Sequence[str], inserts: Sequence[str], positions: Sequence[int]) -> list[str]:
+    """`units` with `inserts[i]` placed before `units[positions[i]]` (at the end for `len(units)`), so that no unit
+    is cut; inserts at the same position keep their order."""
+    result: list[str] = []
+    start = 0
+    for i in sorted(range(len(inserts)), key=positions.__getitem__):
+        result += units[start : positions[i]]
+        result.append(inserts[i])
+        start = positions[i]
+    return result + list(units[start:])
 
 
 @dataclass(frozen=True)
@@ -118,5 +136,5 @@ def build_needle_task(tokenizer: PreTrainedTokenizerBase, context_tokens: int, s
     for paragraph in paragraphs:
         breaks.append(breaks[-1] + len(paragraph) + 2)
     index = min(range(len(breaks)), key=lambda i: abs(breaks[i] / breaks[-1] - depth))
-    document = "\n\n".join([*paragraphs[:index], empty.needle, *paragraphs[index:]])
+    document = "\n\n".join(insert_at(paragraphs, [empty.needle], [index]))
     return NeedleTask(document=document, code=code, depth=breaks[index] / breaks[-1])

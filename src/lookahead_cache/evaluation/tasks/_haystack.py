@@ -15,7 +15,7 @@ from functools import lru_cache
 
 from transformers import PreTrainedTokenizerBase
 
-from ..documents import haystack_ids, prose_topics
+from ..documents import haystack_ids, insert_at, prose_topics
 
 # RULER's "repeat" haystack, and its noise between variable assignments.
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -82,11 +82,4 @@ def distinct(draw: Callable[[], str], count: int) -> list[str]:
 def insert_at_depths(units: Sequence[str], inserts: Sequence[str], depths: Sequence[int]) -> list[str]:
     """`units` with `inserts[i]` placed `depths[i]` percent of the way through, at a unit boundary, as RULER places
     its needles; inserts at the same place keep their order."""
-    positions = [len(units) * depth // 100 for depth in depths]
-    result: list[str] = []
-    start = 0
-    for i in sorted(range(len(inserts)), key=positions.__getitem__):
-        result += units[start : positions[i]]
-        result.append(inserts[i])
-        start = positions[i]
-    return result + list(units[start:])
+    return insert_at(units, inserts, [len(units) * depth // 100 for depth in depths])
