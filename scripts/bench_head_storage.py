@@ -8,7 +8,7 @@ weight matmuls that dominate a full decode step on a CPU and make whole-model ti
 attention functions:
 
 * ``full``: a full cache of the prompt (`DynamicLayer`), SDPA;
-* ``uniform``: every head keeps `budget` tokens (`EvictingLayer`), SDPA; the same total size as the packed layers;
+* ``uniform``: every head keeps `budget` tokens (`PaddedLayer`), SDPA; the same total size as the packed layers;
 * ``packed-sdpa``: per-head counts from the LU-KV profile shipped with the default adapter (lookahead scorer: the
   most uneven allocation we ship), stored packed (`PackedLayer`), attended by SDPA over its padded view;
 * ``packed-varlen``: the same layers attended in place by `lookahead_varlen` (the Triton kernel on GPU, one masked
@@ -31,14 +31,12 @@ import torch
 from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from lookahead_cache.attention import PackedAttention, lookahead_varlen_attention
-from lookahead_cache.cache import compressed_layer_mask
 from lookahead_cache.config import DEFAULT_SINK, DEFAULT_WINDOW
+from lookahead_cache.decoding import PackedAttention, compressed_layer_mask, lookahead_varlen_attention
 from lookahead_cache.default_model import DEFAULT_ADAPTER_DIR
-from lookahead_cache.layers import EvictingLayer
-from lookahead_cache.packed import PackedLayer
 from lookahead_cache.profiling.profile import HeadProfile
 from lookahead_cache.selection import select_tokens
+from lookahead_cache.storage import PackedLayer, PaddedLayer
 
 LAYERS, Q_HEADS, KV_HEADS, HEAD_DIM = 30, 9, 3, 64
 STORAGES = ("full", "uniform", "packed-sdpa", "packed-varlen")
@@ -60,9 +58,7 @@ def build_layers(storage: str, prompt: torch.Tensor, counts: torch.Tensor, budge
         valid = torch.ones(1, length, dtype=torch.bool, device=keys.device)
         positions, slot_valid = select_tokens(scores, valid, heads, sink=DEFAULT_SINK, window=DEFAULT_WINDOW)
         if storage == "uniform":
-            layer = EvictingLayer()
-            layer.update(keys, values)
-            layer.compress(positions, slot_valid)
+            layer = PaddedLayer.from_selection(keys, values, positions, slot_valid, length)
         else:
             layer = PackedLayer.from_selection(keys, values, positions, slot_valid, length)
             layer.attends_packed = storage == "packed-varlen"

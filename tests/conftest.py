@@ -68,7 +68,7 @@ def kept_positions(layer, full_keys: torch.Tensor) -> torch.Tensor:
     """`[batch, kv_heads, prompt_len]`, True where a compressed layer (packed or padded) right after prefill kept that
     prompt token, found by its key in `full_keys` (the full cache's; equal up to rounding where the prefill ran
     another shape, e.g. with lookahead rows)."""
-    from lookahead_cache.packed import PackedLayer
+    from lookahead_cache.storage import PackedLayer
 
     keys = layer.padded()[0] if isinstance(layer, PackedLayer) else layer.keys
     valid = layer.slot_valid()

@@ -19,7 +19,14 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from lookahead_cache import LookaheadCache
-from lookahead_cache.adapters import LookaheadConfig, add_lookahead, get_lookahead, hub, load_lookahead, lookahead
+from lookahead_cache.adapters import (
+    LookaheadConfig,
+    add_lookahead,
+    get_lookahead,
+    injection,
+    load_lookahead,
+    serialization,
+)
 from lookahead_cache.adapters.config import BaseModelSignature
 from lookahead_cache.prefill import CACHE_ARGUMENT
 
@@ -269,7 +276,7 @@ def test_a_file_is_no_adapter_folder(adapter):
 def test_a_local_folder_named_like_a_repo_id_is_loaded_from_disk(adapter, tmp_path, monkeypatch):
     shutil.copytree(adapter, tmp_path / "owner" / "name")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(hub, "hf_hub_download", None)  # any Hub access would fail
+    monkeypatch.setattr(serialization, "hf_hub_download", None)  # any Hub access would fail
     assert get_lookahead(load_lookahead(tiny_model(), "owner/name")) is not None
 
 
@@ -304,7 +311,7 @@ def test_offline_mode_errors_raised_by_huggingface_hub_itself_say_offline_mode(o
     def download(*args, **kwargs):
         raise OfflineModeIsEnabled("Cannot reach https://huggingface.co: offline mode is enabled.")
 
-    monkeypatch.setattr(hub, "hf_hub_download", download)
+    monkeypatch.setattr(serialization, "hf_hub_download", download)
     refused(base_model(), "lookahead-org/any", FileNotFoundError, r"offline mode is on \(HF_HUB_OFFLINE=1 is set\)")
 
 
@@ -313,7 +320,7 @@ def test_an_unreachable_hub_is_not_reported_as_a_missing_file(monkeypatch):
         raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub")
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub, "hf_hub_download", download)
+    monkeypatch.setattr(serialization, "hf_hub_download", download)
     refused(
         base_model(),
         "lookahead-org/any",
@@ -350,7 +357,7 @@ def fail_on_call(monkeypatch, owner, name, call, error=RuntimeError):
 FAILURES = {
     "PEFT fails half-way through swapping in LoRA layers": (LoraModel, "_create_and_replace", 5, RuntimeError),
     "PEFT fails loading the weights": (peft.peft_model, "set_peft_model_state_dict", 1, RuntimeError),
-    "the prefill hooks fail once registered": (lookahead, "_register_prefill_hooks", 0, RuntimeError),
+    "the prefill hooks fail once registered": (injection, "_register_prefill_hooks", 0, RuntimeError),
     "an interrupt while PEFT swaps layers": (LoraModel, "_create_and_replace", 11, KeyboardInterrupt),
 }
 

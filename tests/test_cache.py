@@ -6,10 +6,10 @@ from conftest import ARCHITECTURES, prompt_ids, tiny_model
 from transformers import DynamicCache
 
 from lookahead_cache import LookaheadCache
-from lookahead_cache.layers import EvictingLayer
 from lookahead_cache.prefill import CACHE_ARGUMENT
 from lookahead_cache.scorers import Scorer
 from lookahead_cache.scorers.base import pool_scores
+from lookahead_cache.storage import PaddedLayer
 
 NEW_TOKENS = 8
 
@@ -28,7 +28,7 @@ def generate(model, input_ids, cache, attention_mask=None, **kwargs):
 
 
 def compressed_layers(cache):
-    return [layer for layer in cache.layers if isinstance(layer, EvictingLayer)]
+    return [layer for layer in cache.layers if isinstance(layer, PaddedLayer)]
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

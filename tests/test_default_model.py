@@ -7,8 +7,8 @@ import torch
 from transformers import DynamicCache
 
 from lookahead_cache import LookaheadCache
-from lookahead_cache.layers import EvictingLayer
 from lookahead_cache.prefill import CACHE_ARGUMENT
+from lookahead_cache.storage import PaddedLayer
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +101,7 @@ def test_second_turn_continues_the_evicted_cache(default_model):
     assert cache.get_seq_length() == second_out.shape[1] - 1
     # Physically: the 128 kept prompt tokens plus every token after the first prompt, except the last sampled one.
     physical = 128 + second_out.shape[1] - 1 - first.shape[1]
-    assert all(isinstance(layer, EvictingLayer) and layer.keys.shape[-2] == physical for layer in cache.layers)
+    assert all(isinstance(layer, PaddedLayer) and layer.keys.shape[-2] == physical for layer in cache.layers)
 
 
 def test_beam_search_after_eviction(default_model):

@@ -28,9 +28,8 @@ from transformers import DynamicCache
 from lookahead_cache import LookaheadCache, LookaheadCacheConfig
 from lookahead_cache.adapters import LookaheadConfig, add_lookahead
 from lookahead_cache.allocation import LUKVAllocator
-from lookahead_cache.cache import EvictingLayer
-from lookahead_cache.packed import PackedLayer
 from lookahead_cache.prefill import CACHE_ARGUMENT
+from lookahead_cache.storage import PackedLayer, PaddedLayer
 
 settings.register_profile(
     "ci", max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
@@ -121,7 +120,7 @@ def kept_sets(cache, full):
     return {
         index: kept_positions(layer, full.layers[index].keys)
         for index, layer in enumerate(cache.layers)
-        if isinstance(layer, (EvictingLayer, PackedLayer))
+        if isinstance(layer, (PaddedLayer, PackedLayer))
     }
 
 

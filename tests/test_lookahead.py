@@ -16,10 +16,10 @@ from transformers.testing_utils import CaptureLogger
 
 from lookahead_cache import LookaheadCache
 from lookahead_cache.adapters import LookaheadConfig, add_lookahead, get_lookahead, load_lookahead
-from lookahead_cache.adapters.lookahead import INERT_INVOCATION_TOKENS
-from lookahead_cache.attention import grouped_query_attention
+from lookahead_cache.adapters.config import INERT_INVOCATION_TOKENS
 from lookahead_cache.evaluation.replay import lookahead_queries, record_prefill
 from lookahead_cache.evaluation.timing import timed_generation
+from lookahead_cache.lookahead_rows import grouped_query_attention
 from lookahead_cache.prefill import CACHE_ARGUMENT
 from lookahead_cache.scorers import LookaheadScorer
 from lookahead_cache.training import kl_loss

@@ -9,11 +9,11 @@ from conftest import kept_positions, prompt_ids, tiny_model
 from transformers import DynamicCache
 
 from lookahead_cache import LookaheadCache
-from lookahead_cache.attention import packed_decode_attention
+from lookahead_cache.decoding import packed_decode_attention
 from lookahead_cache.kernels import varlen_decode as kernel_module
 from lookahead_cache.kernels.varlen_decode import varlen_decode_attention_triton
-from lookahead_cache.packed import DEFAULT_GROWTH, PackedLayer
 from lookahead_cache.prefill import CACHE_ARGUMENT, cache_argument
+from lookahead_cache.storage import DEFAULT_GROWTH, PackedLayer
 
 BUDGET = dict(budget=20, scorer="snapkv", allocation="adakv", sink=2, window=4)
 

@@ -17,8 +17,8 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache
 from transformers.utils import logging
 
-from .attention import VARLEN_ATTENTION
 from .cache import LookaheadCache
+from .decoding import VARLEN_ATTENTION
 from .default_model import load_default_model
 from .evaluation.benchmark import MIB, WARM_UP_TOKENS, markdown_table
 from .evaluation.documents import QUESTION, build_needle_task

@@ -25,8 +25,8 @@ from .config import (
     PEFT_WEIGHTS_NAME,
     BaseModelSignature,
     LookaheadConfig,
+    check_lora_config,
 )
-from .lookahead import check_lora_config
 
 # How PEFT names the LoRA weights of a causal LM's module `<module>` in adapter_model.safetensors.
 _LORA_KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<matrix>[AB])\.weight")

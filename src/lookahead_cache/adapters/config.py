@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from peft import LoraConfig
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 LOOKAHEAD_CONFIG_NAME = "lookahead_config.json"
@@ -123,3 +124,30 @@ class LookaheadConfig:
         if unknown:
             raise ValueError(f"{path} has unknown fields {unknown}; expected a subset of {sorted(known)}.")
         return cls(**data)
+
+
+# A token id no tokenizer produces: PEFT's own invocation search never activates the lookahead LoRA.
+INERT_INVOCATION_TOKENS = [-1]
+DEFAULT_ADAPTER_NAME = "default"
+
+
+def lora_config(config: LookaheadConfig) -> LoraConfig:
+    """The PEFT side of a lookahead adapter: an activated LoRA that only lookahead-cache ever activates."""
+    return LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=list(config.target_modules),
+        alora_invocation_tokens=list(INERT_INVOCATION_TOKENS),
+        task_type="CAUSAL_LM",
+    )
+
+
+def check_lora_config(lora: LoraConfig, source: str) -> None:
+    """Refuse a PEFT config that would adapt more than the lookahead rows."""
+    if getattr(lora, "alora_invocation_tokens", None) != INERT_INVOCATION_TOKENS:
+        raise ValueError(
+            f"{source}: its LoRA is not a lookahead LoRA (alora_invocation_tokens={getattr(lora, 'alora_invocation_tokens', None)!r}, "
+            f"expected {INERT_INVOCATION_TOKENS}): loaded as is it would adapt the prompt and the generated tokens, "
+            "not only the lookahead rows. Save lookahead adapters with lookahead_cache (LookaheadAdapter.save_pretrained)."
+        )

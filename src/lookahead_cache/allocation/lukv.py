@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import weakref
 from pathlib import Path
 from typing import Literal
 
@@ -8,13 +7,11 @@ import torch
 from torch import nn
 
 from ..adapters.config import BaseModelSignature
+from ..adapters.model import get_lookahead
 from ..config import LookaheadCacheConfig
 from ..profiling.profile import HeadProfile, check_scope
 from ..scorers import Scorer, scorer_defaults, scorer_name, scorer_settings
 from .base import Allocator
-
-# The profiles shipped beside each loaded lookahead adapter, by scorer.
-_ADAPTER_PROFILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class LUKVAllocator(Allocator):
@@ -114,8 +111,6 @@ class LUKVAllocator(Allocator):
 
 def adapter_profile(module: nn.Module, scorer: str) -> HeadProfile:
     """The LU-KV profile for `scorer` shipped beside the lookahead adapter of the model `module` belongs to."""
-    from ..adapters.lookahead import get_lookahead
-
     adapter = get_lookahead(module)
     if adapter is None or adapter.source is None:
         raise ValueError(
@@ -124,7 +119,6 @@ def adapter_profile(module: nn.Module, scorer: str) -> HeadProfile:
             "allocation_kwargs={'profile': folder_or_repo} (made by `lookahead-cache profile`)."
         )
     # Read once per loaded adapter and scorer: a cache per `generate` call must not re-read (or re-download) it.
-    profiles = _ADAPTER_PROFILES.setdefault(adapter, {})
-    if scorer not in profiles:
-        profiles[scorer] = HeadProfile.from_pretrained(adapter.source, scorer, revision=adapter.source_revision)
-    return profiles[scorer]
+    if scorer not in adapter.profiles:
+        adapter.profiles[scorer] = HeadProfile.from_pretrained(adapter.source, scorer, revision=adapter.source_revision)
+    return adapter.profiles[scorer]

@@ -14,21 +14,9 @@ from dataclasses import dataclass, replace
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from ..adapters.lookahead import LookaheadAdapter, get_lookahead
+from ..adapters.model import LookaheadAdapter, get_lookahead
 from ..cache import LookaheadCache
 from ..prefill import CACHE_ARGUMENT, LayerPrefill
-
-
-class _RecordingCache(LookaheadCache):
-    """A LookaheadCache that keeps every layer whole and hands back what each layer's eviction would score."""
-
-    def __init__(self):
-        super().__init__(budget=1.0, scorer="streaming")
-        self.prefills: list[LayerPrefill] = []
-
-    def _evict_layer(self, prefill: LayerPrefill) -> None:
-        self._prefilled_layers.add(prefill.layer_idx)
-        self.prefills.append(prefill)
 
 
 @dataclass
@@ -54,11 +42,14 @@ class PrefillRecording:
 @torch.no_grad()
 def record_prefill(model: PreTrainedModel, input_ids: torch.Tensor) -> PrefillRecording:
     """Run the prompt `input_ids` (`[1, prompt_len]`) through `model` once and record it."""
-    cache = _RecordingCache()
+    prefills: list[LayerPrefill] = []
+    # A budget of the whole prompt keeps every layer as it is, without a copy: recording costs the prefill alone.
+    cache = LookaheadCache(budget=1.0, scorer="streaming")
+    cache.observe_prefill(prefills.append)
     start = time.perf_counter()
     logits = model(input_ids=input_ids, **{CACHE_ARGUMENT: cache}, use_cache=True, logits_to_keep=1).logits
     seconds = time.perf_counter() - start
-    prefills = sorted(cache.prefills, key=lambda prefill: prefill.layer_idx)
+    prefills.sort(key=lambda prefill: prefill.layer_idx)
     return PrefillRecording(prefills=prefills, next_token_logits=logits[:, -1], seconds=seconds)
 
 

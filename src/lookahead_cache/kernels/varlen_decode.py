@@ -4,7 +4,7 @@ The kernel reads, for every (row b, KV head h), a prompt segment of flat buffers
 ``[tokens, head_dim]`` (segment start ``prompt_starts[b, h]``, length ``prompt_lengths[b, h]``), followed by the
 tokens decoded since, in ``tail_keys`` / ``tail_values`` ``[batch, kv_heads, capacity, head_dim]`` (the first
 ``tail_length`` slots; any strides). A compressed layer with head-level budgets
-(`lookahead_cache.packed.PackedLayer`) hands over its row buffers as such views, without copying: the flattened
+(`lookahead_cache.storage.PackedLayer`) hands over its row buffers as such views, without copying: the flattened
 row buffers with row-offset starts, and the interleaved tail viewed per head. One decoding query per query head,
 ``query`` ``[batch, q_heads, head_dim]``, attends to the prompt segment and the tail of its KV head (grouped-query
 attention: query head ``q`` reads KV head ``q // (q_heads // kv_heads)``)::
@@ -91,7 +91,7 @@ def varlen_decode_attention_reference(
     scaling: float,
 ) -> torch.Tensor:
     """Torch reference of :func:`varlen_decode_attention`: one (row, KV head) at a time, on views of its prompt
-    segment and tail. (A model decoding on CPU attends with `lookahead_cache.attention.packed_decode_attention`,
+    segment and tail. (A model decoding on CPU attends with `lookahead_cache.decoding.packed_decode_attention`,
     one masked attention per layer, rather than this loop.)"""
     _validate(query, prompt_keys, prompt_values, prompt_starts, prompt_lengths, tail_keys, tail_values, tail_length)
     batch, q_heads, head_dim = query.shape

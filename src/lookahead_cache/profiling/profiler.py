@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import get_layer_types_and_kwargs
 
 from ..adapters.config import BaseModelSignature
-from ..adapters.lookahead import get_lookahead
+from ..adapters.model import get_lookahead
 from ..evaluation.replay import (
     PrefillRecording,
     continue_recording,

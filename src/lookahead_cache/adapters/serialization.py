@@ -1,4 +1,5 @@
-"""Saving and loading lookahead adapters: PEFT's files plus our sidecar, from a local dir or a Hub repo."""
+"""A lookahead adapter's files: PEFT's plus our sidecar and a model card, written to a folder or a Hub repo, and found
+in a local folder or downloaded from the Hub (`resolve_adapter_files`; `load_lookahead` reads them)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from huggingface_hub import HfApi, constants, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -19,15 +20,20 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import validate_repo_id
-from peft import PeftModel
 from safetensors.torch import save_file
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from .cards import render_model_card
-from .checks import check_adapter
-from .config import LOOKAHEAD_CONFIG_NAME, LOOKAHEAD_WEIGHTS_NAME, PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
-from .lookahead import DEFAULT_ADAPTER_NAME, LookaheadAdapter, attach_lookahead, peft_wrapping, unchanged_on_failure
+from .config import (
+    DEFAULT_ADAPTER_NAME,
+    LOOKAHEAD_CONFIG_NAME,
+    LOOKAHEAD_WEIGHTS_NAME,
+    PEFT_CONFIG_NAME,
+    PEFT_WEIGHTS_NAME,
+)
+
+if TYPE_CHECKING:
+    from .model import LookaheadAdapter
 
 logger = logging.get_logger(__name__)
 
@@ -125,56 +131,6 @@ def _not_in_cache(repo_id: str, revision: str | None, name: str, error: Exceptio
         f"nor found in the local Hugging Face cache ({error}). Check the connection (and HF_ENDPOINT), or pass a "
         "local folder saved with save_pretrained."
     )
-
-
-def load_lookahead(
-    base_model: PreTrainedModel,
-    repo_or_dir: str | Path,
-    *,
-    revision: str | None = None,
-    token: str | bool | None = None,
-    tokenizer: PreTrainedTokenizerBase | None = None,
-    adapter_name: str = DEFAULT_ADAPTER_NAME,
-    is_trainable: bool = False,
-) -> PeftModel:
-    """Load a trained lookahead adapter into `base_model`, so that `LookaheadCache(scorer="lookahead")` works.
-
-    PEFT loads the lookahead LoRA (`PeftModel.from_pretrained`); the lookahead embeddings and config come from our
-    sidecar files in the same folder or repo. Only safetensors files are read. Every file is checked against the
-    others and against `base_model` before PEFT wraps it; if loading fails all the same, `base_model` is left as it
-    was.
-
-    Args:
-        base_model: The transformers model the adapter was trained for.
-        repo_or_dir: A local folder, or a Hub repo id 'owner/name' (a local folder of that name wins).
-        revision: Branch, tag or commit of a Hub repo.
-        token: Hub token, as in `huggingface_hub`.
-        tokenizer: If given, its vocabulary must match the one the adapter was trained with.
-        adapter_name: PEFT adapter name.
-        is_trainable: Load the LoRA and embeddings with gradients enabled (to continue training).
-
-    Returns:
-        The `PeftModel` wrapping `base_model`. A plain `generate` on it behaves exactly like `base_model`.
-
-    Raises:
-        FileNotFoundError: No such local folder or Hub repo, a file of the adapter is missing, or (offline mode) the
-            repo is not in the local Hugging Face cache.
-        ValueError: A file is corrupted or truncated, the files disagree, or the adapter does not fit `base_model`.
-    """
-    folder = resolve_adapter_files(repo_or_dir, revision=revision, token=token)
-    source = f"lookahead adapter {str(repo_or_dir)!r}"
-    config, lora, embeddings = check_adapter(folder, base_model, tokenizer, source)
-    with unchanged_on_failure(base_model), peft_wrapping():
-        peft_model = PeftModel.from_pretrained(
-            base_model, str(folder), adapter_name=adapter_name, is_trainable=is_trainable, config=lora
-        )
-        adapter = LookaheadAdapter(config, peft_model, adapter_name)
-        with torch.no_grad():
-            adapter.embeddings.copy_(embeddings)
-        adapter.embeddings.requires_grad_(is_trainable)
-        adapter.source, adapter.source_revision = str(repo_or_dir), revision
-        attach_lookahead(peft_model, adapter)
-    return peft_model
 
 
 def save_lookahead(adapter: LookaheadAdapter, save_directory: str | Path, evaluation: str | None = None) -> Path:

@@ -18,7 +18,7 @@ Attention reads it in one of two ways:
 
 * `sdpa` / `eager` (any device): `update` returns the layer gathered into the padded `[batch, kv_heads, slots,
   head_dim]` layout those implementations expect, with the padding masked, a transient copy per step;
-* the `lookahead_varlen` attention implementation (see `lookahead_cache.attention`): attention runs on the row
+* the `lookahead_varlen` attention implementation (see `lookahead_cache.decoding`): attention runs on the row
   buffers in place, with the Triton varlen decode kernel on GPU and one masked SDPA call per layer on CPU
   (`decode_mask`).
 """
@@ -26,12 +26,14 @@ Attention reads it in one of two ways:
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import CacheLayerMixin
+
+from .base import StoredLayer
+from .padded import PaddedLayer
 
 DEFAULT_GROWTH = 16
 
 
-class PackedLayer(CacheLayerMixin):
+class PackedLayer(StoredLayer):
     """A compressed layer stored per batch row, its KV heads' kept tokens back to back without padding.
 
     Attributes:
@@ -234,23 +236,14 @@ class PackedLayer(CacheLayerMixin):
         padding of rows that keep fewer prompt tokens than the row that keeps most (none when the totals agree)."""
         return self.row_keys.nbytes + self.row_values.nbytes
 
-
     def full_nbytes(self) -> int:
-        """Bytes this layer would hold without eviction: every token seen, in every row and KV head."""
         head_dim = self.row_keys.shape[-1]
         return 2 * self.batch_size * self.kv_heads * self.cumulative_length * head_dim * self.row_keys.element_size()
-    def to_padded(self):
-        """The same layer as an `EvictingLayer` in the padded layout (to stack it with other caches' layers)."""
-        from .layers import EvictingLayer
 
-        layer = EvictingLayer()
-        keys, values = self.padded()
-        layer.lazy_initialization(keys, values)
-        layer.keys, layer.values = keys, values
-        layer.cumulative_length = self.cumulative_length
-        layer.is_compressed, layer.is_croppable = True, False
+    def to_padded(self) -> PaddedLayer:
+        """The same tokens in the padded layout, a copy (to stack the layer with other caches' layers)."""
+        layer = PaddedLayer._compressed(*self.padded(), self.prompt_slot_valid, self.cumulative_length)
         layer.prompt_slots = self.prompt_slots
-        layer.prompt_slot_valid = self.prompt_slot_valid
         return layer
 
     def crop(self, tokens_to_remove: int) -> None:
