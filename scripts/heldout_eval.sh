@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/heldout_mix}
 SAMPLES=${SAMPLES:-20}
-TASKS=$(python -c "from lookahead_cache.training.config import HELD_OUT_TASKS, TRAINING_TASKS; print(*HELD_OUT_TASKS, *TRAINING_TASKS)")
+TASKS=$(python -c "from lookahead_cache.evaluation.tasks import HELD_OUT_TASKS, TRAINING_TASKS; print(*HELD_OUT_TASKS, *TRAINING_TASKS)")
 COMMON=(--tasks $TASKS --lengths 2048 --samples "$SAMPLES" --budgets 64 128 256 --modes question-aware)
 
 if [[ -z "${ADAPTER:-}" ]]; then

@@ -12,11 +12,10 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from lookahead_cache.evaluation.benchmark import markdown_table
-from lookahead_cache.evaluation.tasks import get_task
+from lookahead_cache.evaluation.report.tables import markdown_table
 from lookahead_cache.run_folder import read_jsonl
 from lookahead_cache.training.config import TrainingConfig
-from lookahead_cache.training.forms import FORMS
+from lookahead_cache.training.forms import FORMS, get_task
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import torch
 
 from lookahead_cache.adapters import load_lookahead
 from lookahead_cache.default_model import load_default_model
-from lookahead_cache.evaluation.benchmark import markdown_table
+from lookahead_cache.evaluation.report.tables import markdown_table
 from lookahead_cache.training.config import TrainingConfig
 from lookahead_cache.training.data import build_prompts, prepare_examples
 from lookahead_cache.training.trainer import CONFIG_NAME, VALIDATION_DIR, attention_modules, example_loss

@@ -4,7 +4,7 @@ helpers live in `report.tables`, which the benchmark imports rather than the oth
 import subprocess
 import sys
 
-from lookahead_cache.evaluation import benchmark, report
+from lookahead_cache.evaluation import report
 from lookahead_cache.evaluation.report import page, plots, statistics, tables
 
 # Every name imported from, or patched on, `lookahead_cache.evaluation.report` in src/, scripts/ and tests/.
@@ -34,12 +34,6 @@ def test_public_names_are_re_exported_from_their_modules():
     for module, names in homes.items():
         for name in names:
             assert getattr(report, name) is getattr(module, name)
-
-
-def test_benchmark_takes_its_tables_from_the_report():
-    assert benchmark.format_results is tables.format_results
-    assert benchmark.markdown_table is tables.markdown_table
-    assert benchmark.MIB == tables.MIB == 2**20
 
 
 def test_report_does_not_import_the_benchmark():

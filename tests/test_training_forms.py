@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lookahead_cache.evaluation.tasks import TASKS, get_task
-from lookahead_cache.training.config import HELD_OUT_TASKS, TrainingConfig
-from lookahead_cache.training.forms import FORMS
+from lookahead_cache.evaluation.tasks import HELD_OUT_TASKS, TASKS
+from lookahead_cache.training.config import TrainingConfig
+from lookahead_cache.training.forms import FORMS, get_task
 
 MIX = TrainingConfig().tasks
 
@@ -61,3 +61,10 @@ def test_no_form_of_the_mix_uses_a_held_out_familys_generator(name):
     module = importlib.import_module(module_name, registry._package)
     held_out_modules = {"_niah", "NeedleInAHaystack", *HELD_OUT_TASKS}
     assert not imported_modules(Path(module.__file__)) & held_out_modules
+
+
+def test_training_names_a_form_or_a_suite_family_and_lists_both_when_unknown():
+    assert type(get_task("record_lookup")).__name__ == "RecordLookup"
+    assert type(get_task("doc_qa")).__name__ == "DocQA"
+    with pytest.raises(ValueError, match="Suite families: niah_single_noise, .*; training forms: record_lookup, "):
+        get_task("niah_single_4")

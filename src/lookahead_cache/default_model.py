@@ -125,7 +125,7 @@ def load_default_model(
         )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from . import attention  # noqa: F401  (registers lookahead_varlen, which attn_implementation may name)
+    from . import decoding  # noqa: F401  (registers lookahead_varlen, which attn_implementation may name)
 
     start = time.perf_counter()
     folder = converted_default_model()

@@ -20,8 +20,9 @@ from transformers.utils import logging
 from .cache import LookaheadCache
 from .decoding import VARLEN_ATTENTION
 from .default_model import load_default_model
-from .evaluation.benchmark import MIB, WARM_UP_TOKENS, markdown_table
+from .evaluation.benchmark import WARM_UP_TOKENS
 from .evaluation.documents import QUESTION, build_needle_task
+from .evaluation.report.tables import MIB, markdown_table
 from .evaluation.timing import TimedGeneration, median_prefill_ratio, timed_generation
 from .scorers import scorer_name
 

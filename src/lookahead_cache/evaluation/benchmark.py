@@ -29,7 +29,7 @@ from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, default_mod
 from ..run_folder import write_text
 from .documents import haystack_ids
 from .methods import FULL, cache_configuration
-from .report.tables import MIB, format_results, markdown_table  # noqa: F401 (MIB, markdown_table: for demo, scripts)
+from .report.tables import format_results
 from .timing import TimedGeneration, median_prefill_ratio, prefill_flops, timed_generation
 
 logger = logging.get_logger(__name__)

@@ -35,12 +35,12 @@ from ..cli import require_extra
 from ..commands.eval import DEFAULT_MODEL, SIZES
 from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, load_default_model
 from ..run_folder import append_jsonl, check_same_run, model_fingerprint, read_json, read_jsonl, write_text
-from ..training.config import SUITE_SPLIT
+from ..training.forms import get_task
 from . import report
 from .methods import FULL, CacheMethod, SampleRun, get_method, needs_adapter
 from .metrics import score
 from .replay import record_prefill
-from .tasks import TASKS, Sample, get_task
+from .tasks import SUITE_SPLIT, TASKS, Sample
 from .timing import kv_nbytes, stored_prompt_tokens
 
 logger = logging.get_logger(__name__)

@@ -11,9 +11,9 @@ from ..cli import require_extra
 from ..commands.eval import DEFAULT_MODEL
 from ..default_model import DEFAULT_MODEL_HUB_ID
 from ..evaluation.suite import load_model
-from ..evaluation.tasks import get_task
 from .config import TrainingConfig
 from .data import RESPONSES_NAME
+from .forms import get_task
 from .trainer import ADAPTER_DIR, PLOT_NAME, train
 
 

@@ -6,33 +6,11 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..evaluation.tasks import TRAINING_TASKS
 from .forms import FORMS
 
-# Families of the evaluation suite that no training prompt's generator shares, so that the evaluation shows how the
-# scorer does on task forms it never saw: every needle-in-a-haystack family (they share one generator) and
-# frequent-words aggregation.
-HELD_OUT_TASKS = (
-    "niah_single_noise",
-    "niah_single_essay",
-    "niah_single_uuid",
-    "niah_multikey",
-    "niah_multivalue",
-    "niah_multiquery",
-    "frequent_words",
-)
-# The suite's other families, which the training mix uses beside the forms of `lookahead_cache.training.forms`.
-TRAINING_TASKS = (
-    "variable_tracking",
-    "common_words",
-    "doc_qa",
-    "code_continuation",
-    "few_shot_classification",
-    "summary",
-)
 # Default validation prompts stop at this length: longer ones would cost more at every checkpoint than they tell.
 MAX_VALIDATION_LENGTH = 4096
-# The suite's families by whether the training mix uses them: evaluation reports a macro average over each.
-SUITE_SPLIT = {"held out": HELD_OUT_TASKS, "training": TRAINING_TASKS}
 TRAINING_FORMS = tuple(FORMS)
 # Seeds of training prompts start here; evaluation uses seed 0, so no prompt is shared with it.
 TRAINING_SEED = 1000
@@ -102,7 +80,8 @@ class TrainingConfig:
             raise ValueError(f"samples_per_task={self.samples_per_task} must ask for at least one prompt.")
         if any(self.validation_samples_per_task) and self.validation_seed == self.seed:
             raise ValueError(
-                f"validation_seed equals seed ({self.seed}): validation would repeat the training prompts; pick another."
+                f"validation_seed equals seed ({self.seed}): validation would repeat the training prompts; pick "
+                "another."
             )
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate={self.learning_rate} must be positive.")

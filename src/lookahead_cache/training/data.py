@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..evaluation.replay import PrefillRecording, future_queries, record_prefill
-from ..evaluation.tasks import Sample, get_task
+from ..evaluation.tasks import Sample
 from ..prefill import CACHE_ARGUMENT, LayerPrefill
 from ..run_folder import (
     append_jsonl,
@@ -45,6 +45,7 @@ from ..run_folder import (
 )
 from ..scorers.future_queries import FutureQueriesScorer
 from .config import TrainingConfig
+from .forms import get_task
 
 RESPONSES_NAME = "responses.jsonl"
 # Responses decode in batches of prompts of one length, up to this many prompt tokens in all, gathered from windows

@@ -348,7 +348,10 @@ def _recipe(
         ),
         "tasks": list(config.tasks),
         "steps": f"{state['step']} optimizer steps of {config.gradient_accumulation} prompts, {config.epochs} epochs",
-        "optimizer": f"AdamW, lr {config.learning_rate} (warm-up {config.warmup_steps} steps, cosine to 10 %), clip {config.max_grad_norm}",
+        "optimizer": (
+            f"AdamW, lr {config.learning_rate} (warm-up {config.warmup_steps} steps, cosine to 10 %), "
+            f"clip {config.max_grad_norm}"
+        ),
         "train_time": f"{state['seconds'] / 60:.1f} min of optimizer steps (responses made before them not included)",
         "first_loss": f"{losses[0]['loss']:.4f}",
         "final_loss": f"{sum(r['loss'] for r in tail) / len(tail):.4f} (mean of the last {len(tail)} steps)",

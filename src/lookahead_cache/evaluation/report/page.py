@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ...training.config import SUITE_SPLIT
+from ..tasks import SUITE_SPLIT
 from .plots import accuracy_stem, plot_accuracy_vs_budget, plot_overhead
 from .statistics import load_rows, summarize
 from .tables import CAPTION, EVICTION_COST_CAPTION, eviction_cost_table, format_results, settings_table, summary_tables

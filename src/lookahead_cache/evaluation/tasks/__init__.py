@@ -34,15 +34,37 @@ __getattr__ = lazy_attributes(
 )
 
 
-def get_task(name: str) -> TaskFamily:
-    """The task family registered as `name`: a family of the suite, or a form of the training mix
-    (`lookahead_cache.training.forms`), which evaluation can score as well, e.g. on prompts of the validation seed."""
-    from ...training.forms import FORMS
+# Families of the evaluation suite that no training prompt's generator shares, so that the evaluation shows how the
+# scorer does on task forms it never saw: every needle-in-a-haystack family (they share one generator) and
+# frequent-words aggregation.
+HELD_OUT_TASKS = (
+    "niah_single_noise",
+    "niah_single_essay",
+    "niah_single_uuid",
+    "niah_multikey",
+    "niah_multivalue",
+    "niah_multiquery",
+    "frequent_words",
+)
+# The suite's other families, which the training mix uses beside its own forms (`lookahead_cache.training.forms`).
+TRAINING_TASKS = (
+    "variable_tracking",
+    "common_words",
+    "doc_qa",
+    "code_continuation",
+    "few_shot_classification",
+    "summary",
+)
+# The suite's families by whether the training mix uses them: evaluation reports a macro average over each.
+SUITE_SPLIT = {"held out": HELD_OUT_TASKS, "training": TRAINING_TASKS}
 
-    for registry in (TASKS, FORMS):
-        if name in registry:
-            return registry[name]()
-    raise ValueError(f"Unknown task {name!r}. Suite families: {', '.join(TASKS)}; training forms: {', '.join(FORMS)}.")
+
+def get_task(name: str) -> TaskFamily:
+    """The suite's task family registered as `name` (`lookahead_cache.training.forms.get_task` also knows the forms
+    of the training mix)."""
+    if name not in TASKS:
+        raise ValueError(f"Unknown task {name!r}. Suite families: {', '.join(TASKS)}.")
+    return TASKS[name]()
 
 
 __all__ = [
@@ -51,6 +73,9 @@ __all__ = [
     "Sample",
     "Slot",
     "TaskFamily",
+    "HELD_OUT_TASKS",
+    "SUITE_SPLIT",
+    "TRAINING_TASKS",
     "get_task",
     *TASKS.modules_by_class(),
 ]

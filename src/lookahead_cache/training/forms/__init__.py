@@ -3,12 +3,18 @@
 Each is a :class:`~lookahead_cache.evaluation.tasks.TaskFamily` (one file, one registry line), built offline from
 Python's own documentation and sources or from seeded generated records, logs, configs and chats, so that the
 mix never needs a network. None of them shares a generator with the suite's held-out families
-(`lookahead_cache.training.config.HELD_OUT_TASKS`).
+(`lookahead_cache.evaluation.tasks.HELD_OUT_TASKS`).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ...evaluation import tasks
 from ...registry import Registry
+
+if TYPE_CHECKING:
+    from ...evaluation.tasks import TaskFamily
 
 FORMS = Registry(
     __name__,
@@ -32,3 +38,15 @@ FORMS = Registry(
         "section_summary": ".section_summary:SectionSummary",
     },
 )
+
+
+def get_task(name: str) -> TaskFamily:
+    """The task family registered as `name`: a form of the training mix, or a family of the evaluation suite (the
+    mix uses some; evaluation can score forms too, e.g. on prompts of the validation seed)."""
+    if name in FORMS:
+        return FORMS[name]()
+    if name in tasks.TASKS:
+        return tasks.get_task(name)
+    raise ValueError(
+        f"Unknown task {name!r}. Suite families: {', '.join(tasks.TASKS)}; training forms: {', '.join(FORMS)}."
+    )
