@@ -17,8 +17,8 @@ python -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/install.txt
     nvidia-smi --query-gpu=name,driver_version --format=csv
     python -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)"
 } > "$OUT/gpu.txt" 2>&1
-TRITON_INTERPRET=0 timeout 180 python -m pytest -q -p no:cacheprovider tests/test_kernel_attention_scores.py \
-    tests/test_kernel_varlen_decode.py tests/test_packed.py > "$OUT/tests.txt" 2>&1
+TRITON_INTERPRET=0 timeout 180 python -m pytest -q -p no:cacheprovider tests/kernels/test_kernel_attention_scores.py \
+    tests/kernels/test_kernel_varlen_decode.py tests/storage/test_packed.py > "$OUT/tests.txt" 2>&1
 timeout 90 python -m lookahead_cache.kernels.benchmark_attention_scores > "$OUT/bench_attention_scores.txt" 2>&1
 timeout 90 python -m lookahead_cache.kernels.benchmark_varlen_decode > "$OUT/bench_varlen_decode.txt" 2>&1
 timeout 150 python scripts/bench_head_storage.py --device cuda --dtype bfloat16 --out "$OUT/bench_head_storage.json" \

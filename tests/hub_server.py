@@ -7,8 +7,8 @@ olah serves blobs of any size straight from the object store). The `local_hub` f
 port and points the already-imported `huggingface_hub` (and so PEFT, which calls it) at it, with an empty Hugging Face
 cache of its own.
 
-Known olah quirks, asserted in tests/test_hub_server.py: a missing file at a branch or tag answers 401 `RepoNotFound`
-(`huggingface_hub.errors.RepositoryNotFoundError`), at a full commit sha 404 (`EntryNotFoundError`);
+Known olah quirks, asserted in tests/project/test_hub_server.py: a missing file at a branch or tag answers 401
+`RepoNotFound` (`huggingface_hub.errors.RepositoryNotFoundError`), at a full commit sha 404 (`EntryNotFoundError`);
 `file_exists` is False either way. `model_info(repo_id)` without `revision=` answers 401 too; with one it works.
 A repo named like a route word (`org/tree`) confuses olah's API routes: pick other names.
 Use a fresh repo id per test: the server and the HF cache are shared by the whole session.

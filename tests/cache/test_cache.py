@@ -1,4 +1,5 @@
-"""LookaheadCache behaviour on tiny random-weight models of every supported architecture."""
+"""LookaheadCache through the Cache API on tiny random-weight models of every supported architecture: generate,
+batches, turns, beam search, compile, memory accounting."""
 
 import pytest
 import torch
@@ -8,7 +9,6 @@ from transformers import DynamicCache
 from lookahead_cache import LookaheadCache
 from lookahead_cache.prefill import CACHE_ARGUMENT
 from lookahead_cache.scorers import Scorer
-from lookahead_cache.scorers.base import pool_scores
 from lookahead_cache.storage import PaddedLayer
 
 NEW_TOKENS = 8
@@ -96,105 +96,6 @@ def test_prompt_no_longer_than_budget_is_kept_whole_without_scoring(allocation):
     # Counted without the padding, as after an eviction.
     prompt = torch.tensor([50, 43])[None, :, None] + NEW_TOKENS - 1
     assert torch.equal(cache.kept_tokens(), prompt.expand(3, 2, 2))
-
-
-@pytest.mark.parametrize("pooling", ["max", "avg"])
-@pytest.mark.parametrize("shift", [-2, -1, 0, 1, 2])
-def test_pooling_window_covers_the_tokens_its_shift_says(pooling, shift):
-    scores = torch.rand(2, 3, 17, generator=torch.Generator().manual_seed(shift + 2))
-    pooled = pool_scores(scores, 5, pooling, shift=shift)
-    for t in range(17):
-        # Out of range counts as -inf for max and as a zero for avg, as the centred pools pad.
-        window = [scores[..., i] if 0 <= i < 17 else None for i in range(t - 2 - shift, t + 3 - shift)]
-        if pooling == "max":
-            expected = torch.stack([w for w in window if w is not None]).amax(0)
-        else:
-            expected = torch.stack([torch.zeros(2, 3) if w is None else w for w in window]).mean(0)
-        torch.testing.assert_close(pooled[..., t], expected)
-
-
-def test_a_shift_beyond_half_the_kernel_is_refused():
-    with pytest.raises(ValueError, match="shift=3 must lie within half the pooling kernel"):
-        LookaheadCache(budget=64, scorer="lookahead", scorer_kwargs={"kernel_size": 5, "shift": 3})
-
-
-class FixedScorer(Scorer):
-    """Scores given by a function of (layer, head, position), to check which tokens the cache keeps."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def score(self, prefill):
-        batch, heads, length, _ = prefill.keys.shape
-        layer = torch.full((heads, length), prefill.layer_idx)
-        head = torch.arange(heads)[:, None].expand(heads, length)
-        position = torch.arange(length)[None].expand(heads, length)
-        return self.fn(layer, head, position).float().expand(batch, heads, length)
-
-
-def test_each_head_keeps_its_top_scores_plus_sink_and_window():
-    model = tiny_model()
-    # Head 0 prefers early positions, head 1 late ones, shifted by layer.
-    scorer = FixedScorer(lambda layer, head, position: torch.where(head == 0, -position, position) + layer * 0)
-    cache = LookaheadCache(budget=12, scorer=scorer, sink=2, window=3)
-    length = 40
-    with torch.no_grad():
-        model(prompt_ids(length), **{CACHE_ARGUMENT: cache})
-    protected = {0, 1, 37, 38, 39}
-    head0 = protected | set(range(2, 2 + 7))
-    head1 = protected | set(range(37 - 7, 37))
-    for layer in compressed_layers(cache):
-        assert layer.prompt_slot_valid is None
-    # Kept keys are the original keys at those positions.
-    with torch.no_grad():
-        full = DynamicCache()
-        model(prompt_ids(length), **{CACHE_ARGUMENT: full})
-    for layer_idx, layer in enumerate(cache.layers):
-        for head, positions in ((0, head0), (1, head1)):
-            expected = full.layers[layer_idx].keys[0, head, sorted(positions)]
-            assert torch.equal(layer.keys[0, head], expected)
-
-
-def test_pyramid_budgets_shrink_with_depth_and_keep_the_total():
-    model = tiny_model()
-    cache = LookaheadCache(budget=20, scorer="snapkv", allocation="pyramid", sink=2, window=4)
-    with torch.no_grad():
-        model(prompt_ids(64), **{CACHE_ARGUMENT: cache})
-    per_layer = cache.kept_tokens()[:, 0, 0].tolist()
-    assert per_layer == sorted(per_layer, reverse=True) and per_layer[0] > per_layer[-1]
-    assert sum(per_layer) == 3 * 20
-    assert all(kept >= 6 for kept in per_layer)
-
-
-def test_adakv_gives_concentrated_heads_fewer_tokens_and_keeps_each_layers_total():
-    from lookahead_cache.allocation import AdaKVAllocator
-
-    # Head 0 puts its mass on 2 tokens, head 1 spreads it: head 1 gets the budget head 0 does not need, down to
-    # head 0's safeguard floor. 14 selectable tokens per head (20 - sink 2 - window 4), 28 in the layer.
-    scores = torch.full((1, 2, 40), 0.001)
-    scores[0, 0, 10:12] = 0.5
-    scores[0, 1] = torch.linspace(0.02, 0.03, 40)
-    scores[..., :2] = scores[..., -4:] = float("-inf")
-
-    def allocate(alpha):
-        return AdaKVAllocator(alpha).allocate(
-            scores, torch.tensor([20]), torch.tensor([40]), protected=6, layer_idx=0, num_layers=1
-        )
-
-    assert allocate(0.0).tolist() == [[6 + 2, 6 + 26]]
-    assert allocate(0.5).tolist() == [[6 + 7, 6 + 21]]  # floor: 7 = 0.5 * 14
-    assert allocate(1.0).tolist() == [[20, 20]]  # a full safeguard is the uniform allocation
-
-
-@pytest.mark.parametrize("scorer", ["snapkv", "knorm"])
-def test_adakv_cache_keeps_varying_heads_within_the_uniform_total(scorer):
-    model = tiny_model()
-    cache = LookaheadCache(budget=20, scorer=scorer, allocation="adakv", sink=2, window=4)
-    with torch.no_grad():
-        model(prompt_ids(64), **{CACHE_ARGUMENT: cache})
-    kept = cache.kept_tokens()[:, 0]
-    assert kept.sum(-1).tolist() == [kept.shape[-1] * 20] * kept.shape[0]
-    assert bool((kept >= 6 + 2).all()) and bool((kept[:, 0] != kept[:, 1]).any())
 
 
 def test_decoding_after_eviction_equals_full_cache_with_evicted_tokens_masked():
@@ -346,20 +247,6 @@ def test_cache_releases_its_hooks_when_garbage_collected():
     del cache
     gc.collect()
     assert not any(m._forward_pre_hooks for m in model.modules())
-
-
-def test_selection_breaks_score_ties_the_same_way_with_left_padding():
-    from lookahead_cache.selection import select_tokens
-
-    # Max pooling gives plateaus of equal scores; which tied tokens are kept must not depend on the padding.
-    real = torch.tensor([0.1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.2, 0.3])
-    padded = torch.cat([torch.zeros(5), real])
-    scores = torch.stack([torch.cat([real, torch.zeros(5)]), padded])[:, None]
-    valid = torch.tensor([[True] * 8 + [False] * 5, [False] * 5 + [True] * 8])
-    positions, slot_valid = select_tokens(scores, valid, torch.tensor([[4], [4]]), sink=0, window=0)
-    assert slot_valid.all()
-    assert positions[0, 0].tolist() == [1, 2, 3, 4]
-    assert (positions[1, 0] - 5).tolist() == [1, 2, 3, 4]
 
 
 def test_cache_config_rebuilds_configured_instances_through_json(tmp_path):

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lookahead_cache.cli import main
 from lookahead_cache.run_folder import append_jsonl, model_fingerprint, read_jsonl
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -207,6 +207,7 @@ def test_causal_attention_flops_count_the_pairs_sdpa_aligns_top_left(queries, ke
     assert _attention_flops(*shapes, is_causal=False) == 2 * 2 * 3 * queries * keys * 8
 
 
+@pytest.mark.slow
 def test_eval_runs_every_method_resumes_and_reports(tiny_model_dir, tmp_path):
     import json
 
@@ -280,6 +281,7 @@ def test_eval_refuses_a_sweep_without_the_full_cache(capsys):
     assert "'full'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_eval_refuses_to_resume_lookahead_rows_with_another_adapter(tiny_model_dir, tmp_path):
     import json
 

@@ -124,6 +124,7 @@ def kept_sets(cache, full):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @given(case=cases())
 def test_eviction_invariants(case):

@@ -4,6 +4,8 @@ helpers live in `report.tables`, which the benchmark imports rather than the oth
 import subprocess
 import sys
 
+import pytest
+
 from lookahead_cache.evaluation import report
 from lookahead_cache.evaluation.report import page, plots, statistics, tables
 
@@ -36,6 +38,7 @@ def test_public_names_are_re_exported_from_their_modules():
             assert getattr(report, name) is getattr(module, name)
 
 
+@pytest.mark.slow
 def test_report_does_not_import_the_benchmark():
     code = (
         "import sys\n"

@@ -18,7 +18,7 @@ from transformers.utils import logging
 from lookahead_cache.cli import main
 from lookahead_cache.prefill import CACHE_ARGUMENT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = str(REPO_ROOT / "src" / "lookahead_cache")
 README_BLOCK = "<README.md python block {}>"
 needs_cache_keyword = pytest.mark.skipif(
@@ -51,7 +51,9 @@ def test_readme_test_command_is_the_one_ci_runs():
     assert tests in (REPO_ROOT / ".ci" / "run").read_text()
 
 
-@pytest.mark.parametrize("page", ["README.md", *sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "docs").glob("*.md"))])
+@pytest.mark.parametrize(
+    "page", ["README.md", *sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "docs").glob("*.md"))]
+)
 def test_markdown_links_resolve(page):
     """Every relative link of the README and the docs pages names a file of the repository (and a heading of it)."""
     path = REPO_ROOT / page
