@@ -55,7 +55,9 @@ class LookaheadCache(Cache):
     after the prompt in that same forward, with the lookahead LoRA on their rows only; causal attention keeps the
     prompt rows blind to them. Each layer is scored with their queries, their keys and values are dropped, and
     their rows leave the model's output, so the prompt's cache and first token are the base model's.
-    Later forwards (decoding, or a new turn continuing the same cache) append tokens without further eviction.
+    Later forwards (decoding, or a new turn continuing the same cache) append tokens without further eviction,
+    unless `evict_every_prefill=True`. A prompt that `generate(..., prefill_chunk_size=C)` reads in chunks is
+    evicted after every chunk, so that no layer holds more than budget + C tokens per KV head.
     Sliding-window layers (e.g. Gemma 3's local layers) keep their window as in `DynamicCache` and are not
     compressed.
 
@@ -80,6 +82,13 @@ class LookaheadCache(Cache):
         window: Last prompt tokens always kept.
         scorer_kwargs: Arguments of the named scorer.
         allocation_kwargs: Arguments of the named allocator.
+        evict_every_prefill: Evict again at every later forward of several tokens (a new turn of a conversation,
+            or the next chunk of a prompt read in a loop of forwards), down to the budget, so that a session never
+            holds more than the budget plus the current forward's tokens per layer and KV head. False (the default):
+            only the first forward evicts; later turns are kept whole. Needs an int budget, a scorer that does not
+            read lookahead rows and an allocation that gives the heads of a layer equal counts (`uniform`,
+            `pyramid`); its later prefills score the tokens kept so far and the new ones together, with the new
+            tokens' queries.
     """
 
     def __init__(
@@ -92,6 +101,7 @@ class LookaheadCache(Cache):
         window: int = DEFAULT_WINDOW,
         scorer_kwargs: dict[str, Any] | None = None,
         allocation_kwargs: dict[str, Any] | None = None,
+        evict_every_prefill: bool = False,
     ):
         # Instances are recorded by registered name and settings, so that `from_config` rebuilds them (an allocator
         # instance's own arguments, e.g. a loaded LU-KV profile, are not recorded).
@@ -103,6 +113,7 @@ class LookaheadCache(Cache):
             window=window,
             scorer_kwargs=dict(scorer_kwargs or {}) if isinstance(scorer, str) else scorer_settings(scorer),
             allocation_kwargs=dict(allocation_kwargs or {}),
+            evict_every_prefill=evict_every_prefill,
         )
         self._scorer_is_auto = scorer == _AUTO
         if self._scorer_is_auto and scorer_kwargs:
@@ -114,6 +125,9 @@ class LookaheadCache(Cache):
         # adapter the cache turns to snapkv before the first layer is bound (`_resolve_auto_scorer`).
         self.scorer = get_scorer(_LOOKAHEAD if self._scorer_is_auto else scorer, **(scorer_kwargs or {}))
         self.allocator = get_allocator(allocation, **(allocation_kwargs or {}))
+        if evict_every_prefill:
+            # "auto" is checked at the first prefill, once it knows whether the model carries an adapter.
+            self._check_evicts_again("evict_every_prefill=True", check_scorer=not self._scorer_is_auto)
         super().__init__(layer_class_to_replicate=PaddedLayer)
         # The per-module mask hooks and the attention watch, removed with the cache.
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
@@ -127,6 +141,8 @@ class LookaheadCache(Cache):
         self.peak_nbytes = 0
         self._state = _WAITING
         self._eviction: Eviction | None = None
+        # True from the second prefill of a cache that evicts every prefill (or every chunk of a prompt) on.
+        self._later_prefill = False
         self._prefilled_layers: set[int] = set()
         self._lookahead_rows: LookaheadRows | None = None
         self._attention_modules: dict[int, nn.Module] = {}
@@ -157,6 +173,7 @@ class LookaheadCache(Cache):
             window=config.window,
             scorer_kwargs=config.scorer_kwargs,
             allocation_kwargs=config.allocation_kwargs,
+            evict_every_prefill=config.evict_every_prefill,
         )
 
     def fresh(self) -> LookaheadCache:
@@ -168,6 +185,7 @@ class LookaheadCache(Cache):
             allocation=self.allocator,
             sink=config.sink,
             window=config.window,
+            evict_every_prefill=config.evict_every_prefill,
         )
 
     @classmethod
@@ -242,7 +260,9 @@ class LookaheadCache(Cache):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         if self._state == _DONE:
             self._check_batch_size(key_states, layer_idx)
-        else:
+            if key_states.shape[-2] > 1:
+                self._start_later_prefill()
+        if self._state != _DONE:
             self._enter_prefill_layer(layer_idx)
         keys, values = super().update(key_states, value_states, layer_idx, *args, **kwargs)
         if self._state == _PREFILLING:
@@ -254,13 +274,15 @@ class LookaheadCache(Cache):
         # Eager under torch.compile, like all of the prefill's bookkeeping: it walks frames and reads tensor sizes.
         if self._state == _WAITING:
             chunks = generate_prefill_chunks()
-            if chunks > 1:
-                raise ValueError(
-                    f"LookaheadCache cannot take generate(prefill_chunk_size=...) yet: it evicts at the end of the "
-                    f"first forward, so the other {chunks - 1} chunks of this prompt would be kept whole, beyond "
-                    f"budget={self.cache_config.budget}. Pass prefill_chunk_size=None (or a chunk size no smaller "
-                    "than the prompt), or use a DynamicCache for chunked prefill."
+            if chunks > 1 or self.cache_config.evict_every_prefill:
+                # The adapter's hook has announced its rows (or not) before the first layer ran.
+                self._resolve_auto_scorer(has_adapter=self._lookahead_rows is not None)
+                what = (
+                    "evict_every_prefill=True"
+                    if chunks == 1
+                    else f"generate(prefill_chunk_size=...) in {chunks} chunks"
                 )
+                self._check_evicts_again(what)
             self._state = _PREFILLING
         if self._state == _FAILED or layer_idx in self._prefilled_layers or layer_idx == self._watch.pending_layer:
             # A layer that already stored this prefill's keys is stored again: the forward that began the prefill
@@ -272,6 +294,50 @@ class LookaheadCache(Cache):
                 "fresh LookaheadCache."
             )
         self._watch.layer_stored(layer_idx)
+
+    @torch.compiler.disable
+    def _start_later_prefill(self) -> None:
+        """A forward of several tokens through a compressed cache: a new prefill to evict when the cache evicts every
+        prefill or `generate` reads the prompt in chunks; appended whole otherwise."""
+        if not (self.cache_config.evict_every_prefill or generate_prefill_chunks() > 1):
+            return
+        heads_disagree = [
+            i
+            for i, layer in enumerate(self.layers)
+            if (valid := layer.slot_valid()) is not None and not bool((valid == valid[:, :1]).all())
+        ]
+        if heads_disagree:
+            raise ValueError(
+                f"Layers {heads_disagree} of this LookaheadCache keep different counts per KV head, which a later "
+                "prefill cannot evict again. Use allocation='uniform' or 'pyramid' with chunked prefill or "
+                "evict_every_prefill=True."
+            )
+        self._state = _PREFILLING
+        self._later_prefill = True
+        self._prefilled_layers = set()
+        self._lookahead_rows = None
+        self._watch = AttentionWatch(self, self._end_layer_prefill, self._end_prefill)
+
+    def _check_evicts_again(self, what: str, check_scorer: bool = True) -> None:
+        """Refuse settings that a cache evicting more than one prefill cannot keep."""
+        config = self.cache_config
+        if isinstance(config.budget, float):
+            raise ValueError(
+                f"{what} needs a budget in tokens: budget={config.budget} is a fraction of a prompt, which a cache "
+                "that evicts every chunk or turn does not know. Pass an int budget."
+            )
+        if check_scorer and self.scorer.needs_lookahead:
+            raise ValueError(
+                f"{what} cannot use the lookahead scorer yet (scorer='auto' picks it on a model with a lookahead "
+                "adapter): its rows join the first prefill only. Pass scorer='snapkv' (or another heuristic scorer), "
+                "or read the prompt in one forward."
+            )
+        if self.allocator.per_head:
+            raise ValueError(
+                f"{what} needs an allocation that gives the KV heads of a layer equal counts ('uniform', "
+                f"'pyramid'); {allocation_name(self.allocator)!r} gives them different ones, which a later prefill "
+                "cannot evict again."
+            )
 
     def _check_batch_size(self, key_states: torch.Tensor, layer_idx: int) -> None:
         stored = self.layers[layer_idx].batch_size
@@ -331,6 +397,18 @@ class LookaheadCache(Cache):
             self._resolve_auto_scorer(has_adapter=self._lookahead_rows is not None)
             # Before reading the mask: an unsupported attention implementation passes masks of its own kind.
             self._bind(module)
+        if self._later_prefill and self._eviction.layer_types[layer_idx] != FULL_ATTENTION:
+            # A later prefill through a sliding window: the window bounds it already.
+            self._prefilled_layers.add(layer_idx)
+        else:
+            self._evict(self._layer_prefill(layer_idx, module, args, kwargs))
+        if self._later_prefill and len(self._prefilled_layers) == len(self.layers):
+            # The model's own forward hooks may not run: it started before this prefill's watch existed, and torch
+            # skips the global hooks of a call that began without any. Every layer is known, so its last one ends it.
+            self._end_prefill()
+
+    def _layer_prefill(self, layer_idx: int, module: nn.Module, args: tuple, kwargs: dict) -> LayerPrefill:
+        """What layer `layer_idx`'s eviction scores, right after its attention module returned."""
         layer = self.layers[layer_idx]
         hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         batch, _, length, _ = layer.keys.shape
@@ -342,6 +420,8 @@ class LookaheadCache(Cache):
             hidden_states=hidden_states,
             position_embeddings=kwargs.get("position_embeddings"),
             valid=padding_from_mask(kwargs.get("attention_mask"), batch, length, layer.keys.device),
+            query_start=length - hidden_states.shape[1],
+            tokens_seen=layer.get_seq_length(),
         )
         if self._lookahead_rows is not None and self._lookahead_rows.count:
             prefill = self._without_lookahead_rows(prefill)
@@ -353,7 +433,7 @@ class LookaheadCache(Cache):
                 "`lookahead_cache.load_default_model(lookahead=True)`. Otherwise pick a heuristic scorer, e.g. "
                 "LookaheadCache(budget=256, scorer='snapkv')."
             )
-        self._evict(prefill)
+        return prefill
 
     @torch.compiler.disable
     def _end_prefill(self) -> None:
@@ -375,7 +455,7 @@ class LookaheadCache(Cache):
     def _resolve_auto_scorer(self, has_adapter: bool) -> None:
         """scorer='auto' stays the lookahead scorer on a model with a lookahead adapter and turns to snapkv on any
         other; said once per process, since a library that evicts should not do so silently."""
-        if not self._scorer_is_auto or has_adapter:
+        if not self._scorer_is_auto or has_adapter or not self.scorer.needs_lookahead:
             return
         self.scorer = get_scorer(_SNAPKV)
         logger.warning_once(
@@ -402,6 +482,7 @@ class LookaheadCache(Cache):
             position_embeddings=position_embeddings,
             valid=prefill.valid[:, :prompt_length],
             lookahead_queries=self._lookahead_rows.take_queries(prefill.module),
+            tokens_seen=layer.get_seq_length(),
         )
 
     def _bind(self, attention_module: nn.Module) -> None:
@@ -414,7 +495,9 @@ class LookaheadCache(Cache):
         layer_idx = prefill.layer_idx
         self.layers[layer_idx] = evict_layer(prefill, self._eviction)
         self._prefilled_layers.add(layer_idx)
-        if self._eviction.layer_types[layer_idx] == FULL_ATTENTION:
+        if layer_idx not in self._attention_modules:
+            # Sliding-window layers too, though their masks stay the model's: a module with a hook of its own runs
+            # torch's full hook path, where the watch of a later prefill, created inside that forward, sees it return.
             self._hand_masks_to(layer_idx, prefill.module)
         self.peak_nbytes = max(self.peak_nbytes, self.nbytes())
 

@@ -32,6 +32,8 @@ class LookaheadCacheConfig:
         window: Last prompt tokens always kept.
         scorer_kwargs: Keyword arguments for the scorer (e.g. `{"window": 64}` for snapkv).
         allocation_kwargs: Keyword arguments for the allocator (e.g. `{"beta": 20}` for pyramid).
+        evict_every_prefill: Evict again at every later forward of several tokens (a turn, a chunk), so that a
+            session stays within the budget plus the current forward's tokens.
     """
 
     budget: int | float = DEFAULT_BUDGET
@@ -41,6 +43,7 @@ class LookaheadCacheConfig:
     window: int = DEFAULT_WINDOW
     scorer_kwargs: dict[str, Any] = field(default_factory=dict)
     allocation_kwargs: dict[str, Any] = field(default_factory=dict)
+    evict_every_prefill: bool = False
 
     def __post_init__(self):
         # NumPy and other numeric scalars (e.g. a budget from np.arange) are taken as the int or float they hold.
@@ -59,6 +62,8 @@ class LookaheadCacheConfig:
                 )
         elif self.budget <= 0:
             raise ValueError(f"budget={self.budget} must be positive: the number of prompt tokens kept per KV head.")
+        if not isinstance(self.evict_every_prefill, bool):
+            raise TypeError(f"evict_every_prefill must be True or False, got {self.evict_every_prefill!r}.")
         for name in ("sink", "window"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

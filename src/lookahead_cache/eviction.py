@@ -83,11 +83,12 @@ def evict_layer(prefill: LayerPrefill, eviction: Eviction) -> StoredLayer:
     many and packed otherwise."""
     layer_idx, config = prefill.layer_idx, eviction.config
     length = prefill.prompt_length
+    seen = length if prefill.tokens_seen is None else prefill.tokens_seen
     if eviction.layer_types[layer_idx] == SLIDING_ATTENTION:
         return SlidingWindowLayer.from_prefill(prefill.keys, prefill.values, **eviction.layer_kwargs[layer_idx])
     real_lengths = prefill.real_lengths.tolist()
     if config.keeps_whole(real_lengths):
-        return PaddedLayer.whole(prefill.keys, prefill.values, prefill.valid, length)
+        return PaddedLayer.whole(prefill.keys, prefill.values, prefill.valid, seen)
 
     scores = eviction.scorer.score(prefill)
     batch, kv_heads = prefill.keys.shape[:2]
@@ -113,9 +114,9 @@ def evict_layer(prefill: LayerPrefill, eviction: Eviction) -> StoredLayer:
     counts = torch.where(fits[:, None], prefill.real_lengths[:, None].to(counts), counts)
     positions, slot_valid = select_tokens(scores, prefill.valid, counts, sink=config.sink, window=config.window)
     if bool((slot_valid == slot_valid[:, :1]).all()):
-        return PaddedLayer.from_selection(prefill.keys, prefill.values, positions, slot_valid, length)
+        return PaddedLayer.from_selection(prefill.keys, prefill.values, positions, slot_valid, seen)
     # Heads keep different counts: stored without padding to the longest head.
-    packed = PackedLayer.from_selection(prefill.keys, prefill.values, positions, slot_valid, length)
+    packed = PackedLayer.from_selection(prefill.keys, prefill.values, positions, slot_valid, seen)
     packed.attends_packed = eviction.attn_implementation == VARLEN_ATTENTION
     if not packed.attends_packed:
         logger.warning_once(

@@ -57,6 +57,11 @@ class LayerPrefill:
         valid: `[batch, prompt_len]`, False on padding.
         lookahead_queries: Post-RoPE queries `[batch, q_heads, n, head_dim]` of the lookahead tokens that ran
             after the prompt with the lookahead adapter, for the `lookahead` scorer; None otherwise.
+        query_start: Index among `keys` of the first token of `hidden_states`: 0 for a whole prompt; for a later
+            prefill of a cache that evicts every prefill (a chunk, a new turn), the tokens it kept before, whose
+            queries are gone.
+        tokens_seen: Tokens the layer has seen, evicted ones included (the positions of the tokens to come);
+            None: `prompt_length`.
     """
 
     module: nn.Module
@@ -67,6 +72,8 @@ class LayerPrefill:
     position_embeddings: tuple[torch.Tensor, torch.Tensor] | None
     valid: torch.Tensor
     lookahead_queries: torch.Tensor | None = None
+    query_start: int = 0
+    tokens_seen: int | None = None
 
     @property
     def prompt_length(self) -> int:
@@ -82,11 +89,18 @@ class LayerPrefill:
         return self.valid.sum(-1)
 
     def queries(self, start: int, end: int | None = None) -> torch.Tensor:
-        """Post-RoPE queries of prompt positions `start:end`, `[batch, q_heads, n, head_dim]`.
+        """Post-RoPE queries of prompt positions `start:end` (indices among `keys`, from `query_start` on),
+        `[batch, q_heads, n, head_dim]`.
 
         They are recomputed from the attention input the way the module computes them, so no model code
         is modified to expose them.
         """
+        if start < self.query_start:
+            raise ValueError(
+                f"Layer {self.layer_idx} has queries from position {self.query_start} on (the tokens before were kept "
+                f"from an earlier prefill); position {start} was asked for."
+            )
+        start, end = start - self.query_start, None if end is None else end - self.query_start
         if self.hidden_states is None:
             raise ValueError(
                 f"Layer {self.layer_idx} kept only the prompt's keys and values, not its attention input, so its "

@@ -114,10 +114,10 @@ def test_demo_console_script_compares_full_and_evicted_cache():
     executable = shutil.which("lookahead-cache")
     command = [executable] if executable else [sys.executable, "-m", "lookahead_cache.cli"]
     result = subprocess.run(
-        [*command, "demo", "--context-tokens", "1500", "--budget", "256", "--max-new-tokens", "16", "--rounds", "2"],
+        [*command, "demo", "--context-tokens", "1500", "--budget", "256", "--max-new-tokens", "16", "--rounds", "1"],
         capture_output=True,
         text=True,
-        # A warm-up and two rounds of both caches: six 1500-token prefills, slow on a CPU that other work shares.
+        # A warm-up and one round of both caches: four 1500-token prefills, slow on a CPU that other work shares.
         timeout=600,
         check=True,
     )

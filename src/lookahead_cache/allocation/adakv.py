@@ -23,6 +23,8 @@ class AdaKVAllocator(Allocator):
         alpha_safeguard: Share of the average selectable budget every head keeps at least, in [0, 1].
     """
 
+    per_head = True
+
     alpha_safeguard: float = 0.2
 
     def __post_init__(self):

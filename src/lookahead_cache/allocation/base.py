@@ -14,7 +14,13 @@ class Allocator(ABC):
 
     The cache calls :meth:`allocate` once per layer at the end of its prefill, so an allocator may look at that
     layer's scores (per-head allocation) but not at later layers'.
+
+    Attributes:
+        per_head: True when the KV heads of a layer may keep different counts (their layers are then stored packed,
+            and cannot be evicted again by a later prefill of the same cache).
     """
+
+    per_head = False
 
     def bind(self, attention_module: nn.Module, scorer: Scorer, cache_config: LookaheadCacheConfig) -> None:
         """Called before a cache's first eviction with an attention module of the model, the cache's scorer and its

@@ -35,6 +35,8 @@ class LUKVAllocator(Allocator):
             profile (see `HeadProfile.keep_counts`).
     """
 
+    per_head = True
+
     def __init__(
         self,
         profile: HeadProfile | str | Path | None = None,

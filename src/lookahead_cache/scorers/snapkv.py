@@ -37,7 +37,8 @@ class SnapKVScorer(Scorer):
 
     def score(self, prefill: LayerPrefill) -> torch.Tensor:
         length = prefill.prompt_length
-        start = max(0, length - self.window)
+        # A later prefill of a cache that evicts every prefill votes with its own last queries.
+        start = max(prefill.query_start, length - self.window)
         queries = prefill.queries(start)
         scores = attention_scores(
             queries,
