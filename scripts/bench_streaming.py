@@ -15,7 +15,7 @@ plots peak KV and peak memory against prompt length (`--plot`). Peak KV of strea
 layers * budget + chunk tokens per KV head whatever the prompt; full and one-shot grow with it.
 
     python scripts/bench_streaming.py --lengths 4096 8192 16384 32768 --out results/bench_streaming_cpu.jsonl \
-        --plot results/bench_streaming_cpu.png
+        --plot docs/results/bench_streaming_cpu.png
 
 On a GPU, add `--device cuda`: the same command.
 """
