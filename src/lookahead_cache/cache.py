@@ -273,10 +273,10 @@ class LookaheadCache(Cache):
     def _enter_prefill_layer(self, layer_idx: int) -> None:
         # Eager under torch.compile, like all of the prefill's bookkeeping: it walks frames and reads tensor sizes.
         if self._state == _WAITING:
+            # The adapter's hook has announced its rows (or not) before the first layer ran.
+            self._resolve_auto_scorer(has_adapter=self._lookahead_rows is not None)
             chunks = generate_prefill_chunks()
             if chunks > 1 or self.cache_config.evict_every_prefill:
-                # The adapter's hook has announced its rows (or not) before the first layer ran.
-                self._resolve_auto_scorer(has_adapter=self._lookahead_rows is not None)
                 what = (
                     "evict_every_prefill=True"
                     if chunks == 1
@@ -393,8 +393,6 @@ class LookaheadCache(Cache):
     def _end_layer_prefill(self, layer_idx: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Layer `layer_idx`'s attention module returned: its prompt KV is complete."""
         if self._eviction is None:
-            # The adapter's hook has announced its rows (or not) before the first layer ran.
-            self._resolve_auto_scorer(has_adapter=self._lookahead_rows is not None)
             # Before reading the mask: an unsupported attention implementation passes masks of its own kind.
             self._bind(module)
         if self._later_prefill and self._eviction.layer_types[layer_idx] != FULL_ATTENTION:

@@ -53,8 +53,10 @@ class AttentionWatch:
             elif isinstance(module, PreTrainedModel):
                 on_model_done()()
 
-        self._handle = nn.modules.module.register_module_forward_hook(hook, with_kwargs=True)
-        weakref.finalize(cache, self._handle.remove)
+        handle = nn.modules.module.register_module_forward_hook(hook, with_kwargs=True)
+        # Removed with the cache at the latest; `remove` runs it earlier, which also drops it from the finalizers, so
+        # that a cache watching many prefills (a long session) does not pile them up.
+        self._remove = weakref.finalize(cache, handle.remove)
 
     def layer_stored(self, layer_idx: int) -> None:
         """`cache.update` stored layer `layer_idx`'s keys: its attention module is the next to return."""
@@ -63,7 +65,7 @@ class AttentionWatch:
         self.pending_layer = layer_idx
 
     def remove(self) -> None:
-        self._handle.remove()
+        self._remove()
 
 
 def attention_not_found(layer_idx: int) -> RuntimeError:
