@@ -22,16 +22,18 @@ from .allocation import Allocator, allocation_name, get_allocator
 from .config import (
     DEFAULT_ALLOCATION,
     DEFAULT_BUDGET,
+    DEFAULT_GENERATION_INTERVAL,
     DEFAULT_SCORER,
     DEFAULT_SINK,
     DEFAULT_WINDOW,
     LookaheadCacheConfig,
 )
+from .decode_eviction import GenerationEviction
 from .decoding import decode_mask_hook
 from .discovery import AttentionWatch, attention_not_found
 from .eviction import FULL_ATTENTION, Eviction, evict_layer
 from .lookahead_rows import LookaheadRows
-from .prefill import LayerPrefill, generate_prefill_chunks, padding_from_mask
+from .prefill import LayerPrefill, cache_argument, generate_prefill_chunks, padding_from_mask
 from .scorers import Scorer, get_scorer, scorer_name, scorer_settings
 from .storage import PaddedLayer, StoredLayer, stack_layers
 
@@ -58,6 +60,8 @@ class LookaheadCache(Cache):
     Later forwards (decoding, or a new turn continuing the same cache) append tokens without further eviction,
     unless `evict_every_prefill=True`. A prompt that `generate(..., prefill_chunk_size=C)` reads in chunks is
     evicted after every chunk, so that no layer holds more than budget + C tokens per KV head.
+    With `generation_budget`, the tokens after the prompt (the answer, later turns) are evicted during decoding too,
+    so that `max_new_tokens` far beyond the budget runs in bounded memory (`lookahead_cache.decode_eviction`).
     Sliding-window layers (e.g. Gemma 3's local layers) keep their window as in `DynamicCache` and are not
     compressed.
 
@@ -89,6 +93,11 @@ class LookaheadCache(Cache):
             read lookahead rows and an allocation that gives the heads of a layer equal counts (`uniform`,
             `pyramid`); its later prefills score the tokens kept so far and the new ones together, with the new
             tokens' queries.
+        generation_budget: Tokens after the prompt (generated ones, and later turns appended whole) kept per layer
+            and KV head; None (the default) keeps them all. When a layer holds that many, the queries of its last
+            `generation_interval` tokens vote for `generation_budget - generation_interval` of them to keep (its
+            last `window` always), so a layer never holds more than `generation_budget` tokens after its prompt.
+        generation_interval: Tokens generated between two evictions of the generated part.
     """
 
     def __init__(
@@ -102,6 +111,8 @@ class LookaheadCache(Cache):
         scorer_kwargs: dict[str, Any] | None = None,
         allocation_kwargs: dict[str, Any] | None = None,
         evict_every_prefill: bool = False,
+        generation_budget: int | None = None,
+        generation_interval: int = DEFAULT_GENERATION_INTERVAL,
     ):
         # Instances are recorded by registered name and settings, so that `from_config` rebuilds them (an allocator
         # instance's own arguments, e.g. a loaded LU-KV profile, are not recorded).
@@ -114,6 +125,8 @@ class LookaheadCache(Cache):
             scorer_kwargs=dict(scorer_kwargs or {}) if isinstance(scorer, str) else scorer_settings(scorer),
             allocation_kwargs=dict(allocation_kwargs or {}),
             evict_every_prefill=evict_every_prefill,
+            generation_budget=generation_budget,
+            generation_interval=generation_interval,
         )
         self._scorer_is_auto = scorer == _AUTO
         if self._scorer_is_auto and scorer_kwargs:
@@ -146,6 +159,7 @@ class LookaheadCache(Cache):
         self._prefilled_layers: set[int] = set()
         self._lookahead_rows: LookaheadRows | None = None
         self._attention_modules: dict[int, nn.Module] = {}
+        self._generation_eviction: GenerationEviction | None = None
         self._watch: AttentionWatch | None = AttentionWatch(self, self._end_layer_prefill, self._end_prefill)
 
     def reset(self) -> None:
@@ -174,6 +188,8 @@ class LookaheadCache(Cache):
             scorer_kwargs=config.scorer_kwargs,
             allocation_kwargs=config.allocation_kwargs,
             evict_every_prefill=config.evict_every_prefill,
+            generation_budget=config.generation_budget,
+            generation_interval=config.generation_interval,
         )
 
     def fresh(self) -> LookaheadCache:
@@ -186,6 +202,8 @@ class LookaheadCache(Cache):
             sink=config.sink,
             window=config.window,
             evict_every_prefill=config.evict_every_prefill,
+            generation_budget=config.generation_budget,
+            generation_interval=config.generation_interval,
         )
 
     @classmethod
@@ -240,6 +258,8 @@ class LookaheadCache(Cache):
         stacked = first.fresh()
         stacked._stop_watching()
         stacked._eviction = first._eviction
+        if stacked.cache_config.generation_budget is not None:
+            stacked._generation_eviction = GenerationEviction(stacked.cache_config, stacked.scorer)
         stacked.layers = [stack_layers([cache.layers[i] for cache in caches]) for i in range(len(first.layers))]
         for layer_idx, module in first._attention_modules.items():
             stacked._hand_masks_to(layer_idx, module)
@@ -485,6 +505,8 @@ class LookaheadCache(Cache):
 
     def _bind(self, attention_module: nn.Module) -> None:
         self._eviction = Eviction.for_model(attention_module, self.cache_config, self.scorer, self.allocator)
+        if self.cache_config.generation_budget is not None:
+            self._generation_eviction = GenerationEviction(self.cache_config, self.scorer)
 
     def _evict(self, prefill: LayerPrefill) -> None:
         """Store layer `prefill.layer_idx` as eviction leaves it."""
@@ -493,6 +515,8 @@ class LookaheadCache(Cache):
         layer_idx = prefill.layer_idx
         self.layers[layer_idx] = evict_layer(prefill, self._eviction)
         self._prefilled_layers.add(layer_idx)
+        if self._generation_eviction is not None:
+            self._generation_eviction.forget(layer_idx)
         if layer_idx not in self._attention_modules:
             # Sliding-window layers too, though their masks stay the model's: a module with a hook of its own runs
             # torch's full hook path, where the watch of a later prefill, created inside that forward, sees it return.
@@ -503,6 +527,51 @@ class LookaheadCache(Cache):
         """From now on, `module` attends to compressed layer `layer_idx` with the mask of its slots."""
         self._attention_modules[layer_idx] = module
         self._hooks.append(module.register_forward_pre_hook(decode_mask_hook(self, layer_idx), with_kwargs=True))
+        if self._generation_eviction is not None:
+            self._hooks.append(module.register_forward_hook(_generation_hook(self, layer_idx), with_kwargs=True))
+
+    @torch.compiler.disable
+    def _after_decode_attention(self, layer_idx: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Layer `layer_idx`'s attention module returned from a forward after the prefill (decoding, or a turn
+        appended whole): keep its tokens after the prompt within the generation budget."""
+        layer = self.layers[layer_idx]
+        if self._state != _DONE or not layer.is_compressed:
+            return
+        hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        self._generation_eviction.after_attention(
+            layer, module, layer_idx, hidden_states, kwargs.get("position_embeddings")
+        )
+
+    # ----- batch rows (beam search, contrastive search) --------------------------------------------------
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        self._select_generation_rows(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        self._select_generation_rows(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        self._select_generation_rows(lambda t: t[indices.to(t.device)])
+
+    def _select_generation_rows(self, select: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        if self._generation_eviction is not None:
+            self._generation_eviction.select_rows(select)
+
+
+def _generation_hook(cache: LookaheadCache, layer_idx: int) -> Callable:
+    """A forward hook for the attention module of layer `layer_idx` that runs the cache's decode-time eviction after
+    each of its forwards with `cache`; holds the cache weakly, like the mask hook."""
+    cache_ref = weakref.ref(cache)
+
+    def hook(module, args, kwargs, output):
+        cache = cache_ref()
+        if cache is not None and cache_argument(kwargs) is cache:
+            cache._after_decode_attention(layer_idx, module, args, kwargs)
+
+    return hook
 
 
 def _remove_handles(handles: list[torch.utils.hooks.RemovableHandle]) -> None:

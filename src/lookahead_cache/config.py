@@ -15,6 +15,7 @@ DEFAULT_SCORER = "auto"
 DEFAULT_ALLOCATION = "uniform"
 DEFAULT_SINK = 4
 DEFAULT_WINDOW = 32
+DEFAULT_GENERATION_INTERVAL = 32
 
 
 @dataclass
@@ -34,6 +35,11 @@ class LookaheadCacheConfig:
         allocation_kwargs: Keyword arguments for the allocator (e.g. `{"beta": 20}` for pyramid).
         evict_every_prefill: Evict again at every later forward of several tokens (a turn, a chunk), so that a
             session stays within the budget plus the current forward's tokens.
+        generation_budget: Tokens after the prompt (generated ones, and later turns appended whole) kept per layer
+            and KV head; None (the default) keeps them all. When they reach it, those of the last
+            `generation_interval` forwards vote, with their queries, for the ones to keep, down to
+            `generation_budget - generation_interval`; the last `window` of them are always kept.
+        generation_interval: Tokens generated between two evictions of the generated part.
     """
 
     budget: int | float = DEFAULT_BUDGET
@@ -44,6 +50,8 @@ class LookaheadCacheConfig:
     scorer_kwargs: dict[str, Any] = field(default_factory=dict)
     allocation_kwargs: dict[str, Any] = field(default_factory=dict)
     evict_every_prefill: bool = False
+    generation_budget: int | None = None
+    generation_interval: int = DEFAULT_GENERATION_INTERVAL
 
     def __post_init__(self):
         # NumPy and other numeric scalars (e.g. a budget from np.arange) are taken as the int or float they hold.
@@ -72,6 +80,29 @@ class LookaheadCacheConfig:
             raise ValueError(
                 f"sink ({self.sink}) + window ({self.window}) = {self.sink + self.window} protected tokens exceed "
                 f"budget={self.budget}. Raise the budget or pass smaller sink/window values."
+            )
+        self._check_generation_budget()
+
+    def _check_generation_budget(self) -> None:
+        self.generation_interval = _plain_number(self.generation_interval)
+        interval = self.generation_interval
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise ValueError(f"generation_interval={interval!r} must be a positive int (generated tokens).")
+        if self.generation_budget is None:
+            return
+        self.generation_budget = _plain_number(self.generation_budget)
+        budget = self.generation_budget
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ValueError(
+                f"generation_budget={budget!r} must be a positive int (tokens after the prompt kept per KV head), "
+                "or None to keep them all."
+            )
+        if budget < interval + self.window:
+            raise ValueError(
+                f"generation_budget={budget} must hold generation_interval ({interval}) + window ({self.window}) = "
+                f"{interval + self.window} tokens: every {interval} tokens the generated part is evicted down to "
+                f"{budget} - {interval}, keeping its last {self.window}. Raise generation_budget or lower "
+                "generation_interval or window."
             )
 
     @property

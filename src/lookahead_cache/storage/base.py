@@ -44,3 +44,13 @@ class StoredLayer(CacheLayerMixin):
     @abstractmethod
     def to_padded(self) -> StoredLayer:
         """The layer in the padded `[batch, kv_heads, slots, head_dim]` layout (itself when it already is)."""
+
+    def appended(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values `[batch, kv_heads, tokens, head_dim]` of the tokens a compressed layer stored after its
+        prompt (later turns, generated tokens), in the order they came; every one of them is real."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no compressed prompt with tokens appended after it.")
+
+    def keep_appended(self, positions: torch.Tensor) -> None:
+        """Keep, of the tokens appended after the prompt, those at `positions` (`[batch, kv_heads, kept]`, indices
+        into `appended()`, increasing), as many for every head; the others are freed."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no compressed prompt with tokens appended after it.")

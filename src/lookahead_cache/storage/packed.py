@@ -141,7 +141,8 @@ class PackedLayer(StoredLayer):
 
     def varlen_inputs(self) -> tuple:
         """The layer as the varlen decode kernel reads it, views without copies: `(prompt_keys, prompt_values,
-        prompt_starts, prompt_lengths, tail_keys, tail_values, tail_length)` (see `lookahead_cache/kernels/varlen_decode.py`)."""
+        prompt_starts, prompt_lengths, tail_keys, tail_values, tail_length)` (see
+        `lookahead_cache/kernels/varlen_decode.py`)."""
         return (
             self.row_keys.flatten(0, 1),
             self.row_values.flatten(0, 1),
@@ -170,6 +171,18 @@ class PackedLayer(StoredLayer):
         if self.attends_packed:
             return self.row_keys, self.row_values
         return self.padded()
+
+    def appended(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tail(self.row_keys)[:, :, : self.tail_length], self.tail(self.row_values)[:, :, : self.tail_length]
+
+    def keep_appended(self, positions: torch.Tensor) -> None:
+        # In place: the kept tokens move to the front of each head's tail, where decoding goes on writing.
+        index = positions.unsqueeze(-1).expand(-1, -1, -1, self.row_keys.shape[-1])
+        kept = positions.shape[-1]
+        for buffer in (self.row_keys, self.row_values):
+            tail = self.tail(buffer)
+            tail[:, :, :kept] = tail[:, :, : self.tail_length].gather(2, index)
+        self.tail_length = kept
 
     def _grow(self, capacity: int) -> None:
         """Move the layer to buffers with room for `capacity` decoded steps: the only copy decoding makes."""

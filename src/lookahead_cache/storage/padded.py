@@ -139,6 +139,15 @@ class PaddedLayer(DynamicLayer, StoredLayer):
     def to_padded(self) -> PaddedLayer:
         return self
 
+    def appended(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.keys[:, :, self.prompt_slots :], self.values[:, :, self.prompt_slots :]
+
+    def keep_appended(self, positions: torch.Tensor) -> None:
+        index = positions.unsqueeze(-1).expand(-1, -1, -1, self.keys.shape[-1])
+        kept_keys, kept_values = (part.gather(2, index) for part in self.appended())
+        self.keys = torch.cat([self.keys[:, :, : self.prompt_slots], kept_keys], dim=-2)
+        self.values = torch.cat([self.values[:, :, : self.prompt_slots], kept_values], dim=-2)
+
     def crop(self, tokens_to_remove: int) -> None:
         if self.is_compressed:
             raise ValueError(
