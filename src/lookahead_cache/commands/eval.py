@@ -13,7 +13,14 @@ from ..training.forms import FORMS
 
 RUNNER = "lookahead_cache.evaluation.suite"
 DEFAULT_MODEL = "default"
-MODES = ("question-aware", "question-agnostic")
+# The one-shot modes replay one recorded prefill per prompt for every method; the live ones (streaming prefill read
+# in chunks, sessions of three turns) run each method with `generate` on the model (lookahead_cache.evaluation.live).
+ONE_SHOT_MODES = ("question-aware", "question-agnostic")
+# Each chunked mode reads the prompts of a one-shot mode in chunks.
+CHUNKED_MODES = {"chunked-question-aware": "question-aware", "chunked-question-agnostic": "question-agnostic"}
+SESSION_MODE = "session"
+MODES = (*ONE_SHOT_MODES, *CHUNKED_MODES, SESSION_MODE)
+DEFAULT_CHUNK_SIZE = 512
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,7 @@ SIZES = {
     # the embedded 135M model.
     "quick": SuiteSize(lengths=(2048,), samples=2, budgets=(64, 128, 256), modes=("question-aware",)),
     "full": SuiteSize(
-        lengths=(1024, 2048, 4096, 8192), samples=20, budgets=(64, 128, 256, 512, 0.1, 0.25, 0.5), modes=MODES
+        lengths=(1024, 2048, 4096, 8192), samples=20, budgets=(64, 128, 256, 512, 0.1, 0.25, 0.5), modes=ONE_SHOT_MODES
     ),
 }
 # What runs unless told otherwise: one row per scorer, with the allocation it is known by (the rest of
@@ -87,7 +94,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--samples", type=positive_int, help="Samples per task family and length; the preset's if not given."
     )
     parser.add_argument(
-        "--modes", nargs="+", choices=MODES, help="Question-aware and/or question-agnostic; the preset's if not given."
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        metavar="MODE",
+        help="How each prompt is read; the preset's if not given. One-shot, every method replaying one recorded "
+        "prefill: question-aware (context and question evicted together), question-agnostic (the context evicted, "
+        "then the question as a new turn). Live, each method and budget generating with a fresh cache: "
+        "chunked-question-aware and chunked-question-agnostic (the same prompts read in chunks of --chunk-size "
+        "tokens, evicted after every chunk), session (a chat of three turns: the document, an unrelated exchange, "
+        "the question; each method also with a session budget, rows '<method>@session', evicting at every turn). "
+        "The live modes take token budgets and the methods full, streaming, knorm, random, snapkv and pyramidkv.",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        default=DEFAULT_CHUNK_SIZE,
+        help="Tokens per chunk of the chunked modes' prefill (generate's prefill_chunk_size); a resumed run keeps "
+        "its chunk size.",
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the task samples.")
     parser.add_argument("--out", type=Path, required=True, help="Output directory (resumable).")

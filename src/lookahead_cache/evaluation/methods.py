@@ -7,9 +7,13 @@ with them (LU-KV reads the profiles shipped beside the lookahead adapter). Heuri
 layers; `oracle` and `laq` first obtain the queries of future tokens (the full-cache answer, or a drafted one) and
 score with those; `lookahead` runs the model's learned lookahead tokens after the recorded prompt.
 
+The live modes of `lookahead-cache eval` (streaming prefill, sessions; `lookahead_cache.evaluation.live`) run each
+method on the model with a fresh cache instead (`live_cache`); the methods a cache evicting again cannot run are
+told by `live_refusal`, and a method's session-budget rows are named `<method>@session` (`session_budget_name`).
+
 This module is the one vocabulary of methods: `FULL` (the uncompressed reference), the method names of
-`lookahead-cache eval` (`METHODS`, `get_method`, `needs_adapter`), and the cache configurations of
-`lookahead-cache bench`, written `scorer` or `scorer+allocation` (`cache_configuration`).
+`lookahead-cache eval` (`METHODS`, `get_method`, `needs_adapter`, `session_budget_name`), and the cache
+configurations of `lookahead-cache bench`, written `scorer` or `scorer+allocation` (`cache_configuration`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache
 
 from ..allocation.lukv import adapter_profile
@@ -66,7 +70,6 @@ class SampleRun:
         """`[1, k]` greedy answer tokens, continuing `cache`, which holds the prefilled tokens."""
         return self.answers([cache], max_new_tokens)[0]
 
-    @torch.no_grad()
     def answers(self, caches: list[Cache], max_new_tokens: int | None = None) -> list[torch.Tensor]:
         """Per cache, the `[1, k]` greedy answer tokens continuing it; several LookaheadCaches decode as one batch.
 
@@ -76,28 +79,10 @@ class SampleRun:
         for every method.
         """
         limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
-        rows = len(caches)
         if self.question_aware:
             first = self.recording.next_token_logits.argmax(-1, keepdim=True)
-            if limit == 1 or _is_eos(int(first), self.eos_token_id):
-                return [first] * rows
-            fed, prefix, limit = first, first, limit - 1
-        else:
-            fed, prefix = self.question_ids, self.question_ids[:, :0]
-        input_ids = torch.cat([self.prefilled_ids, fed], dim=-1).expand(rows, -1)
-        output = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            **{CACHE_ARGUMENT: caches[0] if rows == 1 else LookaheadCache.stack(caches)},
-            max_new_tokens=limit,
-            do_sample=False,
-            eos_token_id=self.eos_token_id,
-            pad_token_id=self.model.generation_config.pad_token_id,
-        )
-        return [
-            torch.cat([prefix, _until_eos(row[input_ids.shape[-1] :], self.eos_token_id)[None]], dim=-1)
-            for row in output
-        ]
+            return answers_after(self.model, caches, self.prefilled_ids, first, limit, self.eos_token_id)
+        return greedy_answers(self.model, caches, self.prefilled_ids, self.question_ids, limit, self.eos_token_id)
 
     @torch.no_grad()
     def lookahead_prefills(self) -> list[LayerPrefill]:
@@ -116,6 +101,52 @@ class SampleRun:
         """Scores by the queries of what follows the prefill: the question (if agnostic), then `answer_ids`."""
         future = torch.cat([self.question_ids, answer_ids], dim=-1)
         return FutureQueriesScorer(future_queries(self.model, self.recording.prefills, future))
+
+
+@torch.no_grad()
+def greedy_answers(
+    model: PreTrainedModel,
+    caches: list[Cache],
+    seen_ids: torch.Tensor,
+    new_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int | list[int] | None,
+    **generate_kwargs,
+) -> list[torch.Tensor]:
+    """Per cache, each holding `seen_ids` (`[1, n]`, none for an empty cache), the `[1, k]` greedy tokens after
+    `seen_ids` + `new_ids`: `generate` feeds `new_ids` through the cache in one forward (its prefill, read in chunks
+    with `prefill_chunk_size=`), then decodes up to `max_new_tokens` tokens, up to the first end of sequence.
+    Several LookaheadCaches decode as one batch (`LookaheadCache.stack`)."""
+    rows = len(caches)
+    input_ids = torch.cat([seen_ids, new_ids], dim=-1).expand(rows, -1)
+    output = model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        **{CACHE_ARGUMENT: caches[0] if rows == 1 else LookaheadCache.stack(caches)},
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=eos_token_id,
+        pad_token_id=model.generation_config.pad_token_id,
+        **generate_kwargs,
+    )
+    return [_until_eos(row[input_ids.shape[-1] :], eos_token_id)[None] for row in output]
+
+
+def answers_after(
+    model: PreTrainedModel,
+    caches: list[Cache],
+    prompt_ids: torch.Tensor,
+    first: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int | list[int] | None,
+) -> list[torch.Tensor]:
+    """Per cache holding `prompt_ids`, the greedy answer that begins with `first` (`[1, 1]`, the token that the
+    prompt's last forward gave): `first` alone when the answer is one token long or `first` ends it, else `first`
+    and the tokens decoded after it."""
+    if max_new_tokens == 1 or _is_eos(int(first), eos_token_id):
+        return [first] * len(caches)
+    rest = greedy_answers(model, caches, prompt_ids, first, max_new_tokens - 1, eos_token_id)
+    return [torch.cat([first, tokens], dim=-1) for tokens in rest]
 
 
 def _until_eos(tokens: torch.Tensor, eos_token_id: int | list[int] | None) -> torch.Tensor:
@@ -148,6 +179,12 @@ class CacheMethod:
     def __call__(self, run: SampleRun, budget: int | float) -> Cache:
         prefills = run.lookahead_prefills() if self.needs_lookahead else run.recording.prefills
         return LookaheadCache.from_prefill(prefills, budget=budget, scorer=self.scorer, allocation=self.allocation)
+
+    def live_cache(self, budget: int | float, evict_every_prefill: bool = False) -> LookaheadCache:
+        """A fresh cache of this configuration, for a live run (`generate` on the model, which evicts)."""
+        return LookaheadCache(
+            budget=budget, scorer=self.scorer, allocation=self.allocation, evict_every_prefill=evict_every_prefill
+        )
 
     @property
     def needs_lookahead(self) -> bool:
@@ -197,6 +234,54 @@ METHODS: dict[str, Callable[[SampleRun, int | float | None], Cache]] = {
     "lookahead-adakv": CacheMethod("lookahead", allocation="adakv"),
     "lookahead-lukv": CacheMethod("lookahead", allocation="lukv"),
 }
+
+
+# In the session mode each method also runs with a session budget (`evict_every_prefill=True`: every turn evicts
+# again, down to the budget); those rows are named `<method>@session`, beside the method's own rows, whose cache
+# evicts the first turn only and keeps the later turns whole.
+SESSION_BUDGET_SUFFIX = "@session"
+
+
+def session_budget_name(name: str) -> str:
+    """The name of method `name`'s rows with a session budget."""
+    return f"{name}{SESSION_BUDGET_SUFFIX}"
+
+
+def live_cache(name: str, budget: int | float | None) -> Cache:
+    """A fresh cache of method `name` (or `<method>@session`) for a live run, which reads the prompt with `generate`
+    on the model instead of replaying a recorded prefill: a `DynamicCache` for `full`, the method's `LookaheadCache`
+    otherwise (with `evict_every_prefill=True` for `<method>@session`).
+
+    Raises:
+        ValueError: The method cannot run live (`live_refusal` says why).
+    """
+    base = name.removesuffix(SESSION_BUDGET_SUFFIX)
+    if base == FULL:
+        return DynamicCache()
+    refusal = live_refusal(base, budget)
+    if refusal is not None:
+        raise ValueError(f"Method {base!r} cannot run live: {refusal}")
+    return get_method(base).live_cache(budget, evict_every_prefill=name != base)
+
+
+def live_refusal(name: str, budget: int | float) -> str | None:
+    """Why method `name` cannot run live at `budget` with a cache that evicts again (a prompt read in chunks, a
+    session budget), or None when it can. The cache's own checks decide (`LookaheadCache` refuses what a later
+    prefill cannot evict again: a fraction of a prompt, the lookahead scorer, per-head allocations); `oracle` and
+    `laq` score with the queries of future tokens taken from a recorded prefill, which a live run has not."""
+    method = get_method(name)
+    if method is full:
+        return None
+    if not isinstance(method, CacheMethod):
+        return (
+            "it scores a recorded prefill with the queries of future tokens (the full-cache answer, or a drafted "
+            "one), which a cache evicting inside generate has not."
+        )
+    try:
+        method.live_cache(budget, evict_every_prefill=True)
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 def get_method(name: str) -> Callable[[SampleRun, int | float | None], Cache]:

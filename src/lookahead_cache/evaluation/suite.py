@@ -1,14 +1,17 @@
 """`lookahead-cache eval`: every method side by side on the offline long-context suite.
 
-For each sample and mode the prompt is prefilled once (`record_prefill`); the full cache answers first, then
-every method and budget compresses a copy of that prefill and answers greedily. Rows go to
+For each sample and one-shot mode the prompt is prefilled once (`record_prefill`); the full cache answers first,
+then every method and budget compresses a copy of that prefill and answers greedily. In the live modes (streaming
+prefill read in chunks, sessions of three turns; `live`) every method and budget generates with a fresh cache of its
+own instead, and its rows also record `peak_kv_bytes` (sessions: and `turn_tokens`). Rows go to
 `OUT/predictions.jsonl` as they are produced, so an interrupted run resumes where it stopped. The samples
 themselves go to `OUT/samples.jsonl` (token ids included), which the kvpress runner in `scripts/kvpress/` reads.
 At the end the report (`OUT/summary.md`, plots, and optionally a results page) is written from all rows.
 
 A later call into the same OUT resumes it, and may add to it: more methods, budgets, modes, tasks, lengths or
 samples (sample `i` of a family and length is the same whatever the count). What would change rows already there
-is refused before anything is written: another model (its weights' fingerprint), another seed, a sample whose
+is refused before anything is written: another model (its weights' fingerprint), another seed, another chunk size
+for the chunked modes, a sample whose
 tokens or answer length differ from the one recorded (another tokenizer, task code or Python version), or another
 lookahead adapter or LU-KV profile for the methods that read them.
 """
@@ -32,12 +35,23 @@ from ..adapters import get_lookahead, load_lookahead
 from ..allocation.lukv import adapter_profile
 from ..cache import LookaheadCache
 from ..cli import require_extra
-from ..commands.eval import DEFAULT_MODEL, SIZES
+from ..commands.eval import CHUNKED_MODES, DEFAULT_MODEL, SESSION_MODE, SIZES
 from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, load_default_model
 from ..run_folder import append_jsonl, check_same_run, model_fingerprint, read_json, read_jsonl, write_text
 from ..training.forms import get_task
 from . import report
-from .methods import FULL, CacheMethod, SampleRun, get_method, needs_adapter
+from .live import LIVE_MODES, LiveRun, start_live_run
+from .methods import (
+    FULL,
+    METHODS,
+    CacheMethod,
+    SampleRun,
+    get_method,
+    live_cache,
+    live_refusal,
+    needs_adapter,
+    session_budget_name,
+)
 from .metrics import score
 from .replay import record_prefill
 from .tasks import SUITE_SPLIT, TASKS, Sample
@@ -60,13 +74,36 @@ def check_arguments(args: argparse.Namespace) -> None:
         get_method(name)
     if FULL not in args.methods:
         raise ValueError("--methods must include 'full': it is the reference, and the oracle needs its answer.")
+    for budget in args.budgets:
+        LookaheadCache(budget=budget, scorer="streaming")
+    check_live_modes(args.modes, args.methods, args.budgets)
     if any(needs_adapter(name) for name in args.methods) and args.adapter is None and args.model != DEFAULT_MODEL:
         raise ValueError(
             "--methods lookahead, lookahead-* and lukv with a --model of your own need --adapter (its lookahead "
             "adapter, beside which the LU-KV profiles lie)."
         )
-    for budget in args.budgets:
-        LookaheadCache(budget=budget, scorer="streaming")
+
+
+def check_live_modes(modes: tuple[str, ...], methods: list[str], budgets: tuple[int | float, ...]) -> None:
+    """Refuse, before any sample runs, a method or budget that a live mode cannot run (see `methods.live_refusal`):
+    its cache evicts again at every chunk or turn."""
+    for mode in (mode for mode in modes if mode in LIVE_MODES):
+        one_shot = CHUNKED_MODES.get(mode, "question-aware or question-agnostic")
+        fractions = [budget for budget in budgets if isinstance(budget, float)]
+        if fractions:
+            raise ValueError(
+                f"--modes {mode} needs --budgets in tokens: {', '.join(map(str, fractions))} are fractions of a "
+                "prompt, which a cache that evicts at every chunk or turn cannot keep. Pass token budgets, or evaluate "
+                f"the fractions in another run with --modes {one_shot}."
+            )
+        for name, budget in ((name, budget) for name in methods for budget in budgets):
+            refusal = live_refusal(name, budget)
+            if refusal is not None:
+                usable = [other for other in METHODS if other != FULL and live_refusal(other, budget) is None]
+                raise ValueError(
+                    f"--methods {name} cannot run in --modes {mode}: {refusal} In {mode} use {', '.join(usable)} "
+                    f"(beside full), or evaluate {name} with --modes {one_shot}."
+                )
 
 
 def load_model(name: str, adapter: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -108,16 +145,27 @@ def run(args: argparse.Namespace) -> int:
     done = {(row["sample_id"], row["mode"], row["method"], row["budget"]) for row in rows}
     started = time.perf_counter()
     evaluate_samples(
-        model, tokenizer, samples, args.methods, args.budgets, args.modes, predictions_path, done, dependencies
+        model,
+        tokenizer,
+        samples,
+        args.methods,
+        args.budgets,
+        args.modes,
+        predictions_path,
+        done,
+        dependencies,
+        chunk_size=args.chunk_size,
     )
     logger.info(f"Evaluation took {time.perf_counter() - started:.0f} s.")
-    summary = report.summarize(report.load_rows(args.out), groups=SUITE_SPLIT)
-    (args.out / "summary.md").write_text(report.markdown_summary(summary) + "\n")
+    all_rows = report.load_rows(args.out)
+    summary = report.summarize(all_rows, groups=SUITE_SPLIT)
+    comparisons = report.live_mode_comparisons(all_rows)
+    (args.out / "summary.md").write_text(report.markdown_summary(summary) + comparisons)
     report.plot_accuracy_vs_budget(summary, args.out / "figures")
     if args.results_page is not None:
         report.write_results_page(args.out, args.results_page, command=_command_line(args))
         logger.info(f"Wrote {args.results_page}")
-    print(report.markdown_summary(summary))
+    print(report.markdown_summary(summary) + comparisons)
     return 0
 
 
@@ -176,22 +224,41 @@ def evaluate_samples(
     predictions_path: Path,
     done: set[tuple],
     dependencies: dict[str, dict[str, str]],
+    chunk_size: int | None = None,
 ) -> None:
     """Run every (method, budget) on every sample and mode not in `done` (keys `(sample_id, mode, method, budget)`),
-    appending rows to `predictions_path`; each row records the `dependencies` of its method."""
-    configs = [(FULL, None)] + [(method, budget) for method in methods if method != FULL for budget in budgets]
-    progress = tqdm(total=len(samples) * len(modes) * len(configs), desc="eval", unit="answer")
+    appending rows to `predictions_path`; each row records the `dependencies` of its method. The session mode runs
+    each method also with a session budget (rows `<method>@session`); the chunked modes read prompts in chunks of
+    `chunk_size` tokens."""
+    configs = {mode: mode_configurations(mode, methods, budgets) for mode in modes}
+    progress = tqdm(total=len(samples) * sum(map(len, configs.values())), desc="eval", unit="answer")
     with append_jsonl(predictions_path) as append:
         for sample in samples:
             for mode in modes:
-                todo = [c for c in configs if (sample.id, mode, *c) not in done]
-                progress.update(len(configs) - len(todo))
+                todo = [c for c in configs[mode] if (sample.id, mode, *c) not in done]
+                progress.update(len(configs[mode]) - len(todo))
                 if not todo:
                     continue
                 progress.set_postfix(sample=sample.id, mode=mode)
-                for row in _evaluate_sample(model, tokenizer, sample, mode, todo, progress):
+                if mode in LIVE_MODES:
+                    run = start_live_run(model, tokenizer, sample, mode, chunk_size)
+                    rows = _evaluate_live(tokenizer, sample, mode, run, todo, progress)
+                else:
+                    rows = _evaluate_sample(model, tokenizer, sample, mode, todo, progress)
+                for row in rows:
                     append({**row, **dependencies.get(row["method"], {})})
     progress.close()
+
+
+def mode_configurations(
+    mode: str, methods: list[str], budgets: tuple[int | float, ...]
+) -> list[tuple[str, int | float | None]]:
+    """The (method, budget) rows of a sample in `mode`: `full` once, then every other method at every budget, in
+    the session mode also with a session budget (`<method>@session`)."""
+    names = [method for method in methods if method != FULL]
+    if mode == SESSION_MODE:
+        names = [name for method in names for name in (method, session_budget_name(method))]
+    return [(FULL, None)] + [(name, budget) for name in names for budget in budgets]
 
 
 def start_run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sample: Sample, mode: str) -> SampleRun:
@@ -211,31 +278,83 @@ def start_run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sample
     )
 
 
+def prediction_row(
+    tokenizer: PreTrainedTokenizerBase,
+    sample: Sample,
+    mode: str,
+    method: str,
+    budget: int | float | None,
+    prompt_tokens: int,
+    answer_ids: torch.Tensor,
+    footprint: tuple[float, int],
+    prefill_s: float,
+    compress_s: float | None,
+    **extra,
+) -> dict:
+    """One row of `predictions.jsonl`; `footprint` is the cache's (kept tokens, KV bytes) before it answered, since
+    a cache that decodes alone (not stacked with others) grows by the answer; `extra` fields follow the others."""
+    prediction = tokenizer.decode(answer_ids[0], skip_special_tokens=True).strip()
+    return {
+        "sample_id": sample.id,
+        "family": sample.family,
+        "context_length": sample.context_length,
+        "mode": mode,
+        "method": method,
+        "budget": budget,
+        "prompt_tokens": prompt_tokens,
+        "kept_tokens": footprint[0],
+        "prediction": prediction,
+        "answers": list(sample.answers),
+        "metric": sample.metric,
+        "score": score(sample.metric, [prediction], [list(sample.answers)])[0],
+        "prefill_s": prefill_s,
+        "compress_s": compress_s,
+        "kv_bytes": footprint[1],
+        **extra,
+    }
+
+
+def _evaluate_live(tokenizer, sample: Sample, mode: str, run: LiveRun, configs, progress):
+    """The rows of a live mode: each (method, budget) reads the prompt with `generate` into its own fresh cache. They
+    carry `peak_kv_bytes`, and in the session mode `turn_tokens` (the longest turn after the first)."""
+    extra = {"turn_tokens": run.longest_later_turn} if mode == SESSION_MODE else {}
+    for method, budget in configs:
+        live = run.answer(live_cache(method, budget))
+        footprint = (live.kept_tokens, live.kv_bytes)
+        yield prediction_row(
+            tokenizer,
+            sample,
+            mode,
+            method,
+            budget,
+            run.prompt_tokens,
+            live.answer_ids,
+            footprint,
+            live.prefill_s,
+            None,
+            peak_kv_bytes=live.peak_kv_bytes,
+            **extra,
+        )
+        progress.update()
+
+
 def _evaluate_sample(model, tokenizer, sample: Sample, mode: str, configs, progress):
     run = start_run(model, tokenizer, sample, mode)
     prompt_tokens = run.prefilled_ids.shape[-1] + run.question_ids.shape[-1]
 
     def row(method: str, budget, footprint: tuple[float, int], compress_s: float, answer_ids: torch.Tensor):
-        """One prediction row; `footprint` is the cache's (kept tokens, KV bytes) before it answered, since a cache
-        that decodes alone (not stacked with others) grows by the answer."""
-        prediction = tokenizer.decode(answer_ids[0], skip_special_tokens=True).strip()
-        return {
-            "sample_id": sample.id,
-            "family": sample.family,
-            "context_length": sample.context_length,
-            "mode": mode,
-            "method": method,
-            "budget": budget,
-            "prompt_tokens": prompt_tokens,
-            "kept_tokens": footprint[0],
-            "prediction": prediction,
-            "answers": list(sample.answers),
-            "metric": sample.metric,
-            "score": score(sample.metric, [prediction], [list(sample.answers)])[0],
-            "prefill_s": run.recording.seconds,
-            "compress_s": compress_s,
-            "kv_bytes": footprint[1],
-        }
+        return prediction_row(
+            tokenizer,
+            sample,
+            mode,
+            method,
+            budget,
+            prompt_tokens,
+            answer_ids,
+            footprint,
+            run.recording.seconds,
+            compress_s,
+        )
 
     # The full answer comes first, even when its row exists already if the oracle still needs it.
     if (FULL, None) in configs or any(method == "oracle" for method, _ in configs):
@@ -301,6 +420,7 @@ def _settings(args: argparse.Namespace, model: PreTrainedModel) -> dict:
         "budgets": list(args.budgets),
         "modes": list(args.modes),
         "seed": args.seed,
+        **({"chunk_size": args.chunk_size} if any(mode in CHUNKED_MODES for mode in args.modes) else {}),
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": str(model.device),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
@@ -312,7 +432,8 @@ def _settings(args: argparse.Namespace, model: PreTrainedModel) -> dict:
 
 
 def _resumed_settings(path: Path, settings: dict) -> dict:
-    """What `settings.json` holds once this call has run: refused if the run there has another model or seed.
+    """What `settings.json` holds once this call has run: refused if the run there has another model or seed, or
+    both read prompts in chunks (`chunk_size`, recorded by runs of the chunked modes) of another size.
 
     Otherwise this call adds its methods, budgets, ... to the lists; where its environment differs (a newer
     transformers, another day) both values are listed, so that rows kept from the earlier run are not credited to
@@ -322,12 +443,15 @@ def _resumed_settings(path: Path, settings: dict) -> dict:
         return settings
     previous = read_json(path)
     identity = {"--model": "model", "model_sha256": "model_sha256", "--seed": "seed"}
+    if "chunk_size" in settings and "chunk_size" in previous:
+        identity["--chunk-size"] = "chunk_size"
     check_same_run(
         path.parent,
         {name: previous[key] for name, key in identity.items() if key in previous},
         {name: settings[key] for name, key in identity.items()},
     )
-    merged = dict(settings)
+    # What only the earlier run recorded stays (a chunk size, when this call runs no chunked mode).
+    merged = {**previous, **settings}
     for key, value in settings.items():
         if key not in previous or previous[key] == value:
             continue
@@ -361,6 +485,8 @@ def _command_line(args: argparse.Namespace) -> str:
     parts.append("--lengths " + " ".join(map(str, args.lengths)))
     parts.append("--budgets " + " ".join(map(str, args.budgets)))
     parts.append(f"--samples {args.samples} --modes " + " ".join(args.modes) + f" --seed {args.seed}")
+    if any(mode in CHUNKED_MODES for mode in args.modes):
+        parts.append(f"--chunk-size {args.chunk_size}")
     if args.results_page is not None:
         parts.append(f"--results-page {args.results_page}")
     return " ".join(parts)

@@ -8,12 +8,15 @@ into:
   budget), plus a macro `"average"` over families, from the rows `load_rows` reads;
 * `markdown_summary` (`tables`): one table per (mode, context length), beside the other markdown tables;
 * `plot_accuracy_vs_budget` and `plot_overhead` (`plots`): PNG figures;
+* `live_mode_comparisons` (`comparisons`): the live modes of `lookahead-cache eval` (streaming prefill, sessions)
+  beside the one-shot ones at equal budgets, as paired differences with intervals;
 * `write_results_page` (`page`): all of the above on one markdown page (docs/results.md).
 
 Every number written comes from the rows, and everything is ordered deterministically, so that a regenerated
 page only differs where the results do.
 """
 
+from .comparisons import live_mode_comparisons
 from .page import write_results_page
 from .plots import plot_accuracy_vs_budget, plot_overhead
 from .statistics import (
@@ -49,6 +52,7 @@ __all__ = [
     "check_row",
     "eviction_cost_table",
     "format_results",
+    "live_mode_comparisons",
     "load_rows",
     "lookahead_table",
     "markdown_summary",

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..tasks import SUITE_SPLIT
+from .comparisons import live_mode_comparisons
 from .plots import accuracy_stem, plot_accuracy_vs_budget, plot_overhead
 from .statistics import load_rows, summarize
 from .tables import CAPTION, EVICTION_COST_CAPTION, eviction_cost_table, format_results, settings_table, summary_tables
@@ -50,6 +51,9 @@ def write_results_page(directory: str | Path, page_path: str | Path, command: st
         for plot in plots:
             if plot.stem in (stem, f"{stem}_fraction"):
                 lines += ["", f"![{plot.stem}]({plot.relative_to(page_path.parent).as_posix()})"]
+    comparisons = live_mode_comparisons(rows)
+    if comparisons:
+        lines += ["", comparisons.strip()]
     lines += [
         "",
         "## Eviction cost per method",

@@ -168,7 +168,7 @@ def is_fraction(budget: int | float | None) -> bool:
 def _entry(
     mode: str, length: int, family: str, method: str, budget: int | float | None, samples: list[np.ndarray]
 ) -> dict[str, Any]:
-    low, high = _bootstrap_interval(samples)
+    low, high = bootstrap_interval(samples)
     return {
         "mode": mode,
         "context_length": length,
@@ -182,7 +182,7 @@ def _entry(
     }
 
 
-def _bootstrap_interval(samples: list[np.ndarray]) -> tuple[float | None, float | None]:
+def bootstrap_interval(samples: list[np.ndarray]) -> tuple[float | None, float | None]:
     """Percentile bootstrap interval of the mean of group means, resampling within each group.
 
     Seeded afresh for every call, so an entry's interval does not depend on which other entries were computed.

@@ -26,6 +26,16 @@ SEPARATOR = "\n\n"
 MIN_FILL = 0.95
 # Drafts tried per sample before giving up; only families whose source can end up too coarse yield more than one.
 MAX_DRAFTS = 8
+# A session (`Sample.session_ids`): the assistant's reply to the document, then an exchange about something else,
+# picked by the sample's index.
+SESSION_ACKNOWLEDGEMENT = "I have read it. What would you like to know?"
+SESSION_FILLERS = (
+    ("How many days does a leap year have?", "A leap year has 366 days."),
+    ("What colour do you get by mixing blue and yellow?", "Mixing blue and yellow gives green."),
+    ("Which planet is closest to the Sun?", "Mercury is the planet closest to the Sun."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("What is the boiling point of water at sea level?", "Water boils at 100 degrees Celsius at sea level."),
+)
 
 
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, context: str, question: str) -> tuple[str, int]:
@@ -42,6 +52,22 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, context: str, question: str)
             "cannot be located in the prompt; use a template that inserts the message content verbatim."
         )
     return text, start + len(context)
+
+
+def split_tokens(tokenizer: PreTrainedTokenizerBase, text: str, offsets: Sequence[int]) -> list[torch.Tensor]:
+    """`text` tokenised once and cut into `len(offsets) + 1` parts, `[1, n]` each, at the character `offsets`.
+
+    Each cut is where the tokenisation of the text before the offset stops matching that of the whole text, so a
+    token merged across an offset goes to the part after it and the parts' concatenation is exactly the tokenised
+    text.
+    """
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    cuts = [0]
+    for offset in offsets:
+        head = tokenizer.encode(text[:offset], add_special_tokens=False)
+        cuts.append(max(cuts[-1], next((i for i, (a, b) in enumerate(zip(head, ids)) if a != b), len(head))))
+    cuts.append(len(ids))
+    return [torch.tensor([ids[start:end]]) for start, end in zip(cuts, cuts[1:])]
 
 
 def prompt_length(tokenizer: PreTrainedTokenizerBase, context: str, question: str) -> int:
@@ -93,10 +119,34 @@ class Sample:
         anyway goes to the question and the concatenation is exactly the tokenised prompt.
         """
         text, split = chat_prompt(tokenizer, self.context, self.question)
-        ids = tokenizer.encode(text, add_special_tokens=False)
-        head = tokenizer.encode(text[:split], add_special_tokens=False)
-        boundary = next((i for i, (a, b) in enumerate(zip(head, ids)) if a != b), len(head))
-        return torch.tensor([ids[:boundary]]), torch.tensor([ids[boundary:]])
+        context_ids, question_ids = split_tokens(tokenizer, text, [split])
+        return context_ids, question_ids
+
+    def session_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[torch.Tensor]:
+        """The sample as a chat session of three turns, `[1, n]` tokens each, whose concatenation is the tokenised
+        chat: (1) the user gives the context and the assistant acknowledges it (`SESSION_ACKNOWLEDGEMENT`); (2) an
+        unrelated exchange, a fixed question and reply from `SESSION_FILLERS` picked by the sample's index; (3) the
+        user asks the question, and the generation prompt follows. Split where each turn's chat text ends, as
+        `prompt_ids` splits its prompt.
+        """
+        question, reply = SESSION_FILLERS[self.index % len(SESSION_FILLERS)]
+        messages = [
+            {"role": "user", "content": self.context},
+            {"role": "assistant", "content": SESSION_ACKNOWLEDGEMENT},
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": reply},
+            {"role": "user", "content": self.question},
+        ]
+        turns = [
+            tokenizer.apply_chat_template(messages[:end], add_generation_prompt=end == len(messages), tokenize=False)
+            for end in (2, 4, 5)
+        ]
+        if not all(later.startswith(earlier) for earlier, later in zip(turns, turns[1:])):
+            raise ValueError(
+                "The tokenizer's chat template renders the first turns of a conversation differently once later turns "
+                "follow, so a session cannot be fed turn by turn; use a template that only appends each new turn."
+            )
+        return split_tokens(tokenizer, turns[-1], [len(turn) for turn in turns[:-1]])
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict; :meth:`from_dict` turns it back into the same sample."""
