@@ -139,8 +139,7 @@ class LookaheadCache(Cache):
         self.scorer = get_scorer(_LOOKAHEAD if self._scorer_is_auto else scorer, **(scorer_kwargs or {}))
         self.allocator = get_allocator(allocation, **(allocation_kwargs or {}))
         if evict_every_prefill:
-            # "auto" is checked at the first prefill, once it knows whether the model carries an adapter.
-            self._check_evicts_again("evict_every_prefill=True", check_scorer=not self._scorer_is_auto)
+            self._check_evicts_again("evict_every_prefill=True")
         super().__init__(layer_class_to_replicate=PaddedLayer)
         # The per-module mask hooks and the attention watch, removed with the cache.
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
@@ -319,7 +318,7 @@ class LookaheadCache(Cache):
     def _start_later_prefill(self) -> None:
         """A forward of several tokens through a compressed cache: a new prefill to evict when the cache evicts every
         prefill or `generate` reads the prompt in chunks; appended whole otherwise."""
-        if not (self.cache_config.evict_every_prefill or generate_prefill_chunks() > 1):
+        if not self._evicts_later_prefills():
             return
         heads_disagree = [
             i
@@ -335,22 +334,18 @@ class LookaheadCache(Cache):
         self._state = _PREFILLING
         self._later_prefill = True
         self._prefilled_layers = set()
-        self._lookahead_rows = None
         self._watch = AttentionWatch(self, self._end_layer_prefill, self._end_prefill)
 
-    def _check_evicts_again(self, what: str, check_scorer: bool = True) -> None:
+    def _evicts_later_prefills(self) -> bool:
+        return self.cache_config.evict_every_prefill or generate_prefill_chunks() > 1
+
+    def _check_evicts_again(self, what: str) -> None:
         """Refuse settings that a cache evicting more than one prefill cannot keep."""
         config = self.cache_config
         if isinstance(config.budget, float):
             raise ValueError(
                 f"{what} needs a budget in tokens: budget={config.budget} is a fraction of a prompt, which a cache "
                 "that evicts every chunk or turn does not know. Pass an int budget."
-            )
-        if check_scorer and self.scorer.needs_lookahead:
-            raise ValueError(
-                f"{what} cannot use the lookahead scorer yet (scorer='auto' picks it on a model with a lookahead "
-                "adapter): its rows join the first prefill only. Pass scorer='snapkv' (or another heuristic scorer), "
-                "or read the prompt in one forward."
             )
         if self.allocator.per_head:
             raise ValueError(
@@ -373,17 +368,30 @@ class LookaheadCache(Cache):
         # Eager under torch.compile: byte counts of tensors with symbolic shapes cannot be read.
         self.peak_nbytes = max(self.peak_nbytes, self.nbytes())
 
-    @property
-    def wants_lookahead_rows(self) -> bool:
-        """True before the prefill of a cache whose scorer reads lookahead queries: the model's lookahead adapter
-        then appends its rows to the prefill (see `lookahead_cache.adapters.injection`)."""
-        return self._state == _WAITING and self.scorer.needs_lookahead
+    def wants_lookahead_rows(self, new_tokens: int) -> bool:
+        """Whether a coming forward of `new_tokens` tokens is a prefill this cache evicts with the lookahead scorer:
+        its first forward, and, when it evicts every prefill or `generate` reads the prompt in chunks, every later
+        forward of several tokens. The model's lookahead adapter then appends its rows to that forward (see
+        `lookahead_cache.adapters.injection`)."""
+        if not self.scorer.needs_lookahead:
+            return False
+        if self._state == _WAITING:
+            return True
+        return self._state == _DONE and new_tokens > 1 and self._evicts_later_prefills()
+
+    def keeps_prefill_whole(self, prompt_lengths: list[int], new_tokens: int) -> bool:
+        """Whether the coming prefill (rows of `prompt_lengths` real tokens in a first prefill; `new_tokens` more in a
+        later one) fits the budget in every layer, so that no layer scores it and no lookahead rows are needed."""
+        if self._state == _WAITING:
+            return self.cache_config.keeps_whole(prompt_lengths)
+        kept = max(int(self.layers[i].kept_tokens().max()) for i in self._eviction.compressed_layers)
+        return self.cache_config.keeps_whole([kept + new_tokens])
 
     def receive_lookahead_rows(self, rows: LookaheadRows) -> None:
         """Told by the lookahead adapter's hooks: the coming prefill ends with `rows` (none, `rows.count == 0`, when
-        the prompt is kept whole)."""
-        if not self.wants_lookahead_rows:
-            raise RuntimeError("Lookahead rows can only join the prefill of a cache with the lookahead scorer.")
+        every layer keeps it whole)."""
+        if not self.scorer.needs_lookahead or self._state not in (_WAITING, _DONE):
+            raise RuntimeError("Lookahead rows can only join a prefill of a cache with the lookahead scorer.")
         self._lookahead_rows = rows
 
     @property
@@ -417,6 +425,13 @@ class LookaheadCache(Cache):
             self._bind(module)
         if self._later_prefill and self._eviction.layer_types[layer_idx] != FULL_ATTENTION:
             # A later prefill through a sliding window: the window bounds it already.
+            if self._lookahead_rows is not None and self._lookahead_rows.count:
+                raise ValueError(
+                    "The lookahead scorer evicts later prefills (chunks of a prompt, turns of a session) of models "
+                    "with full attention only: this model's sliding-window layers would keep the lookahead rows in "
+                    "their window. Pass scorer='snapkv' (or another heuristic scorer), or read the prompt in one "
+                    "forward."
+                )
             self._prefilled_layers.add(layer_idx)
         else:
             self._evict(self._layer_prefill(layer_idx, module, args, kwargs))
@@ -462,6 +477,7 @@ class LookaheadCache(Cache):
         if missing:
             raise attention_not_found(missing[0])
         self._state = _DONE
+        self._lookahead_rows = None
         self._stop_watching()
         self.peak_nbytes = max(self.peak_nbytes, self.nbytes())
 
@@ -486,19 +502,18 @@ class LookaheadCache(Cache):
         """The prompt part of a layer whose prefill ended with lookahead rows, with their queries; the lookahead
         tokens only vote, so their keys and values leave the cache."""
         rows = self._lookahead_rows.count
-        prompt_length = prefill.prompt_length - rows
         layer = self.layers[prefill.layer_idx]
-        layer.crop(-rows)
+        layer.drop_last(rows)
         position_embeddings = prefill.position_embeddings
         if position_embeddings is not None:
-            position_embeddings = tuple(part[:, :prompt_length] for part in position_embeddings)
+            position_embeddings = tuple(part[:, :-rows] for part in position_embeddings)
         return replace(
             prefill,
             keys=layer.keys,
             values=layer.values,
-            hidden_states=prefill.hidden_states[:, :prompt_length],
+            hidden_states=prefill.hidden_states[:, :-rows],
             position_embeddings=position_embeddings,
-            valid=prefill.valid[:, :prompt_length],
+            valid=prefill.valid[:, :-rows],
             lookahead_queries=self._lookahead_rows.take_queries(prefill.module),
             tokens_seen=layer.get_seq_length(),
         )

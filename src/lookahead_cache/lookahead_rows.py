@@ -95,19 +95,27 @@ def lookahead_prefill_attention(
     implementation = base_implementation(module.config._attn_implementation)
     attend = _implementation_function(module, implementation)
     prompt = query.shape[2] - rows.count
+    # The keys before the rows: this forward's prompt tokens, after those a later prefill's cache kept before it.
+    before_rows = key.shape[2] - rows.count
     rows.queries[module] = query[:, :, prompt:].clone()
     outputs = []
     if prompt:
-        prompt_mask = None if attention_mask is None else attention_mask[:, :, :prompt, :prompt]
+        prompt_mask = None if attention_mask is None else attention_mask[:, :, :prompt, :before_rows]
         outputs.append(
-            attend(module, query[:, :, :prompt], key[:, :, :prompt], value[:, :, :prompt], prompt_mask, **kwargs)[0]
+            attend(
+                module,
+                query[:, :, :prompt],
+                key[:, :, :before_rows],
+                value[:, :, :before_rows],
+                prompt_mask,
+                **kwargs,
+            )[0]
         )
     if attention_mask is not None:
         lookahead_mask = attention_mask[:, :, prompt:]
     else:
         # SDPA skipped the mask (causal, no padding); the lookahead rows need one, its is_causal aligns top-left.
-        first = key.shape[2] - rows.count
-        query_positions = torch.arange(first, first + rows.count, device=query.device)[:, None]
+        query_positions = torch.arange(before_rows, before_rows + rows.count, device=query.device)[:, None]
         key_positions = torch.arange(key.shape[2], device=query.device)
         lookahead_mask = key_positions <= query_positions
         window = kwargs.get("sliding_window")

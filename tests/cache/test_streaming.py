@@ -99,7 +99,6 @@ def test_a_manual_loop_of_chunks_is_evicted_chunk_by_chunk():
     [
         (dict(budget=0.5, scorer="snapkv"), "needs a budget in tokens"),
         (dict(budget=24, scorer="snapkv", allocation="adakv"), "equal counts"),
-        (dict(budget=24, scorer="lookahead"), "cannot use the lookahead scorer yet"),
     ],
 )
 def test_what_cannot_be_evicted_again_is_refused_naming_the_fix(settings, message):
@@ -109,3 +108,86 @@ def test_what_cannot_be_evicted_again_is_refused_naming_the_fix(settings, messag
     with pytest.raises(ValueError, match=rf"generate\(prefill_chunk_size=...\) in 3 chunks .*{message}"):
         generate(tiny_model(), prompt_ids(96), cache, prefill_chunk_size=32)
     assert not cache.is_compressed
+
+
+def lookahead_model(architecture: str = "llama"):
+    """A tiny model with a lookahead adapter whose LoRA is far from a no-op, so that LoRA outside the rows shows."""
+    from lookahead_cache.adapters import LookaheadConfig, add_lookahead
+
+    model = add_lookahead(tiny_model(architecture), LookaheadConfig(num_tokens=4))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
+    return model.eval()
+
+
+def test_the_lookahead_scorer_in_one_chunk_as_long_as_the_prompt_is_the_one_shot_eviction():
+    model = lookahead_model()
+    settings = {**SETTINGS, "scorer": "lookahead"}
+    chunked, whole = LookaheadCache(**settings), LookaheadCache(**settings)
+    output = generate(model, prompt_ids(96), chunked, prefill_chunk_size=96)
+    assert torch.equal(output, generate(model, prompt_ids(96), whole))
+    assert torch.equal(chunked.kept_tokens(), whole.kept_tokens())
+    for layer, whole_layer in zip(chunked.layers, whole.layers):
+        assert torch.equal(layer.keys, whole_layer.keys)
+
+
+def test_the_lookahead_scorer_appends_its_rows_to_every_chunk_and_keeps_the_bound():
+    model = lookahead_model()
+    chunk, length, rows, layers = 16, 96, 4, model.config.num_hidden_layers
+    cache = LookaheadCache(**{**SETTINGS, "scorer": "lookahead"})
+    seen_inputs = []
+    decoder = model.get_decoder()
+    handle = decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: (
+            seen_inputs.append(kwargs["inputs_embeds"].shape[1])
+            if kwargs.get("inputs_embeds") is not None
+            else seen_inputs.append(kwargs["input_ids"].shape[1])
+        ),
+        with_kwargs=True,
+    )
+    try:
+        output = generate(model, prompt_ids(length), cache, new_tokens=3, prefill_chunk_size=chunk)
+    finally:
+        handle.remove()
+    # The adapter's hook runs first (registered first): every chunk that the cache evicts carries the rows, from the
+    # second chunk on (the first fits the budget, kept whole without scoring); decoding steps do not.
+    assert seen_inputs == [chunk] + [chunk + rows] * (length // chunk - 1) + [1, 1]
+    kv_heads = model.config.num_key_value_heads
+    assert cache.peak_nbytes <= (layers * BUDGET + chunk + rows) * kv_heads * bytes_per_token(model)
+    assert int(cache.kept_tokens().max()) <= BUDGET + 2
+    assert cache.get_seq_length() == length + 2
+    assert output.shape == (1, length + 3)
+
+
+def test_the_lookahead_rows_leave_the_prompt_tokens_as_the_base_model_makes_them():
+    """The LoRA runs on the rows only: the first layer's kept keys are the base model's keys of those prompt tokens
+    (its keys depend on the token and its position alone), whichever chunk they came in."""
+    model = lookahead_model()
+    prompt = prompt_ids(96)
+    cache = LookaheadCache(**{**SETTINGS, "scorer": "lookahead"})
+    generate(model, prompt, cache, new_tokens=1, prefill_chunk_size=16)
+    full = DynamicCache()
+    with torch.no_grad(), model.disable_adapter():
+        model(prompt, **{CACHE_ARGUMENT: full})
+    keys = cache.layers[0].keys
+    matches = torch.isclose(keys[:, :, :, None], full.layers[0].keys[:, :, None], rtol=1e-4, atol=1e-5).all(-1)
+    assert bool((matches.sum(-1) == 1).all())
+
+
+def test_a_session_with_the_lookahead_scorer_stays_within_budget_plus_turn():
+    model = lookahead_model()
+    cache = LookaheadCache(**{**SETTINGS, "scorer": "lookahead"}, evict_every_prefill=True)
+    with torch.no_grad():
+        for turn in range(3):
+            model(prompt_ids(40, seed=turn), **{CACHE_ARGUMENT: cache})
+            assert cache.kept_tokens().eq(BUDGET).all()
+    assert cache.get_seq_length() == 120
+
+
+def test_the_lookahead_scorer_refuses_later_prefills_of_models_with_sliding_window_layers():
+    model = lookahead_model("gemma3")
+    cache = LookaheadCache(**{**SETTINGS, "scorer": "lookahead"})
+    with pytest.raises(ValueError, match="sliding-window layers would keep the lookahead rows"):
+        generate(model, prompt_ids(96), cache, prefill_chunk_size=32)

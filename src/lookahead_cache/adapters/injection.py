@@ -180,7 +180,10 @@ def _register_prefill_hooks(decoder: nn.Module) -> tuple:
     def append_rows(decoder, args, kwargs):
         cache = cache_argument(kwargs)
         adapter = get_lookahead(decoder)
-        if adapter is None or not (isinstance(cache, LookaheadCache) and cache.wants_lookahead_rows):
+        inputs = kwargs.get("input_ids")
+        inputs = kwargs.get("inputs_embeds") if inputs is None else inputs
+        new_tokens = 1 if inputs is None else inputs.shape[1]
+        if adapter is None or not (isinstance(cache, LookaheadCache) and cache.wants_lookahead_rows(new_tokens)):
             return None
         if args:
             raise ValueError(
@@ -188,7 +191,7 @@ def _register_prefill_hooks(decoder: nn.Module) -> tuple:
                 "as keyword arguments (input_ids=..., attention_mask=...), as transformers models pass them."
             )
         lengths = _prompt_lengths(kwargs)
-        if lengths is not None and cache.cache_config.keeps_whole(lengths):
+        if lengths is not None and cache.keeps_prefill_whole(lengths, new_tokens):
             # The cache keeps such prompts whole without scoring them: the prefill is the plain prompt's.
             cache.receive_lookahead_rows(LookaheadRows(0))
             return None

@@ -267,7 +267,7 @@ def live_cache(name: str, budget: int | float | None) -> Cache:
 def live_refusal(name: str, budget: int | float) -> str | None:
     """Why method `name` cannot run live at `budget` with a cache that evicts again (a prompt read in chunks, a
     session budget), or None when it can. The cache's own checks decide (`LookaheadCache` refuses what a later
-    prefill cannot evict again: a fraction of a prompt, the lookahead scorer, per-head allocations); `oracle` and
+    prefill cannot evict again: a fraction of a prompt, per-head allocations); `oracle` and
     `laq` score with the queries of future tokens taken from a recorded prefill, which a live run has not."""
     method = get_method(name)
     if method is full:

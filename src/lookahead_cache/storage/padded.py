@@ -148,6 +148,12 @@ class PaddedLayer(DynamicLayer, StoredLayer):
         self.keys = torch.cat([self.keys[:, :, : self.prompt_slots], kept_keys], dim=-2)
         self.values = torch.cat([self.values[:, :, : self.prompt_slots], kept_values], dim=-2)
 
+    def drop_last(self, tokens: int) -> None:
+        """Remove the last `tokens` stored tokens, compressed layer or not: the lookahead rows a prefill appended
+        for scoring, which the prompt's cache does not keep."""
+        self.keys, self.values = self.keys[:, :, :-tokens], self.values[:, :, :-tokens]
+        self.cumulative_length -= tokens
+
     def crop(self, tokens_to_remove: int) -> None:
         if self.is_compressed:
             raise ValueError(
