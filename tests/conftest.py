@@ -16,6 +16,11 @@ from transformers import (  # noqa: E402
     Qwen3Config,
 )
 
+# Under pytest-xdist (`-n auto`) the workers share the cores: one intra-op thread pool per core, not per worker each
+# as wide as the machine, which oversubscribes the cores and makes every worker slower than the tests run serially.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 COMMON = dict(
     vocab_size=128,
     hidden_size=64,

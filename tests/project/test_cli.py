@@ -114,10 +114,10 @@ def test_demo_console_script_compares_full_and_evicted_cache():
     executable = shutil.which("lookahead-cache")
     command = [executable] if executable else [sys.executable, "-m", "lookahead_cache.cli"]
     result = subprocess.run(
-        [*command, "demo", "--context-tokens", "1500", "--budget", "256", "--max-new-tokens", "16", "--rounds", "1"],
+        [*command, "demo", "--context-tokens", "1000", "--budget", "128", "--max-new-tokens", "16", "--rounds", "1"],
         capture_output=True,
         text=True,
-        # A warm-up and one round of both caches: four 1500-token prefills, slow on a CPU that other work shares.
+        # A warm-up and one round of both caches: four 1000-token prefills, slow on a CPU that other work shares.
         timeout=600,
         check=True,
     )
@@ -126,13 +126,13 @@ def test_demo_console_script_compares_full_and_evicted_cache():
     # The demo's defaults are the library's: scorer auto, which the shipped adapter turns into the lookahead scorer.
     assert list(rows[""]) == [
         "DynamicCache (full)",
-        "LookaheadCache(budget=256, scorer='auto' -> lookahead, allocation='uniform')",
+        "LookaheadCache(budget=128, scorer='auto' -> lookahead, allocation='uniform')",
     ]
     # The full cache finds the needle; whether the evicted one does is what the demo is there to show.
     code_row = next(cells for name, cells in rows.items() if name.startswith("code "))
     assert code_row[0] == "yes", result.stdout
-    assert rows["prompt tokens"] == ["1500", "1500"]
-    assert rows["prompt tokens kept per KV head"][1] == "256"
+    assert rows["prompt tokens"] == ["1000", "1000"]
+    assert rows["prompt tokens kept per KV head"][1] == "128"
     full_mib, evicted_mib = (float(cell) for cell in rows["KV cache after generation (MiB)"])
     assert evicted_mib < full_mib / 4
     # The overhead is a median of per-round ratios, explained under the table so that no one reads it as a law.

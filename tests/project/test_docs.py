@@ -47,7 +47,7 @@ def _anchors(page: Path) -> set[str]:
 def test_readme_test_command_is_the_one_ci_runs():
     # The README's two commands (demo, tests) come first; CI runs the second one as written.
     demo, tests = (block.strip() for block in readme_bash_blocks()[:2])
-    assert demo.endswith("lookahead-cache demo") and tests.endswith("python -m pytest -q")
+    assert demo.endswith("lookahead-cache demo") and tests.endswith("python -m pytest -q -n auto --maxprocesses 4")
     assert tests in (REPO_ROOT / ".ci" / "run").read_text()
 
 
