@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lookahead_cache.evaluation.metrics import METRIC_NAMES
-from lookahead_cache.evaluation.tasks import TASKS, Sample, get_task
+from lookahead_cache.evaluation.tasks import EXTRA_TASKS, TASKS, Sample, get_task
 from lookahead_cache.evaluation.tasks._stdlib import STDLIB
 from lookahead_cache.evaluation.tasks.code_continuation import TRIVIAL
 from lookahead_cache.evaluation.tasks.few_shot_classification import LABELS
@@ -45,11 +45,12 @@ def context_text(sample: Sample, tokenizer) -> str:
 
 
 def test_registry_names_match_families_and_declare_metric_and_answer_budget():
-    assert len(TASKS) == 13
+    assert len(TASKS) == 14
     for name, family in TASKS.items():
         assert family.name == name
         assert family.metric in METRIC_NAMES
-        assert 0 < family.max_new_tokens <= 128
+        # Short answers, but for the long answers of the long-output mode.
+        assert 0 < family.max_new_tokens <= (1024 if name in EXTRA_TASKS else 128)
         assert family.description and "\n" not in family.description
         assert isinstance(get_task(name), family)
 
@@ -102,7 +103,9 @@ def test_too_small_length_raises_with_the_fix(tokenizer, family):
         get_task(family).build(tokenizer, 48, 1)
 
 
-@pytest.mark.parametrize("family", ["niah_single_essay", "few_shot_classification", "code_continuation", "summary"])
+@pytest.mark.parametrize(
+    "family", ["niah_single_essay", "few_shot_classification", "code_continuation", "code_continuation_long", "summary"]
+)
 def test_length_beyond_the_text_available_raises_with_the_fix(tokenizer, family):
     with pytest.raises(ValueError, match="exceed.*shorter"):
         get_task(family).build(tokenizer, 100_000, 1)

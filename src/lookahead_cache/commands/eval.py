@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cli import budget_value, positive_int
-from ..evaluation.tasks import TASKS
+from ..evaluation.tasks import EXTRA_TASKS, TASKS
 from ..training.config import VALIDATION_SEED
 from ..training.forms import FORMS
 
@@ -19,8 +19,12 @@ ONE_SHOT_MODES = ("question-aware", "question-agnostic")
 # Each chunked mode reads the prompts of a one-shot mode in chunks.
 CHUNKED_MODES = {"chunked-question-aware": "question-aware", "chunked-question-agnostic": "question-agnostic"}
 SESSION_MODE = "session"
-MODES = (*ONE_SHOT_MODES, *CHUNKED_MODES, SESSION_MODE)
+# Question-aware prompts read in one forward, then a long answer (the family's max_new_tokens, e.g.
+# code_continuation_long's 1024), each method also with a generation budget evicting while it decodes.
+LONG_OUTPUT_MODE = "long-output"
+MODES = (*ONE_SHOT_MODES, *CHUNKED_MODES, SESSION_MODE, LONG_OUTPUT_MODE)
 DEFAULT_CHUNK_SIZE = 512
+DEFAULT_GENERATION_BUDGET = 256
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=[*TASKS, *FORMS],
         metavar="TASK",
-        help=f"Task families (the suite's if not given): {', '.join(TASKS)}; or forms of the training mix "
+        help=f"Task families (the suite's if not given, every one but {', '.join(EXTRA_TASKS)}): "
+        f"{', '.join(TASKS)}; or forms of the training mix "
         f"({', '.join(FORMS)}), e.g. with the validation seed --seed {VALIDATION_SEED} to choose settings on prompts "
         "no adapter trained on.",
     )
@@ -103,8 +108,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "then the question as a new turn). Live, each method and budget generating with a fresh cache: "
         "chunked-question-aware and chunked-question-agnostic (the same prompts read in chunks of --chunk-size "
         "tokens, evicted after every chunk), session (a chat of three turns: the document, an unrelated exchange, "
-        "the question; each method also with a session budget, rows '<method>@session', evicting at every turn). "
-        "The live modes take token budgets and the methods full, streaming, knorm, random, snapkv and pyramidkv.",
+        "the question; each method also with a session budget, rows '<method>@session', evicting at every turn), "
+        "long-output (question-aware prompts read in one forward, then the family's long answer, e.g. "
+        "code_continuation_long's 1024 tokens; each method also with --generation-budget, rows '<method>@decode', "
+        "evicting while it decodes). The live modes take token budgets; the chunked modes and session the methods "
+        "full, streaming, knorm, random, snapkv, pyramidkv and lookahead, long-output every method but oracle and laq.",
     )
     parser.add_argument(
         "--chunk-size",
@@ -112,6 +120,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_CHUNK_SIZE,
         help="Tokens per chunk of the chunked modes' prefill (generate's prefill_chunk_size); a resumed run keeps "
         "its chunk size.",
+    )
+    parser.add_argument(
+        "--generation-budget",
+        type=positive_int,
+        default=DEFAULT_GENERATION_BUDGET,
+        help="Tokens after the prompt that the long-output mode's '<method>@decode' rows keep per layer and KV head "
+        "(LookaheadCache(generation_budget=...)); at least 64, the generation interval (32) plus the window (32). A "
+        "resumed run keeps its generation budget.",
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the task samples.")
     parser.add_argument("--out", type=Path, required=True, help="Output directory (resumable).")

@@ -8,7 +8,10 @@ every (method, budget) live instead, with the method's fresh cache (`methods.liv
   reads the prompt (question-agnostic: the context; the question then follows as a later forward, appended whole)
   in chunks of C tokens and the cache evicts after every chunk;
 - sessions (`session`): a chat of three turns (`Sample.session_ids`), each a forward continuing the same cache;
-  only the first evicts by default, every one with a session budget (`<method>@session`, `evict_every_prefill=True`).
+  only the first evicts by default, every one with a session budget (`<method>@session`, `evict_every_prefill=True`);
+- long answers (`long-output`): the question-aware prompt read in one forward, then the family's long answer; the
+  cache keeps every generated token by default, and evicts them while it decodes with a generation budget
+  (`<method>@decode`, `generation_budget=G`), which no recorded prefill's replay stands for either.
 
 Then the answer is decoded greedily from the cache, as the one-shot modes decode theirs (`methods.greedy_answers`).
 """
@@ -23,12 +26,12 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
 from ..cache import LookaheadCache
-from ..commands.eval import CHUNKED_MODES, SESSION_MODE
+from ..commands.eval import CHUNKED_MODES, LONG_OUTPUT_MODE, SESSION_MODE
 from .methods import answers_after, greedy_answers
 from .tasks import Sample
 from .timing import kv_nbytes, stored_prompt_tokens
 
-LIVE_MODES = (*CHUNKED_MODES, SESSION_MODE)
+LIVE_MODES = (*CHUNKED_MODES, SESSION_MODE, LONG_OUTPUT_MODE)
 
 
 @dataclass
@@ -42,6 +45,8 @@ class LiveAnswer:
         kv_bytes: Bytes of its keys and values.
         peak_kv_bytes: The most bytes its keys and values took while the prompt was read: during every chunk of a
             chunked prefill; from the second turn on in a session (the first turn is an ordinary prefill).
+        kept_after_answer: Tokens the cache stores per layer and KV head, on average, once the answer was decoded
+            (the answer's last token, never fed, not among them).
     """
 
     answer_ids: torch.Tensor
@@ -49,6 +54,7 @@ class LiveAnswer:
     kept_tokens: float
     kv_bytes: int
     peak_kv_bytes: int
+    kept_after_answer: float
 
 
 @dataclass
@@ -106,18 +112,22 @@ class LiveRun:
             )[0]
         else:
             answer_ids = answers_after(self.model, [cache], seen, first, self.max_new_tokens, self.eos_token_id)[0]
-        return LiveAnswer(answer_ids, prefill_s, kept_tokens, kv_bytes, peak_kv_bytes)
+        return LiveAnswer(answer_ids, prefill_s, kept_tokens, kv_bytes, peak_kv_bytes, stored_prompt_tokens(cache))
 
 
 def start_live_run(model: PreTrainedModel, tokenizer, sample: Sample, mode: str, chunk_size: int | None) -> LiveRun:
-    """The live run of `sample` in live `mode`; `chunk_size` is the chunked modes' `prefill_chunk_size`."""
+    """The live run of `sample` in live `mode`; `chunk_size` is the chunked modes' `prefill_chunk_size` (the
+    long-output mode reads its question-aware prompt in one forward)."""
     common = dict(model=model, max_new_tokens=sample.max_new_tokens, eos_token_id=model.generation_config.eos_token_id)
     if mode == SESSION_MODE:
         turns = sample.session_ids(tokenizer)
         return LiveRun(turns=turns, question_ids=turns[0][:, :0], **common)
-    if mode not in CHUNKED_MODES:
+    if mode not in (*CHUNKED_MODES, LONG_OUTPUT_MODE):
         raise ValueError(f"{mode!r} is not a live mode; live modes: {', '.join(LIVE_MODES)}.")
     context_ids, question_ids = sample.prompt_ids(tokenizer)
+    if mode == LONG_OUTPUT_MODE:
+        prompt_ids = torch.cat([context_ids, question_ids], dim=-1)
+        return LiveRun(turns=[prompt_ids], question_ids=question_ids[:, :0], **common)
     if CHUNKED_MODES[mode] == "question-aware":
         turns, question_ids = [torch.cat([context_ids, question_ids], dim=-1)], question_ids[:, :0]
     else:

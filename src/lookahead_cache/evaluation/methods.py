@@ -9,10 +9,13 @@ score with those; `lookahead` runs the model's learned lookahead tokens after th
 
 The live modes of `lookahead-cache eval` (streaming prefill, sessions; `lookahead_cache.evaluation.live`) run each
 method on the model with a fresh cache instead (`live_cache`); the methods a cache evicting again cannot run are
-told by `live_refusal`, and a method's session-budget rows are named `<method>@session` (`session_budget_name`).
+told by `live_refusal`, and a method's session-budget rows are named `<method>@session` (`session_budget_name`), its
+generation-budget rows (the long-output mode, evicting while the answer decodes) `<method>@decode`
+(`generation_budget_name`).
 
 This module is the one vocabulary of methods: `FULL` (the uncompressed reference), the method names of
-`lookahead-cache eval` (`METHODS`, `get_method`, `needs_adapter`, `session_budget_name`), and the cache
+`lookahead-cache eval` (`METHODS`, `get_method`, `needs_adapter`, `session_budget_name`, `generation_budget_name`,
+`base_method`), and the cache
 configurations of `lookahead-cache bench`, written `scorer` or `scorer+allocation` (`cache_configuration`).
 """
 
@@ -180,10 +183,17 @@ class CacheMethod:
         prefills = run.lookahead_prefills() if self.needs_lookahead else run.recording.prefills
         return LookaheadCache.from_prefill(prefills, budget=budget, scorer=self.scorer, allocation=self.allocation)
 
-    def live_cache(self, budget: int | float, evict_every_prefill: bool = False) -> LookaheadCache:
-        """A fresh cache of this configuration, for a live run (`generate` on the model, which evicts)."""
+    def live_cache(
+        self, budget: int | float, evict_every_prefill: bool = False, generation_budget: int | None = None
+    ) -> LookaheadCache:
+        """A fresh cache of this configuration, for a live run (`generate` on the model, which evicts); with
+        `generation_budget`, one that also evicts while it decodes."""
         return LookaheadCache(
-            budget=budget, scorer=self.scorer, allocation=self.allocation, evict_every_prefill=evict_every_prefill
+            budget=budget,
+            scorer=self.scorer,
+            allocation=self.allocation,
+            evict_every_prefill=evict_every_prefill,
+            generation_budget=generation_budget,
         )
 
     @property
@@ -247,28 +257,52 @@ def session_budget_name(name: str) -> str:
     return f"{name}{SESSION_BUDGET_SUFFIX}"
 
 
-def live_cache(name: str, budget: int | float | None) -> Cache:
-    """A fresh cache of method `name` (or `<method>@session`) for a live run, which reads the prompt with `generate`
-    on the model instead of replaying a recorded prefill: a `DynamicCache` for `full`, the method's `LookaheadCache`
-    otherwise (with `evict_every_prefill=True` for `<method>@session`).
+# In the long-output mode each method also runs with a generation budget (`generation_budget=G`: the tokens after
+# the prompt are evicted while the answer decodes, down to G per layer and KV head); those rows are named
+# `<method>@decode`, beside the method's own rows, whose cache evicts the prompt and keeps every generated token.
+GENERATION_BUDGET_SUFFIX = "@decode"
+
+
+def generation_budget_name(name: str) -> str:
+    """The name of method `name`'s rows with a generation budget."""
+    return f"{name}{GENERATION_BUDGET_SUFFIX}"
+
+
+def base_method(name: str) -> str:
+    """The method of rows named `name`: `name` less its `@session` or `@decode` suffix."""
+    return name.removesuffix(SESSION_BUDGET_SUFFIX).removesuffix(GENERATION_BUDGET_SUFFIX)
+
+
+def live_cache(name: str, budget: int | float | None, generation_budget: int | None = None) -> Cache:
+    """A fresh cache of method `name` (or `<method>@session`, `<method>@decode`) for a live run, which reads the
+    prompt with `generate` on the model instead of replaying a recorded prefill: a `DynamicCache` for `full`, the
+    method's `LookaheadCache` otherwise (with `evict_every_prefill=True` for `<method>@session`, with
+    `generation_budget` for `<method>@decode`).
 
     Raises:
-        ValueError: The method cannot run live (`live_refusal` says why).
+        ValueError: The method cannot run live (`oracle`, `laq`: `live_refusal` says why), its cache refuses the
+            settings, or `<method>@decode` has no `generation_budget`.
     """
-    base = name.removesuffix(SESSION_BUDGET_SUFFIX)
+    base = base_method(name)
     if base == FULL:
         return DynamicCache()
-    refusal = live_refusal(base, budget)
-    if refusal is not None:
-        raise ValueError(f"Method {base!r} cannot run live: {refusal}")
-    return get_method(base).live_cache(budget, evict_every_prefill=name != base)
+    method = get_method(base)
+    if not isinstance(method, CacheMethod):
+        raise ValueError(f"Method {base!r} cannot run live: {live_refusal(base, budget)}")
+    if name == generation_budget_name(base):
+        if generation_budget is None:
+            raise ValueError(f"{name!r} rows need a generation_budget.")
+        return method.live_cache(budget, generation_budget=generation_budget)
+    return method.live_cache(budget, evict_every_prefill=name == session_budget_name(base))
 
 
-def live_refusal(name: str, budget: int | float) -> str | None:
-    """Why method `name` cannot run live at `budget` with a cache that evicts again (a prompt read in chunks, a
-    session budget), or None when it can. The cache's own checks decide (`LookaheadCache` refuses what a later
-    prefill cannot evict again: a fraction of a prompt, per-head allocations); `oracle` and
-    `laq` score with the queries of future tokens taken from a recorded prefill, which a live run has not."""
+def live_refusal(name: str, budget: int | float, generation_budget: int | None = None) -> str | None:
+    """Why method `name` cannot run live at `budget`, or None when it can: with a cache that evicts again (a prompt
+    read in chunks, a session budget), or with `generation_budget`, with one that evicts while it decodes (the
+    long-output mode). The cache's own checks decide (`LookaheadCache` refuses what a later prefill cannot evict
+    again: a fraction of a prompt, per-head allocations; and a generation budget too small for its interval and
+    window); `oracle` and `laq` score with the queries of future tokens taken from a recorded prefill, which a live
+    run has not."""
     method = get_method(name)
     if method is full:
         return None
@@ -278,7 +312,10 @@ def live_refusal(name: str, budget: int | float) -> str | None:
             "one), which a cache evicting inside generate has not."
         )
     try:
-        method.live_cache(budget, evict_every_prefill=True)
+        if generation_budget is None:
+            method.live_cache(budget, evict_every_prefill=True)
+        else:
+            method.live_cache(budget, generation_budget=generation_budget)
     except ValueError as error:
         return str(error)
     return None

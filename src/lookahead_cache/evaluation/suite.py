@@ -3,7 +3,8 @@
 For each sample and one-shot mode the prompt is prefilled once (`record_prefill`); the full cache answers first,
 then every method and budget compresses a copy of that prefill and answers greedily. In the live modes (streaming
 prefill read in chunks, sessions of three turns; `live`) every method and budget generates with a fresh cache of its
-own instead, and its rows also record `peak_kv_bytes` (sessions: and `turn_tokens`). Rows go to
+own instead, and its rows also record `peak_kv_bytes` (sessions: and `turn_tokens`; long answers, `long-output`:
+`generation_budget`, `kept_after_answer` and `agreement`). Rows go to
 `OUT/predictions.jsonl` as they are produced, so an interrupted run resumes where it stopped. The samples
 themselves go to `OUT/samples.jsonl` (token ids included), which the kvpress runner in `scripts/kvpress/` reads.
 At the end the report (`OUT/summary.md`, plots, and optionally a results page) is written from all rows.
@@ -11,7 +12,7 @@ At the end the report (`OUT/summary.md`, plots, and optionally a results page) i
 A later call into the same OUT resumes it, and may add to it: more methods, budgets, modes, tasks, lengths or
 samples (sample `i` of a family and length is the same whatever the count). What would change rows already there
 is refused before anything is written: another model (its weights' fingerprint), another seed, another chunk size
-for the chunked modes, a sample whose
+for the chunked modes or generation budget for the long-output mode, a sample whose
 tokens or answer length differ from the one recorded (another tokenizer, task code or Python version), or another
 lookahead adapter or LU-KV profile for the methods that read them.
 """
@@ -35,7 +36,7 @@ from ..adapters import get_lookahead, load_lookahead
 from ..allocation.lukv import adapter_profile
 from ..cache import LookaheadCache
 from ..cli import require_extra
-from ..commands.eval import CHUNKED_MODES, DEFAULT_MODEL, SESSION_MODE, SIZES
+from ..commands.eval import CHUNKED_MODES, DEFAULT_MODEL, LONG_OUTPUT_MODE, SESSION_MODE, SIZES
 from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, load_default_model
 from ..run_folder import append_jsonl, check_same_run, model_fingerprint, read_json, read_jsonl, write_text
 from ..training.forms import get_task
@@ -46,15 +47,16 @@ from .methods import (
     METHODS,
     CacheMethod,
     SampleRun,
+    base_method,
+    generation_budget_name,
     get_method,
     live_cache,
     live_refusal,
     needs_adapter,
     session_budget_name,
 )
-from .metrics import score
 from .replay import record_prefill
-from .tasks import SUITE_SPLIT, TASKS, Sample
+from .tasks import SUITE_SPLIT, SUITE_TASKS, Sample, score_predictions
 from .timing import kv_nbytes, stored_prompt_tokens
 
 logger = logging.get_logger(__name__)
@@ -67,7 +69,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     args.lengths = tuple(args.lengths or size.lengths)
     args.samples = args.samples or size.samples
     args.modes = tuple(args.modes or size.modes)
-    args.tasks = tuple(args.tasks or TASKS)
+    args.tasks = tuple(args.tasks or SUITE_TASKS)
     for name in args.tasks:
         get_task(name)
     for name in args.methods:
@@ -76,7 +78,15 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError("--methods must include 'full': it is the reference, and the oracle needs its answer.")
     for budget in args.budgets:
         LookaheadCache(budget=budget, scorer="streaming")
-    check_live_modes(args.modes, args.methods, args.budgets)
+    check_live_modes(args.modes, args.methods, args.budgets, args.generation_budget)
+    if LONG_OUTPUT_MODE in args.modes:
+        short = [name for name in args.tasks if get_task(name).max_new_tokens <= args.generation_budget]
+        if short:
+            logger.warning(
+                f"--modes {LONG_OUTPUT_MODE}: the answers of {', '.join(short)} are at most --generation-budget "
+                f"{args.generation_budget} tokens long, so their '@decode' rows never evict while decoding; the mode "
+                "is made for code_continuation_long (1024 tokens)."
+            )
     if any(needs_adapter(name) for name in args.methods) and args.adapter is None and args.model != DEFAULT_MODEL:
         raise ValueError(
             "--methods lookahead, lookahead-* and lukv with a --model of your own need --adapter (its lookahead "
@@ -84,22 +94,37 @@ def check_arguments(args: argparse.Namespace) -> None:
         )
 
 
-def check_live_modes(modes: tuple[str, ...], methods: list[str], budgets: tuple[int | float, ...]) -> None:
+def check_live_modes(
+    modes: tuple[str, ...],
+    methods: list[str],
+    budgets: tuple[int | float, ...],
+    generation_budget: int | None = None,
+) -> None:
     """Refuse, before any sample runs, a method or budget that a live mode cannot run (see `methods.live_refusal`):
-    its cache evicts again at every chunk or turn."""
+    its cache evicts again at every chunk or turn, or (long-output) while it decodes, with `generation_budget`."""
     for mode in (mode for mode in modes if mode in LIVE_MODES):
         one_shot = CHUNKED_MODES.get(mode, "question-aware or question-agnostic")
+        decoding = generation_budget if mode == LONG_OUTPUT_MODE else None
         fractions = [budget for budget in budgets if isinstance(budget, float)]
         if fractions:
+            why = (
+                "whose bound on what the cache holds after the answer, budget + generation budget, counts tokens"
+                if mode == LONG_OUTPUT_MODE
+                else "which a cache that evicts at every chunk or turn cannot keep"
+            )
             raise ValueError(
                 f"--modes {mode} needs --budgets in tokens: {', '.join(map(str, fractions))} are fractions of a "
-                "prompt, which a cache that evicts at every chunk or turn cannot keep. Pass token budgets, or evaluate "
-                f"the fractions in another run with --modes {one_shot}."
+                f"prompt, {why}. Pass token budgets, or evaluate the fractions in another run with --modes {one_shot}."
             )
         for name, budget in ((name, budget) for name in methods for budget in budgets):
-            refusal = live_refusal(name, budget)
+            refusal = live_refusal(name, budget, decoding)
             if refusal is not None:
-                usable = [other for other in METHODS if other != FULL and live_refusal(other, budget) is None]
+                usable = [other for other in METHODS if other != FULL and live_refusal(other, budget, decoding) is None]
+                if not usable:
+                    setting = f"--budgets {budget}" + (f" --generation-budget {decoding}" if decoding else "")
+                    raise ValueError(
+                        f"--methods {name} cannot run in --modes {mode}: {refusal} No method can with {setting}."
+                    )
                 raise ValueError(
                     f"--methods {name} cannot run in --modes {mode}: {refusal} In {mode} use {', '.join(usable)} "
                     f"(beside full), or evaluate {name} with --modes {one_shot}."
@@ -155,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
         done,
         dependencies,
         chunk_size=args.chunk_size,
+        generation_budget=args.generation_budget,
     )
     logger.info(f"Evaluation took {time.perf_counter() - started:.0f} s.")
     all_rows = report.load_rows(args.out)
@@ -225,11 +251,12 @@ def evaluate_samples(
     done: set[tuple],
     dependencies: dict[str, dict[str, str]],
     chunk_size: int | None = None,
+    generation_budget: int | None = None,
 ) -> None:
     """Run every (method, budget) on every sample and mode not in `done` (keys `(sample_id, mode, method, budget)`),
     appending rows to `predictions_path`; each row records the `dependencies` of its method. The session mode runs
-    each method also with a session budget (rows `<method>@session`); the chunked modes read prompts in chunks of
-    `chunk_size` tokens."""
+    each method also with a session budget (rows `<method>@session`), the long-output mode with `generation_budget`
+    (rows `<method>@decode`); the chunked modes read prompts in chunks of `chunk_size` tokens."""
     configs = {mode: mode_configurations(mode, methods, budgets) for mode in modes}
     progress = tqdm(total=len(samples) * sum(map(len, configs.values())), desc="eval", unit="answer")
     with append_jsonl(predictions_path) as append:
@@ -242,11 +269,11 @@ def evaluate_samples(
                 progress.set_postfix(sample=sample.id, mode=mode)
                 if mode in LIVE_MODES:
                     run = start_live_run(model, tokenizer, sample, mode, chunk_size)
-                    rows = _evaluate_live(tokenizer, sample, mode, run, todo, progress)
+                    rows = _evaluate_live(tokenizer, sample, mode, run, todo, progress, generation_budget)
                 else:
                     rows = _evaluate_sample(model, tokenizer, sample, mode, todo, progress)
                 for row in rows:
-                    append({**row, **dependencies.get(row["method"], {})})
+                    append({**row, **dependencies.get(base_method(row["method"]), {})})
     progress.close()
 
 
@@ -254,10 +281,13 @@ def mode_configurations(
     mode: str, methods: list[str], budgets: tuple[int | float, ...]
 ) -> list[tuple[str, int | float | None]]:
     """The (method, budget) rows of a sample in `mode`: `full` once, then every other method at every budget, in
-    the session mode also with a session budget (`<method>@session`)."""
+    the session mode also with a session budget (`<method>@session`), in the long-output mode with a generation
+    budget (`<method>@decode`)."""
     names = [method for method in methods if method != FULL]
     if mode == SESSION_MODE:
         names = [name for method in names for name in (method, session_budget_name(method))]
+    elif mode == LONG_OUTPUT_MODE:
+        names = [name for method in names for name in (method, generation_budget_name(method))]
     return [(FULL, None)] + [(name, budget) for name in names for budget in budgets]
 
 
@@ -306,7 +336,7 @@ def prediction_row(
         "prediction": prediction,
         "answers": list(sample.answers),
         "metric": sample.metric,
-        "score": score(sample.metric, [prediction], [list(sample.answers)])[0],
+        "score": score_predictions(sample.family, sample.metric, [prediction], [list(sample.answers)])[0],
         "prefill_s": prefill_s,
         "compress_s": compress_s,
         "kv_bytes": footprint[1],
@@ -314,12 +344,36 @@ def prediction_row(
     }
 
 
-def _evaluate_live(tokenizer, sample: Sample, mode: str, run: LiveRun, configs, progress):
+def _evaluate_live(
+    tokenizer, sample: Sample, mode: str, run: LiveRun, configs, progress, generation_budget: int | None = None
+):
     """The rows of a live mode: each (method, budget) reads the prompt with `generate` into its own fresh cache. They
-    carry `peak_kv_bytes`, and in the session mode `turn_tokens` (the longest turn after the first)."""
+    carry `peak_kv_bytes`, in the session mode `turn_tokens` (the longest turn after the first), and in the
+    long-output mode `generation_budget` (`generation_budget` for `<method>@decode` rows, else null),
+    `kept_after_answer` (the tokens per layer and KV head the cache holds once the answer was decoded) and
+    `agreement` (`<method>@decode` rows: the common prefix of their answer with the `<method>` answer at the same
+    budget, over that answer's length; else null)."""
     extra = {"turn_tokens": run.longest_later_turn} if mode == SESSION_MODE else {}
+    # The long-output mode's `<method>` answers, which its `<method>@decode` rows are compared with.
+    plain_answers: dict[tuple[str, int | float | None], torch.Tensor] = {}
     for method, budget in configs:
-        live = run.answer(live_cache(method, budget))
+        decodes = mode == LONG_OUTPUT_MODE and method == generation_budget_name(base_method(method))
+        live = run.answer(live_cache(method, budget, generation_budget if decodes else None))
+        if mode == LONG_OUTPUT_MODE:
+            if not decodes:
+                plain_answers[(method, budget)] = live.answer_ids
+            agreement = None
+            if decodes:
+                plain = (base_method(method), budget)
+                if plain not in plain_answers:
+                    # Its row was written by an earlier call: the same greedy answer again, for the comparison.
+                    plain_answers[plain] = run.answer(live_cache(plain[0], budget)).answer_ids
+                agreement = answer_agreement(live.answer_ids, plain_answers[plain])
+            extra = {
+                "generation_budget": generation_budget if decodes else None,
+                "kept_after_answer": live.kept_after_answer,
+                "agreement": agreement,
+            }
         footprint = (live.kept_tokens, live.kv_bytes)
         yield prediction_row(
             tokenizer,
@@ -336,6 +390,16 @@ def _evaluate_live(tokenizer, sample: Sample, mode: str, run: LiveRun, configs, 
             **extra,
         )
         progress.update()
+
+
+def answer_agreement(answer_ids: torch.Tensor, reference_ids: torch.Tensor) -> float:
+    """How far `answer_ids` (`[1, k]`) follows `reference_ids` (`[1, m]`): the length of their common prefix, token
+    by token up to the first difference, over the reference's length (1.0 when identical, or both empty)."""
+    answer, reference = answer_ids[0].tolist(), reference_ids[0].tolist()
+    if not reference:
+        return 1.0
+    common = next((i for i, (a, b) in enumerate(zip(answer, reference)) if a != b), min(len(answer), len(reference)))
+    return common / len(reference)
 
 
 def _evaluate_sample(model, tokenizer, sample: Sample, mode: str, configs, progress):
@@ -391,7 +455,7 @@ def _check_dependencies_of_done_rows(rows: list[dict], path: Path, dependencies:
     others = {
         (row["method"], kind, row.get(kind))
         for row in rows
-        for kind, fingerprint in dependencies.get(row["method"], {}).items()
+        for kind, fingerprint in dependencies.get(base_method(row["method"]), {}).items()
         if row.get(kind) != fingerprint
     }
     if others:
@@ -421,6 +485,7 @@ def _settings(args: argparse.Namespace, model: PreTrainedModel) -> dict:
         "modes": list(args.modes),
         "seed": args.seed,
         **({"chunk_size": args.chunk_size} if any(mode in CHUNKED_MODES for mode in args.modes) else {}),
+        **({"generation_budget": args.generation_budget} if LONG_OUTPUT_MODE in args.modes else {}),
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": str(model.device),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
@@ -433,7 +498,8 @@ def _settings(args: argparse.Namespace, model: PreTrainedModel) -> dict:
 
 def _resumed_settings(path: Path, settings: dict) -> dict:
     """What `settings.json` holds once this call has run: refused if the run there has another model or seed, or
-    both read prompts in chunks (`chunk_size`, recorded by runs of the chunked modes) of another size.
+    both read prompts in chunks (`chunk_size`, recorded by runs of the chunked modes) of another size, or both ran
+    the long-output mode with another generation budget (`generation_budget`).
 
     Otherwise this call adds its methods, budgets, ... to the lists; where its environment differs (a newer
     transformers, another day) both values are listed, so that rows kept from the earlier run are not credited to
@@ -443,14 +509,16 @@ def _resumed_settings(path: Path, settings: dict) -> dict:
         return settings
     previous = read_json(path)
     identity = {"--model": "model", "model_sha256": "model_sha256", "--seed": "seed"}
-    if "chunk_size" in settings and "chunk_size" in previous:
-        identity["--chunk-size"] = "chunk_size"
+    for option, key in (("--chunk-size", "chunk_size"), ("--generation-budget", "generation_budget")):
+        if key in settings and key in previous:
+            identity[option] = key
     check_same_run(
         path.parent,
         {name: previous[key] for name, key in identity.items() if key in previous},
         {name: settings[key] for name, key in identity.items()},
     )
-    # What only the earlier run recorded stays (a chunk size, when this call runs no chunked mode).
+    # What only the earlier run recorded stays (a chunk size, when this call runs no chunked mode; a generation
+    # budget, when it runs no long-output mode).
     merged = {**previous, **settings}
     for key, value in settings.items():
         if key not in previous or previous[key] == value:
@@ -487,6 +555,8 @@ def _command_line(args: argparse.Namespace) -> str:
     parts.append(f"--samples {args.samples} --modes " + " ".join(args.modes) + f" --seed {args.seed}")
     if any(mode in CHUNKED_MODES for mode in args.modes):
         parts.append(f"--chunk-size {args.chunk_size}")
+    if LONG_OUTPUT_MODE in args.modes:
+        parts.append(f"--generation-budget {args.generation_budget}")
     if args.results_page is not None:
         parts.append(f"--results-page {args.results_page}")
     return " ".join(parts)

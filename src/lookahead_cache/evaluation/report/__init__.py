@@ -9,7 +9,8 @@ into:
 * `markdown_summary` (`tables`): one table per (mode, context length), beside the other markdown tables;
 * `plot_accuracy_vs_budget` and `plot_overhead` (`plots`): PNG figures;
 * `live_mode_comparisons` (`comparisons`): the live modes of `lookahead-cache eval` (streaming prefill, sessions)
-  beside the one-shot ones at equal budgets, as paired differences with intervals;
+  beside the one-shot ones at equal budgets, and long answers with and without a generation budget, as paired
+  differences with intervals;
 * `write_results_page` (`page`): all of the above on one markdown page (docs/results.md).
 
 Every number written comes from the rows, and everything is ordered deterministically, so that a regenerated

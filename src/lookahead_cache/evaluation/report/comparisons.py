@@ -8,6 +8,11 @@
   unbounded, then the cache's footprint: tokens kept per layer and KV head before the answer, the most held from the
   second turn on (`peak_kv_bytes` in tokens), and the bound a session budget keeps, the budget plus the longest turn
   after the first.
+* Long answers (`long-output`): one table per context length; rows (method, budget), columns the mean of the
+  method's cache keeping every generated token (`<method>`), with a generation budget (`<method>@decode`) and the
+  difference generation budget minus kept, the mean `agreement` of the `@decode` answers with the kept ones (their
+  common prefix over the kept answer's length), the tokens per layer and KV head the caches hold once the answer is
+  decoded (`kept_after_answer`), and the bound a generation budget keeps, the budget plus the generation budget.
 
 Every mean is over the samples that both sides of its comparison have (paired), a macro average of family means
 like `summarize`'s `average`, with its percentile bootstrap interval from resampling samples within each family
@@ -21,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ...commands.eval import CHUNKED_MODES, SESSION_MODE
-from ..methods import FULL, SESSION_BUDGET_SUFFIX
+from ...commands.eval import CHUNKED_MODES, LONG_OUTPUT_MODE, SESSION_MODE
+from ..methods import FULL, GENERATION_BUDGET_SUFFIX, SESSION_BUDGET_SUFFIX, generation_budget_name
 from .statistics import BOOTSTRAP_RESAMPLES, bootstrap_interval, budget_key
 from .tables import budget_label, markdown_table
 
@@ -38,8 +43,8 @@ Key = tuple[str, str, tuple[int, float], int]  # (mode, method, budget key, cont
 
 def live_mode_comparisons(rows: Iterable[dict[str, Any]]) -> str:
     """The markdown sections comparing the live modes with the one-shot ones (empty when no live mode has rows):
-    a caption, then `### streaming prefill, <one-shot mode>, <length> tokens` and `### session, <length> tokens`
-    tables."""
+    a caption, then `### streaming prefill, <one-shot mode>, <length> tokens`, `### session, <length> tokens` and
+    `### long output, <length> tokens` tables."""
     indexed = _index(rows)
     sections = []
     for chunked, one_shot in CHUNKED_MODES.items():
@@ -47,6 +52,10 @@ def live_mode_comparisons(rows: Iterable[dict[str, Any]]) -> str:
             sections.append(f"### streaming prefill ({chunked} against {one_shot}), {length} tokens\n\n{table}")
     for length, table in _session_tables(indexed).items():
         sections.append(f"### session: unbounded against session budget, {length} tokens\n\n{table}")
+    for length, table in _long_output_tables(indexed).items():
+        sections.append(
+            f"### long output: generated tokens kept against a generation budget, {length} tokens\n\n{table}"
+        )
     if not sections:
         return ""
     return "\n## Live modes beside the one-shot ones\n\n" + "\n\n".join([COMPARISONS_CAPTION, *sections]) + "\n"
@@ -165,6 +174,57 @@ def _session_tables(indexed: dict[Key, dict]) -> dict[int, str]:
     return tables
 
 
+def _long_output_tables(indexed: dict[Key, dict]) -> dict[int, str]:
+    tables = {}
+    for length, configurations in _configurations(indexed, LONG_OUTPUT_MODE).items():
+        lines = []
+        for method, budget in configurations:
+            rows = indexed[(LONG_OUTPUT_MODE, method, budget, length)]
+            label = budget_label(next(iter(rows.values()))["budget"])
+            if method == FULL:
+                n, (reference, _, _) = paired_means(rows, rows)
+                lines.append([method, label, str(n), _cell(reference), "–", "–", "–", _after(rows.values()), "–"])
+                continue
+            if method.endswith(GENERATION_BUDGET_SUFFIX):
+                continue
+            decoding = indexed.get((LONG_OUTPUT_MODE, generation_budget_name(method), budget, length))
+            if not decoding:
+                continue
+            n, (decoding_mean, kept_mean, difference) = paired_means(decoding, rows)
+            paired = sorted(set(decoding) & set(rows))
+            agreements = [decoding[i]["agreement"] for i in paired if decoding[i].get("agreement") is not None]
+            agreement = float(np.mean(agreements)) if agreements else None
+            generation = max(int(decoding[sample_id].get("generation_budget") or 0) for sample_id in paired)
+            budget_tokens = next(iter(rows.values()))["budget"]
+            lines.append(
+                [
+                    method,
+                    label,
+                    str(n),
+                    _cell(kept_mean),
+                    _cell(decoding_mean),
+                    _cell(difference, signed=True),
+                    "–" if agreement is None else f"{agreement:.2f}",
+                    f"{_after(rows[i] for i in paired)} / {_after(decoding[i] for i in paired)}",
+                    f"{budget_tokens + generation} ({budget_tokens} + {generation})",
+                ]
+            )
+        if lines:
+            header = [
+                "method",
+                "budget",
+                "samples",
+                "generated tokens kept",
+                "generation budget",
+                "generation budget - kept",
+                "mean agreement",
+                "mean tokens/head after the answer (kept / generation budget)",
+                "budget + generation budget",
+            ]
+            tables[length] = markdown_table(header, lines)
+    return tables
+
+
 def _cell(value: tuple[float, float | None, float | None], signed: bool = False) -> str:
     mean, low, high = value
     number = "{:+.1f}" if signed else "{:.1f}"
@@ -176,6 +236,12 @@ def _cell(value: tuple[float, float | None, float | None], signed: bool = False)
 def _kept(rows: Iterable[dict[str, Any]]) -> str:
     """Mean tokens kept per layer and KV head before the answer."""
     return f"{np.mean([row['kept_tokens'] for row in rows]):.0f}"
+
+
+def _after(rows: Iterable[dict[str, Any]]) -> str:
+    """Mean tokens per layer and KV head the caches hold once the answer was decoded."""
+    values = [row["kept_after_answer"] for row in rows if row.get("kept_after_answer") is not None]
+    return f"{np.mean(values):.0f}" if values else "–"
 
 
 def _peak(rows: Iterable[dict[str, Any]]) -> str:

@@ -200,18 +200,21 @@ def bootstrap_interval(samples: list[np.ndarray]) -> tuple[float | None, float |
 
 
 def _fill_missing_scores(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Score the rows that lack a score, one metric call per metric so that metrics with a setup cost pay it once."""
-    unscored: dict[str, list[int]] = {}
+    """Score the rows that lack a score, one metric call per family and metric so that metrics with a setup cost pay
+    it few times (a family may score its answers its own way, `tasks.score_predictions`)."""
+    unscored: dict[tuple[str, str], list[int]] = {}
     for i, row in enumerate(rows):
         if row.get("score") is None:
-            unscored.setdefault(row["metric"], []).append(i)
+            unscored.setdefault((row["family"], row["metric"]), []).append(i)
     if not unscored:
         return rows
-    from ..metrics import score
+    from ..tasks import score_predictions
 
     rows = list(rows)
-    for metric, indices in unscored.items():
-        values = score(metric, [rows[i]["prediction"] for i in indices], [rows[i]["answers"] for i in indices])
+    for (family, metric), indices in unscored.items():
+        values = score_predictions(
+            family, metric, [rows[i]["prediction"] for i in indices], [rows[i]["answers"] for i in indices]
+        )
         for i, value in zip(indices, values, strict=True):
             rows[i] = {**rows[i], "score": value}
     return rows

@@ -25,6 +25,7 @@ TASKS = Registry(
         "frequent_words": ".frequent_words:FrequentWords",
         "doc_qa": ".doc_qa:DocQA",
         "code_continuation": ".code_continuation:CodeContinuation",
+        "code_continuation_long": ".code_continuation_long:CodeContinuationLong",
         "few_shot_classification": ".few_shot_classification:FewShotClassification",
         "summary": ".summary:Summary",
     },
@@ -57,6 +58,21 @@ TRAINING_TASKS = (
 )
 # The suite's families by whether the training mix uses them: evaluation reports a macro average over each.
 SUITE_SPLIT = {"held out": HELD_OUT_TASKS, "training": TRAINING_TASKS}
+# Families outside the suite, run when named (`lookahead-cache eval --tasks`): the long answers of the long-output
+# mode.
+EXTRA_TASKS = ("code_continuation_long",)
+# What `lookahead-cache eval` runs unless told otherwise: every family but the extra ones, in registry order.
+SUITE_TASKS = tuple(name for name in TASKS if name not in EXTRA_TASKS)
+
+
+def score_predictions(family: str, metric: str, predictions: list[str], references: list[list[str]]) -> list[float]:
+    """Per-sample scores of rows of `family` scored with `metric`: the family's own scoring (`TaskFamily.score`)
+    when it is a suite family of that metric, the metric's otherwise (training forms, rows of other runners)."""
+    if family in TASKS and TASKS[family].metric == metric:
+        return TASKS[family]().score(predictions, references)
+    from ..metrics import score
+
+    return score(metric, predictions, references)
 
 
 def get_task(name: str) -> TaskFamily:
@@ -70,12 +86,15 @@ def get_task(name: str) -> TaskFamily:
 __all__ = [
     "TASKS",
     "Draft",
+    "EXTRA_TASKS",
     "Sample",
     "Slot",
     "TaskFamily",
     "HELD_OUT_TASKS",
     "SUITE_SPLIT",
+    "SUITE_TASKS",
     "TRAINING_TASKS",
     "get_task",
+    "score_predictions",
     *TASKS.modules_by_class(),
 ]

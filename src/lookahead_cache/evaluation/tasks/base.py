@@ -230,6 +230,13 @@ class TaskFamily(ABC):
             )
         return [self._sample(tokenizer, Slot(self.name, context_length, seed, index)) for index in range(num_samples)]
 
+    def score(self, predictions: list[str], references: list[list[str]]) -> list[float]:
+        """Per-sample scores of `predictions` against their `references` with the family's metric (`metrics.score`);
+        a family whose answers the metric does not read as they are (several lines of code, say) overrides it."""
+        from ..metrics import score
+
+        return score(self.metric, predictions, references)
+
     @abstractmethod
     def _drafts(self, tokenizer: PreTrainedTokenizerBase, slot: Slot) -> Iterator[Draft]:
         """Drafts of the sample in `slot`, to be tried in turn: the first that fits the length is kept."""
