@@ -33,7 +33,7 @@ from .decoding import decode_mask_hook
 from .discovery import AttentionWatch, attention_not_found
 from .eviction import FULL_ATTENTION, Eviction, evict_layer
 from .lookahead_rows import LookaheadRows
-from .prefill import LayerPrefill, cache_argument, generate_prefill_chunks, padding_from_mask
+from .prefill import LayerPrefill, cache_argument, generate_prefill_chunk, generate_prefill_chunks, padding_from_mask
 from .scorers import Scorer, get_scorer, scorer_name, scorer_settings
 from .storage import PaddedLayer, StoredLayer, stack_layers
 
@@ -98,6 +98,11 @@ class LookaheadCache(Cache):
             `generation_interval` tokens vote for `generation_budget - generation_interval` of them to keep (its
             last `window` always), so a layer never holds more than `generation_budget` tokens after its prompt.
         generation_interval: Tokens generated between two evictions of the generated part.
+        streaming_budget: With `generate(prefill_chunk_size=...)`, the chunks before the last are evicted to this
+            many tokens per layer and KV head (at least `budget`), the last (the end of the prompt, with its
+            question) to `budget`, so that the question's queries or lookahead rows choose among more of the earlier
+            tokens; the prefill then holds up to streaming_budget + chunk tokens per layer and KV head. None (the
+            default): every chunk is evicted to `budget`.
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class LookaheadCache(Cache):
         evict_every_prefill: bool = False,
         generation_budget: int | None = None,
         generation_interval: int = DEFAULT_GENERATION_INTERVAL,
+        streaming_budget: int | None = None,
     ):
         # Instances are recorded by registered name and settings, so that `from_config` rebuilds them (an allocator
         # instance's own arguments, e.g. a loaded LU-KV profile, are not recorded).
@@ -127,6 +133,7 @@ class LookaheadCache(Cache):
             evict_every_prefill=evict_every_prefill,
             generation_budget=generation_budget,
             generation_interval=generation_interval,
+            streaming_budget=streaming_budget,
         )
         self._scorer_is_auto = scorer == _AUTO
         if self._scorer_is_auto and scorer_kwargs:
@@ -159,6 +166,8 @@ class LookaheadCache(Cache):
         self._lookahead_rows: LookaheadRows | None = None
         self._attention_modules: dict[int, nn.Module] = {}
         self._generation_eviction: GenerationEviction | None = None
+        # True while a chunk of a `generate(prefill_chunk_size=...)` prefill but its last is evicted.
+        self._streaming_chunk = False
         self._watch: AttentionWatch | None = AttentionWatch(self, self._end_layer_prefill, self._end_prefill)
 
     def reset(self) -> None:
@@ -189,6 +198,7 @@ class LookaheadCache(Cache):
             evict_every_prefill=config.evict_every_prefill,
             generation_budget=config.generation_budget,
             generation_interval=config.generation_interval,
+            streaming_budget=config.streaming_budget,
         )
 
     def fresh(self) -> LookaheadCache:
@@ -203,6 +213,7 @@ class LookaheadCache(Cache):
             evict_every_prefill=config.evict_every_prefill,
             generation_budget=config.generation_budget,
             generation_interval=config.generation_interval,
+            streaming_budget=config.streaming_budget,
         )
 
     @classmethod
@@ -294,6 +305,7 @@ class LookaheadCache(Cache):
         if self._state == _WAITING:
             # The adapter's hook has announced its rows (or not) before the first layer ran.
             self._resolve_auto_scorer(has_adapter=self._lookahead_rows is not None)
+            self._streaming_chunk = _before_last_evicting_chunk()
             chunks = generate_prefill_chunks()
             if chunks > 1 or self.cache_config.evict_every_prefill:
                 what = (
@@ -334,6 +346,7 @@ class LookaheadCache(Cache):
         self._state = _PREFILLING
         self._later_prefill = True
         self._prefilled_layers = set()
+        self._streaming_chunk = _before_last_evicting_chunk()
         self._watch = AttentionWatch(self, self._end_layer_prefill, self._end_prefill)
 
     def _evicts_later_prefills(self) -> bool:
@@ -528,7 +541,10 @@ class LookaheadCache(Cache):
         for observer in self._prefill_observers:
             observer(prefill)
         layer_idx = prefill.layer_idx
-        self.layers[layer_idx] = evict_layer(prefill, self._eviction)
+        eviction = self._eviction
+        if self._streaming_chunk and self.cache_config.streaming_budget is not None:
+            eviction = replace(eviction, config=replace(self.cache_config, budget=self.cache_config.streaming_budget))
+        self.layers[layer_idx] = evict_layer(prefill, eviction)
         self._prefilled_layers.add(layer_idx)
         if self._generation_eviction is not None:
             self._generation_eviction.forget(layer_idx)
@@ -574,6 +590,16 @@ class LookaheadCache(Cache):
     def _select_generation_rows(self, select: Callable[[torch.Tensor], torch.Tensor]) -> None:
         if self._generation_eviction is not None:
             self._generation_eviction.select_rows(select)
+
+
+def _before_last_evicting_chunk() -> bool:
+    """Whether the forward calling this reads a chunk of a `generate(prefill_chunk_size=...)` prefill before the last
+    one that evicts (a last chunk of one token is read as a decoding step, which evicts nothing)."""
+    index, lengths = generate_prefill_chunk()
+    last = len(lengths) - 1
+    if last > 0 and lengths[last] == 1:
+        last -= 1
+    return index < last
 
 
 def _generation_hook(cache: LookaheadCache, layer_idx: int) -> Callable:

@@ -40,6 +40,11 @@ class LookaheadCacheConfig:
             `generation_interval` forwards vote, with their queries, for the ones to keep, down to
             `generation_budget - generation_interval`; the last `window` of them are always kept.
         generation_interval: Tokens generated between two evictions of the generated part.
+        streaming_budget: Tokens per layer and KV head that the chunks of a `generate(prefill_chunk_size=...)`
+            prefill but the last are evicted to (at least `budget`); the last chunk, which holds the end of the prompt
+            (the question), evicts to `budget`. None (the default): every chunk evicts to `budget`. A larger one lets
+            the last chunk's queries (or lookahead rows) choose among more of the earlier tokens, at the cost of
+            streaming_budget + chunk tokens held while the prompt streams in.
     """
 
     budget: int | float = DEFAULT_BUDGET
@@ -52,6 +57,7 @@ class LookaheadCacheConfig:
     evict_every_prefill: bool = False
     generation_budget: int | None = None
     generation_interval: int = DEFAULT_GENERATION_INTERVAL
+    streaming_budget: int | None = None
 
     def __post_init__(self):
         # NumPy and other numeric scalars (e.g. a budget from np.arange) are taken as the int or float they hold.
@@ -82,6 +88,20 @@ class LookaheadCacheConfig:
                 f"budget={self.budget}. Raise the budget or pass smaller sink/window values."
             )
         self._check_generation_budget()
+        self._check_streaming_budget()
+
+    def _check_streaming_budget(self) -> None:
+        if self.streaming_budget is None:
+            return
+        self.streaming_budget = _plain_number(self.streaming_budget)
+        if isinstance(self.streaming_budget, bool) or not isinstance(self.streaming_budget, int):
+            raise ValueError(f"streaming_budget={self.streaming_budget!r} must be an int (tokens per KV head) or None.")
+        if not isinstance(self.budget, int) or self.streaming_budget < self.budget:
+            raise ValueError(
+                f"streaming_budget={self.streaming_budget} must be an int no smaller than budget={self.budget}: the "
+                "chunks before the last are evicted to it, the last to the budget. Pass an int budget and a "
+                "streaming_budget of at least that many tokens."
+            )
 
     def _check_generation_budget(self) -> None:
         self.generation_interval = _plain_number(self.generation_interval)

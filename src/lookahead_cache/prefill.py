@@ -26,20 +26,30 @@ def cache_argument(kwargs: dict):
     return kwargs.get("past_key_values") if cache is None else cache
 
 
-def generate_prefill_chunks() -> int:
-    """Into how many chunks transformers' `generate(prefill_chunk_size=...)` splits the prefill that calls this
-    (1 outside such a prefill).
+def generate_prefill_chunk() -> tuple[int, list[int]]:
+    """`(index, lengths)`: which chunk of transformers' `generate(prefill_chunk_size=...)` the forward that calls
+    this reads, and the token counts of all its chunks; `(0, [])` outside such a prefill.
 
     `generate` tells the model nothing of the chunks: each is an ordinary forward, so its prefill frame (where the
-    chunks are a local, `input_chunks`, in transformers 5.19 to 5.25) is the only place they can be seen.
+    chunks are a local, `input_chunks`, and the one being read `input_chunk`, in transformers 5.19 to 5.25) is the
+    only place they can be seen.
     """
     frame = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name == "_prefill" and isinstance(frame.f_locals.get("self"), GenerationMixin):
             chunks = frame.f_locals.get("input_chunks")
-            return 1 if chunks is None else len(chunks)
+            if chunks is None:
+                return 0, []
+            current = frame.f_locals.get("input_chunk")
+            index = next((i for i, chunk in enumerate(chunks) if chunk is current), 0)
+            return index, [chunk.shape[-1] for chunk in chunks]
         frame = frame.f_back
-    return 1
+    return 0, []
+
+
+def generate_prefill_chunks() -> int:
+    """Into how many chunks `generate(prefill_chunk_size=...)` splits the prefill that calls this (1 outside one)."""
+    return max(1, len(generate_prefill_chunk()[1]))
 
 
 @dataclass

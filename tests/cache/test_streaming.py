@@ -191,3 +191,35 @@ def test_the_lookahead_scorer_refuses_later_prefills_of_models_with_sliding_wind
     cache = LookaheadCache(**{**SETTINGS, "scorer": "lookahead"})
     with pytest.raises(ValueError, match="sliding-window layers would keep the lookahead rows"):
         generate(model, prompt_ids(96), cache, prefill_chunk_size=32)
+
+
+@pytest.mark.parametrize("length", [96, 97])  # 97: the last chunk is one token, read as a decoding step
+def test_a_streaming_budget_holds_more_while_streaming_and_the_budget_after_the_last_chunk(length):
+    model = tiny_model()
+    chunk, layers, streaming_budget = 16, model.config.num_hidden_layers, 40
+    cache = LookaheadCache(**SETTINGS, streaming_budget=streaming_budget)
+    generate(model, prompt_ids(length), cache, new_tokens=1, prefill_chunk_size=chunk)
+    kv_heads = model.config.num_key_value_heads
+    assert cache.peak_nbytes <= (layers * streaming_budget + chunk) * kv_heads * bytes_per_token(model)
+    # More than the plain budget was held on the way (one layer at least kept streaming_budget tokens) ...
+    assert cache.peak_nbytes > (layers * BUDGET + chunk) * kv_heads * bytes_per_token(model)
+    # ... and the last evicting chunk went back to the budget (plus the one-token chunk read as a decoding step).
+    assert int(cache.kept_tokens().max()) == BUDGET + (length - 96)
+
+
+def test_a_streaming_budget_equal_to_the_budget_changes_nothing():
+    model = tiny_model()
+    plain, same = LookaheadCache(**SETTINGS), LookaheadCache(**SETTINGS, streaming_budget=BUDGET)
+    output = generate(model, prompt_ids(96), plain, prefill_chunk_size=16)
+    assert torch.equal(output, generate(model, prompt_ids(96), same, prefill_chunk_size=16))
+    for layer, same_layer in zip(plain.layers, same.layers):
+        assert torch.equal(layer.keys, same_layer.keys)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [(dict(budget=24, streaming_budget=16), "no smaller than budget"), (dict(budget=0.5, streaming_budget=64), "int")],
+)
+def test_bad_streaming_budgets_are_refused_with_the_fix(settings, message):
+    with pytest.raises(ValueError, match=message):
+        LookaheadCache(**settings, sink=2, window=4)
