@@ -79,6 +79,25 @@ def test_chunked_modes_run_resume_refuse_another_chunk_size_and_are_reported(tin
     assert json.loads((out / "settings.json").read_text())["chunk_size"] == 128
 
 
+def test_a_streaming_factor_holds_more_while_streaming_and_a_resumed_run_keeps_it(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = eval_argv(tiny_model_dir, out, "chunked-question-aware", extra=("--chunk-size", "128"))
+    assert main([*argv, "--streaming-factor", "2"]) == 0
+    live = by_mode_and_method(read_rows(out))[("chunked-question-aware", "snapkv")]
+    # The last chunk evicts to the budget. Before it every layer held up to twice the budget, and the one a chunk
+    # went through a chunk more: per layer and KV head on average, more than budget + chunk / layers.
+    assert live["kept_tokens"] == BUDGET
+    layers = json.loads((tiny_model_dir / "config.json").read_text())["num_hidden_layers"]
+    peak = tokens_per_layer_and_head(tiny_model_dir, live["peak_kv_bytes"])
+    assert BUDGET + 128 / layers < peak <= 2 * BUDGET + 128 / layers
+    assert json.loads((out / "settings.json").read_text())["streaming_factor"] == 2.0
+    with pytest.raises(ValueError, match="--streaming-factor 2.0; this call has --streaming-factor 1.0"):
+        main(argv)
+    with pytest.raises(SystemExit):
+        main([*eval_argv(tiny_model_dir, tmp_path / "other", "chunked-question-aware"), "--streaming-factor", "0.5"])
+    assert "--streaming-factor 0.5 must be at least 1" in capsys.readouterr().err
+
+
 def test_one_chunk_covering_the_prompt_gives_the_one_shot_answers(tiny_model_dir, tmp_path):
     out = tmp_path / "eval"
     modes = ("question-aware", "chunked-question-aware", "question-agnostic", "chunked-question-agnostic")

@@ -25,6 +25,7 @@ LONG_OUTPUT_MODE = "long-output"
 MODES = (*ONE_SHOT_MODES, *CHUNKED_MODES, SESSION_MODE, LONG_OUTPUT_MODE)
 DEFAULT_CHUNK_SIZE = 512
 DEFAULT_GENERATION_BUDGET = 256
+DEFAULT_STREAMING_FACTOR = 1.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_CHUNK_SIZE,
         help="Tokens per chunk of the chunked modes' prefill (generate's prefill_chunk_size); a resumed run keeps "
         "its chunk size.",
+    )
+    parser.add_argument(
+        "--streaming-factor",
+        type=float,
+        default=DEFAULT_STREAMING_FACTOR,
+        help="The chunked modes' chunks before the last keep this many times the budget "
+        "(LookaheadCache(streaming_budget=round(factor x budget))); the last chunk, with the question, evicts to the "
+        "budget. 1 evicts every chunk to the budget. A resumed run keeps its factor.",
     )
     parser.add_argument(
         "--generation-budget",

@@ -184,16 +184,22 @@ class CacheMethod:
         return LookaheadCache.from_prefill(prefills, budget=budget, scorer=self.scorer, allocation=self.allocation)
 
     def live_cache(
-        self, budget: int | float, evict_every_prefill: bool = False, generation_budget: int | None = None
+        self,
+        budget: int | float,
+        evict_every_prefill: bool = False,
+        generation_budget: int | None = None,
+        streaming_budget: int | None = None,
     ) -> LookaheadCache:
         """A fresh cache of this configuration, for a live run (`generate` on the model, which evicts); with
-        `generation_budget`, one that also evicts while it decodes."""
+        `generation_budget`, one that also evicts while it decodes; with `streaming_budget`, one whose chunks before
+        the last keep that many tokens."""
         return LookaheadCache(
             budget=budget,
             scorer=self.scorer,
             allocation=self.allocation,
             evict_every_prefill=evict_every_prefill,
             generation_budget=generation_budget,
+            streaming_budget=streaming_budget,
         )
 
     @property
@@ -273,11 +279,16 @@ def base_method(name: str) -> str:
     return name.removesuffix(SESSION_BUDGET_SUFFIX).removesuffix(GENERATION_BUDGET_SUFFIX)
 
 
-def live_cache(name: str, budget: int | float | None, generation_budget: int | None = None) -> Cache:
+def live_cache(
+    name: str,
+    budget: int | float | None,
+    generation_budget: int | None = None,
+    streaming_budget: int | None = None,
+) -> Cache:
     """A fresh cache of method `name` (or `<method>@session`, `<method>@decode`) for a live run, which reads the
     prompt with `generate` on the model instead of replaying a recorded prefill: a `DynamicCache` for `full`, the
     method's `LookaheadCache` otherwise (with `evict_every_prefill=True` for `<method>@session`, with
-    `generation_budget` for `<method>@decode`).
+    `generation_budget` for `<method>@decode`, with `streaming_budget` for a prompt read in chunks).
 
     Raises:
         ValueError: The method cannot run live (`oracle`, `laq`: `live_refusal` says why), its cache refuses the
@@ -293,7 +304,9 @@ def live_cache(name: str, budget: int | float | None, generation_budget: int | N
         if generation_budget is None:
             raise ValueError(f"{name!r} rows need a generation_budget.")
         return method.live_cache(budget, generation_budget=generation_budget)
-    return method.live_cache(budget, evict_every_prefill=name == session_budget_name(base))
+    return method.live_cache(
+        budget, evict_every_prefill=name == session_budget_name(base), streaming_budget=streaming_budget
+    )
 
 
 def live_refusal(name: str, budget: int | float, generation_budget: int | None = None) -> str | None:

@@ -74,6 +74,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         get_task(name)
     for name in args.methods:
         get_method(name)
+    if args.streaming_factor < 1:
+        raise ValueError(
+            f"--streaming-factor {args.streaming_factor:g} must be at least 1: the chunks before the last keep that "
+            "many times the budget, the last evicts to the budget. Pass 1 to evict every chunk to the budget."
+        )
     if FULL not in args.methods:
         raise ValueError("--methods must include 'full': it is the reference, and the oracle needs its answer.")
     for budget in args.budgets:
@@ -181,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         dependencies,
         chunk_size=args.chunk_size,
         generation_budget=args.generation_budget,
+        streaming_factor=args.streaming_factor,
     )
     logger.info(f"Evaluation took {time.perf_counter() - started:.0f} s.")
     all_rows = report.load_rows(args.out)
@@ -252,11 +258,13 @@ def evaluate_samples(
     dependencies: dict[str, dict[str, str]],
     chunk_size: int | None = None,
     generation_budget: int | None = None,
+    streaming_factor: float = 1.0,
 ) -> None:
     """Run every (method, budget) on every sample and mode not in `done` (keys `(sample_id, mode, method, budget)`),
     appending rows to `predictions_path`; each row records the `dependencies` of its method. The session mode runs
     each method also with a session budget (rows `<method>@session`), the long-output mode with `generation_budget`
-    (rows `<method>@decode`); the chunked modes read prompts in chunks of `chunk_size` tokens."""
+    (rows `<method>@decode`); the chunked modes read prompts in chunks of `chunk_size` tokens, the chunks before the
+    last evicted to `streaming_factor` times the budget."""
     configs = {mode: mode_configurations(mode, methods, budgets) for mode in modes}
     progress = tqdm(total=len(samples) * sum(map(len, configs.values())), desc="eval", unit="answer")
     with append_jsonl(predictions_path) as append:
@@ -269,7 +277,9 @@ def evaluate_samples(
                 progress.set_postfix(sample=sample.id, mode=mode)
                 if mode in LIVE_MODES:
                     run = start_live_run(model, tokenizer, sample, mode, chunk_size)
-                    rows = _evaluate_live(tokenizer, sample, mode, run, todo, progress, generation_budget)
+                    rows = _evaluate_live(
+                        tokenizer, sample, mode, run, todo, progress, generation_budget, streaming_factor
+                    )
                 else:
                     rows = _evaluate_sample(model, tokenizer, sample, mode, todo, progress)
                 for row in rows:
@@ -345,7 +355,14 @@ def prediction_row(
 
 
 def _evaluate_live(
-    tokenizer, sample: Sample, mode: str, run: LiveRun, configs, progress, generation_budget: int | None = None
+    tokenizer,
+    sample: Sample,
+    mode: str,
+    run: LiveRun,
+    configs,
+    progress,
+    generation_budget: int | None = None,
+    streaming_factor: float = 1.0,
 ):
     """The rows of a live mode: each (method, budget) reads the prompt with `generate` into its own fresh cache. They
     carry `peak_kv_bytes`, in the session mode `turn_tokens` (the longest turn after the first), and in the
@@ -358,7 +375,10 @@ def _evaluate_live(
     plain_answers: dict[tuple[str, int | float | None], torch.Tensor] = {}
     for method, budget in configs:
         decodes = mode == LONG_OUTPUT_MODE and method == generation_budget_name(base_method(method))
-        live = run.answer(live_cache(method, budget, generation_budget if decodes else None))
+        streaming_budget = None
+        if mode in CHUNKED_MODES and budget is not None and streaming_factor != 1.0:
+            streaming_budget = round(streaming_factor * budget)
+        live = run.answer(live_cache(method, budget, generation_budget if decodes else None, streaming_budget))
         if mode == LONG_OUTPUT_MODE:
             if not decodes:
                 plain_answers[(method, budget)] = live.answer_ids
@@ -484,7 +504,11 @@ def _settings(args: argparse.Namespace, model: PreTrainedModel) -> dict:
         "budgets": list(args.budgets),
         "modes": list(args.modes),
         "seed": args.seed,
-        **({"chunk_size": args.chunk_size} if any(mode in CHUNKED_MODES for mode in args.modes) else {}),
+        **(
+            {"chunk_size": args.chunk_size, "streaming_factor": args.streaming_factor}
+            if any(mode in CHUNKED_MODES for mode in args.modes)
+            else {}
+        ),
         **({"generation_budget": args.generation_budget} if LONG_OUTPUT_MODE in args.modes else {}),
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": str(model.device),
@@ -508,8 +532,15 @@ def _resumed_settings(path: Path, settings: dict) -> dict:
     if not path.exists():
         return settings
     previous = read_json(path)
+    if "chunk_size" in previous:
+        # Chunked runs before the option evicted every chunk to the budget.
+        previous.setdefault("streaming_factor", 1.0)
     identity = {"--model": "model", "model_sha256": "model_sha256", "--seed": "seed"}
-    for option, key in (("--chunk-size", "chunk_size"), ("--generation-budget", "generation_budget")):
+    for option, key in (
+        ("--chunk-size", "chunk_size"),
+        ("--streaming-factor", "streaming_factor"),
+        ("--generation-budget", "generation_budget"),
+    ):
         if key in settings and key in previous:
             identity[option] = key
     check_same_run(
@@ -554,7 +585,7 @@ def _command_line(args: argparse.Namespace) -> str:
     parts.append("--budgets " + " ".join(map(str, args.budgets)))
     parts.append(f"--samples {args.samples} --modes " + " ".join(args.modes) + f" --seed {args.seed}")
     if any(mode in CHUNKED_MODES for mode in args.modes):
-        parts.append(f"--chunk-size {args.chunk_size}")
+        parts.append(f"--chunk-size {args.chunk_size} --streaming-factor {args.streaming_factor:g}")
     if LONG_OUTPUT_MODE in args.modes:
         parts.append(f"--generation-budget {args.generation_budget}")
     if args.results_page is not None:
