@@ -397,7 +397,7 @@ class LookaheadCache(Cache):
         later one) fits the budget in every layer, so that no layer scores it and no lookahead rows are needed."""
         if self._state == _WAITING:
             return self.cache_config.keeps_whole(prompt_lengths)
-        kept = max(int(self.layers[i].kept_tokens().max()) for i in self._eviction.compressed_layers)
+        kept = max((int(self.layers[i].kept_tokens().max()) for i in self._eviction.compressed_layers), default=0)
         return self.cache_config.keeps_whole([kept + new_tokens])
 
     def receive_lookahead_rows(self, rows: LookaheadRows) -> None:
