@@ -33,7 +33,14 @@ from .decoding import decode_mask_hook
 from .discovery import AttentionWatch, attention_not_found
 from .eviction import FULL_ATTENTION, Eviction, evict_layer
 from .lookahead_rows import LookaheadRows
-from .prefill import LayerPrefill, cache_argument, generate_prefill_chunk, generate_prefill_chunks, padding_from_mask
+from .prefill import (
+    LayerPrefill,
+    attention_input,
+    cache_argument,
+    generate_prefill_chunk,
+    generate_prefill_chunks,
+    padding_from_mask,
+)
 from .scorers import Scorer, get_scorer, scorer_name, scorer_settings
 from .storage import PaddedLayer, StoredLayer, stack_layers
 
@@ -267,9 +274,7 @@ class LookaheadCache(Cache):
                 )
         stacked = first.fresh()
         stacked._stop_watching()
-        stacked._eviction = first._eviction
-        if stacked.cache_config.generation_budget is not None:
-            stacked._generation_eviction = GenerationEviction(stacked.cache_config, stacked.scorer)
+        stacked._set_eviction(first._eviction)
         stacked.layers = [stack_layers([cache.layers[i] for cache in caches]) for i in range(len(first.layers))]
         for layer_idx, module in first._attention_modules.items():
             stacked._hand_masks_to(layer_idx, module)
@@ -305,8 +310,9 @@ class LookaheadCache(Cache):
         if self._state == _WAITING:
             # The adapter's hook has announced its rows (or not) before the first layer ran.
             self._resolve_auto_scorer(has_adapter=self._lookahead_rows is not None)
-            self._streaming_chunk = _before_last_evicting_chunk()
-            chunks = generate_prefill_chunks()
+            chunk, lengths = generate_prefill_chunk()
+            self._streaming_chunk = _before_last_evicting_chunk(chunk, lengths)
+            chunks = max(1, len(lengths))
             if chunks > 1 or self.cache_config.evict_every_prefill:
                 what = (
                     "evict_every_prefill=True"
@@ -330,7 +336,8 @@ class LookaheadCache(Cache):
     def _start_later_prefill(self) -> None:
         """A forward of several tokens through a compressed cache: a new prefill to evict when the cache evicts every
         prefill or `generate` reads the prompt in chunks; appended whole otherwise."""
-        if not self._evicts_later_prefills():
+        chunk, lengths = generate_prefill_chunk()
+        if not (self.cache_config.evict_every_prefill or len(lengths) > 1):
             return
         heads_disagree = [
             i
@@ -346,7 +353,7 @@ class LookaheadCache(Cache):
         self._state = _PREFILLING
         self._later_prefill = True
         self._prefilled_layers = set()
-        self._streaming_chunk = _before_last_evicting_chunk()
+        self._streaming_chunk = _before_last_evicting_chunk(chunk, lengths)
         self._watch = AttentionWatch(self, self._end_layer_prefill, self._end_prefill)
 
     def _evicts_later_prefills(self) -> bool:
@@ -456,7 +463,7 @@ class LookaheadCache(Cache):
     def _layer_prefill(self, layer_idx: int, module: nn.Module, args: tuple, kwargs: dict) -> LayerPrefill:
         """What layer `layer_idx`'s eviction scores, right after its attention module returned."""
         layer = self.layers[layer_idx]
-        hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        hidden_states = attention_input(args, kwargs)
         batch, _, length, _ = layer.keys.shape
         prefill = LayerPrefill(
             module=module,
@@ -532,7 +539,11 @@ class LookaheadCache(Cache):
         )
 
     def _bind(self, attention_module: nn.Module) -> None:
-        self._eviction = Eviction.for_model(attention_module, self.cache_config, self.scorer, self.allocator)
+        self._set_eviction(Eviction.for_model(attention_module, self.cache_config, self.scorer, self.allocator))
+
+    def _set_eviction(self, eviction: Eviction) -> None:
+        """Evict with `eviction` from now on, and during decoding too when the cache has a generation budget."""
+        self._eviction = eviction
         if self.cache_config.generation_budget is not None:
             self._generation_eviction = GenerationEviction(self.cache_config, self.scorer)
 
@@ -568,7 +579,7 @@ class LookaheadCache(Cache):
         layer = self.layers[layer_idx]
         if self._state != _DONE or not layer.is_compressed:
             return
-        hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        hidden_states = attention_input(args, kwargs)
         self._generation_eviction.after_attention(
             layer, module, layer_idx, hidden_states, kwargs.get("position_embeddings")
         )
@@ -592,10 +603,10 @@ class LookaheadCache(Cache):
             self._generation_eviction.select_rows(select)
 
 
-def _before_last_evicting_chunk() -> bool:
-    """Whether the forward calling this reads a chunk of a `generate(prefill_chunk_size=...)` prefill before the last
-    one that evicts (a last chunk of one token is read as a decoding step, which evicts nothing)."""
-    index, lengths = generate_prefill_chunk()
+def _before_last_evicting_chunk(index: int, lengths: list[int]) -> bool:
+    """Whether chunk `index` of a `generate(prefill_chunk_size=...)` prefill whose chunks have `lengths` tokens (see
+    `generate_prefill_chunk`) comes before the last one that evicts (a last chunk of one token is read as a decoding
+    step, which evicts nothing)."""
     last = len(lengths) - 1
     if last > 0 and lengths[last] == 1:
         last -= 1

@@ -28,7 +28,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .kernels.varlen_decode import varlen_decode_attention
-from .prefill import cache_argument
+from .prefill import attention_input, cache_argument
 from .storage import PackedLayer, StoredLayer
 
 VARLEN_ATTENTION = "lookahead_varlen"
@@ -91,7 +91,7 @@ def decode_mask_hook(cache, layer_idx: int) -> Callable:
         stored = cache.layers[layer_idx]
         if not stored.is_compressed:
             return None
-        hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        hidden_states = attention_input(args, kwargs)
         if stored.attends_packed:
             # The varlen attention reads the packed layer itself; several new tokens also need the padded mask.
             mask = None

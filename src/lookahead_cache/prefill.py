@@ -26,6 +26,11 @@ def cache_argument(kwargs: dict):
     return kwargs.get("past_key_values") if cache is None else cache
 
 
+def attention_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The `hidden_states` a transformers attention module was called with (by keyword, or first positional)."""
+    return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+
 def generate_prefill_chunk() -> tuple[int, list[int]]:
     """`(index, lengths)`: which chunk of transformers' `generate(prefill_chunk_size=...)` the forward that calls
     this reads, and the token counts of all its chunks; `(0, [])` outside such a prefill.

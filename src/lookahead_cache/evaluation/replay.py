@@ -16,7 +16,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from ..adapters.model import LookaheadAdapter, get_lookahead
 from ..cache import LookaheadCache
-from ..prefill import CACHE_ARGUMENT, LayerPrefill
+from ..prefill import CACHE_ARGUMENT, LayerPrefill, attention_input
 
 
 @dataclass
@@ -99,7 +99,7 @@ def future_queries(
 
     def capture(layer_idx: int):
         def hook(module, args, kwargs):
-            hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            hidden_states = attention_input(args, kwargs)
             captured[layer_idx] = (hidden_states, kwargs.get("position_embeddings"))
 
         return hook
