@@ -64,6 +64,19 @@ def tiny_model(architecture: str = "llama", attn_implementation: str = "sdpa", s
     return model.eval()
 
 
+def tiny_lookahead_model(architecture: str = "llama"):
+    """A tiny model with a lookahead adapter of 4 tokens whose LoRA is far from a no-op, so that LoRA outside the
+    lookahead rows would show."""
+    from lookahead_cache.adapters import LookaheadConfig, add_lookahead
+
+    model = add_lookahead(tiny_model(architecture), LookaheadConfig(num_tokens=4))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
+    return model.eval()
+
+
 def prompt_ids(length: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(3, 128, (batch, length), generator=generator)

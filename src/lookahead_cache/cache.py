@@ -171,6 +171,7 @@ class LookaheadCache(Cache):
         self._later_prefill = False
         self._prefilled_layers: set[int] = set()
         self._lookahead_rows: LookaheadRows | None = None
+        self._question_ids: torch.Tensor | None = None
         self._attention_modules: dict[int, nn.Module] = {}
         self._generation_eviction: GenerationEviction | None = None
         # True while a chunk of a `generate(prefill_chunk_size=...)` prefill but its last is evicted.
@@ -186,6 +187,57 @@ class LookaheadCache(Cache):
         if self._scorer_is_auto:
             self.scorer = get_scorer(_LOOKAHEAD)
         self._arm()
+
+    def set_question(self, question_ids: torch.Tensor | None) -> None:
+        """Tell the cache the question that ends the prompt it is about to read in chunks, so that every chunk's
+        eviction is question-aware, as a one-shot prefill's is.
+
+        While `generate(..., prefill_chunk_size=C)` reads the prompt, each chunk before the last carries the question's
+        tokens after its own, then the lookahead rows: they attend to the tokens kept so far and to the chunk, so the
+        lookahead rows vote knowing the question, as they do after the whole prompt. The question's rows leave the
+        cache with the lookahead rows (the last chunk holds the question itself) and cost `m` more rows per chunk.
+        The question is dropped once the prompt is read; `reset()` drops it too.
+
+        Args:
+            question_ids: Token ids `[m]` or `[1 or batch, m]` of the question (as they end the prompt), or None to
+                drop it.
+
+        Raises:
+            ValueError: The cache's scorer does not read lookahead rows (a heuristic scorer scores each chunk with
+                the chunk's own queries), the ids are not a non-empty integer tensor, or the prefill has begun.
+        """
+        if question_ids is None:
+            self._question_ids = None
+            return
+        if self._state != _WAITING:
+            raise ValueError(
+                "set_question must come before the prompt's prefill: this cache has read a prompt already. Call "
+                "`cache.reset()` first to read a new prompt."
+            )
+        if not self.scorer.needs_lookahead:
+            raise ValueError(
+                f"set_question guides the lookahead scorer, whose rows follow the question in every chunk; scorer "
+                f"{self.cache_config.scorer!r} scores a chunk with its own last queries and has no rows to carry it. "
+                "Use scorer='lookahead' (or 'auto') on a model with a lookahead adapter."
+            )
+        if not isinstance(question_ids, torch.Tensor) or question_ids.is_floating_point() or question_ids.is_complex():
+            raise ValueError(f"question_ids must be a tensor of token ids, got {type(question_ids).__name__}.")
+        if question_ids.dim() == 1:
+            question_ids = question_ids[None]
+        if question_ids.dim() != 2 or question_ids.shape[-1] == 0:
+            raise ValueError(
+                f"question_ids must hold the question's token ids as `[m]` or `[batch, m]` with m > 0, got shape "
+                f"{tuple(question_ids.shape)}."
+            )
+        self._question_ids = question_ids.long()
+
+    def question_for_prefill(self) -> torch.Tensor | None:
+        """The question's token ids that the coming forward carries after its tokens (see `set_question`): a chunk
+        of `generate(prefill_chunk_size=...)` before the last; None for any other forward."""
+        if self._question_ids is None:
+            return None
+        chunk, lengths = generate_prefill_chunk()
+        return self._question_ids if _before_last_evicting_chunk(chunk, lengths) else None
 
     def observe_prefill(self, observer: Callable[[LayerPrefill], None]) -> None:
         """Call `observer` with each layer's `LayerPrefill` (what eviction scores) right before its eviction, e.g.
@@ -310,9 +362,23 @@ class LookaheadCache(Cache):
         if self._state == _WAITING:
             # The adapter's hook has announced its rows (or not) before the first layer ran.
             self._resolve_auto_scorer(has_adapter=self._lookahead_rows is not None)
+            if self._question_ids is not None and not self.scorer.needs_lookahead:
+                raise ValueError(
+                    "This LookaheadCache was given a question (set_question), which guides the lookahead scorer, but "
+                    "the model has no lookahead adapter, so scorer='auto' turned to snapkv. Load an adapter with "
+                    "`lookahead_cache.load_lookahead(model, repo_or_dir)`, or drop the question."
+                )
             chunk, lengths = generate_prefill_chunk()
             self._streaming_chunk = _before_last_evicting_chunk(chunk, lengths)
             chunks = max(1, len(lengths))
+            if self._question_ids is not None and chunks == 1 and self.cache_config.evict_every_prefill:
+                raise ValueError(
+                    "This LookaheadCache holds a question (set_question), which guides the chunks of a prompt that "
+                    "generate(..., prefill_chunk_size=...) reads; with evict_every_prefill=True, forwards of their own "
+                    "(a loop of chunks, or turns) evict too, and the cache cannot tell which forward ends the prompt. "
+                    "Drop the question with `cache.set_question(None)`, or read the prompt with "
+                    "generate(prefill_chunk_size=...)."
+                )
             if chunks > 1 or self.cache_config.evict_every_prefill:
                 what = (
                     "evict_every_prefill=True"
@@ -498,6 +564,8 @@ class LookaheadCache(Cache):
             raise attention_not_found(missing[0])
         self._state = _DONE
         self._lookahead_rows = None
+        if not self._streaming_chunk:
+            self._question_ids = None  # the prompt it guided is read
         self._stop_watching()
         self.peak_nbytes = max(self.peak_nbytes, self.nbytes())
 
@@ -519,9 +587,9 @@ class LookaheadCache(Cache):
         )
 
     def _without_lookahead_rows(self, prefill: LayerPrefill) -> LayerPrefill:
-        """The prompt part of a layer whose prefill ended with lookahead rows, with their queries; the lookahead
-        tokens only vote, so their keys and values leave the cache."""
-        rows = self._lookahead_rows.count
+        """The prompt part of a layer whose prefill ended with lookahead rows (after a question's, in a streaming
+        chunk), with their queries; those rows only vote, so their keys and values leave the cache."""
+        rows = self._lookahead_rows.appended
         layer = self.layers[prefill.layer_idx]
         layer.drop_last(rows)
         position_embeddings = prefill.position_embeddings

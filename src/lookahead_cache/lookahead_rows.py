@@ -33,11 +33,21 @@ LOOKAHEAD_PREFILL = "lookahead_prefill|"
 
 @dataclass
 class LookaheadRows:
-    """The `count` lookahead rows that end the inputs of one forward, and, per attention module, their post-RoPE
-    queries `[batch, q_heads, count, head_dim]` once it attended."""
+    """The `count` lookahead rows that end the inputs of one forward, after the `question` rows of a question that a
+    streaming prefill's chunk carries (`LookaheadCache.set_question`), and, per attention module, the lookahead rows'
+    post-RoPE queries `[batch, q_heads, count, head_dim]` once it attended.
+
+    Question and lookahead rows attend alike (to the prompt and causally to each other) and leave the cache alike;
+    only the lookahead rows carry the LoRA and vote."""
 
     count: int
+    question: int = 0
     queries: dict[nn.Module, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def appended(self) -> int:
+        """Rows after the prompt: the question's and the lookahead tokens'."""
+        return self.question + self.count
 
     @contextmanager
     def attending(self, decoder: nn.Module) -> Iterator[LookaheadRows]:
@@ -94,10 +104,10 @@ def lookahead_prefill_attention(
         )
     implementation = base_implementation(module.config._attn_implementation)
     attend = _implementation_function(module, implementation)
-    prompt = query.shape[2] - rows.count
+    prompt = query.shape[2] - rows.appended
     # The keys before the rows: this forward's prompt tokens, after those a later prefill's cache kept before it.
-    before_rows = key.shape[2] - rows.count
-    rows.queries[module] = query[:, :, prompt:].clone()
+    before_rows = key.shape[2] - rows.appended
+    rows.queries[module] = query[:, :, query.shape[2] - rows.count :].clone()
     outputs = []
     if prompt:
         prompt_mask = None if attention_mask is None else attention_mask[:, :, :prompt, :before_rows]
@@ -115,7 +125,7 @@ def lookahead_prefill_attention(
         lookahead_mask = attention_mask[:, :, prompt:]
     else:
         # SDPA skipped the mask (causal, no padding); the lookahead rows need one, its is_causal aligns top-left.
-        query_positions = torch.arange(before_rows, before_rows + rows.count, device=query.device)[:, None]
+        query_positions = torch.arange(before_rows, before_rows + rows.appended, device=query.device)[:, None]
         key_positions = torch.arange(key.shape[2], device=query.device)
         lookahead_mask = key_positions <= query_positions
         window = kwargs.get("sliding_window")

@@ -3,7 +3,7 @@ batches, turns, beam search, compile, memory accounting."""
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, prompt_ids, tiny_model
+from conftest import ARCHITECTURES, prompt_ids, tiny_lookahead_model, tiny_model
 from transformers import DynamicCache
 
 from lookahead_cache import LookaheadCache
@@ -269,18 +269,6 @@ def test_cache_config_rebuilds_configured_instances_through_json(tmp_path):
     assert torch.equal(cache.layers[0].keys, rebuilt.layers[0].keys)
 
 
-def lookahead_model():
-    """A tiny Llama with a lookahead adapter whose LoRA is far from a no-op."""
-    from lookahead_cache.adapters import LookaheadConfig, add_lookahead
-
-    model = add_lookahead(tiny_model(), LookaheadConfig(num_tokens=4))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
-    return model.eval()
-
-
 @pytest.mark.slow
 # dynamic=True (symbolic sizes, where the cache's byte accounting crashed) with the lookahead prefill, the longest.
 @pytest.mark.parametrize(
@@ -289,7 +277,7 @@ def lookahead_model():
 def test_compiled_forward_evicts_and_decodes_like_eager(scorer, dynamic):
     """`torch.compile(model.forward)` runs the prefill's bookkeeping (and the lookahead rows' attention) eagerly and
     decodes from the compressed cache with the eager logits."""
-    model = lookahead_model() if scorer == "lookahead" else tiny_model()
+    model = tiny_lookahead_model() if scorer == "lookahead" else tiny_model()
     input_ids = prompt_ids(60)
 
     def decode(forward, cache):

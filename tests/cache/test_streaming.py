@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, kept_positions, prompt_ids, tiny_model
+from conftest import ARCHITECTURES, kept_positions, prompt_ids, tiny_lookahead_model, tiny_model
 from transformers import DynamicCache
 
 from lookahead_cache import LookaheadCache
@@ -10,6 +10,7 @@ from lookahead_cache.prefill import CACHE_ARGUMENT
 
 BUDGET = 24
 SETTINGS = dict(budget=BUDGET, scorer="snapkv", sink=2, window=4)
+QUESTION = 5  # tokens of the question that a chunked prefill is told
 
 
 def generate(model, input_ids, cache, new_tokens=4, **kwargs):
@@ -110,20 +111,8 @@ def test_what_cannot_be_evicted_again_is_refused_naming_the_fix(settings, messag
     assert not cache.is_compressed
 
 
-def lookahead_model(architecture: str = "llama"):
-    """A tiny model with a lookahead adapter whose LoRA is far from a no-op, so that LoRA outside the rows shows."""
-    from lookahead_cache.adapters import LookaheadConfig, add_lookahead
-
-    model = add_lookahead(tiny_model(architecture), LookaheadConfig(num_tokens=4))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
-    return model.eval()
-
-
 def test_the_lookahead_scorer_in_one_chunk_as_long_as_the_prompt_is_the_one_shot_eviction():
-    model = lookahead_model()
+    model = tiny_lookahead_model()
     settings = {**SETTINGS, "scorer": "lookahead"}
     chunked, whole = LookaheadCache(**settings), LookaheadCache(**settings)
     output = generate(model, prompt_ids(96), chunked, prefill_chunk_size=96)
@@ -134,7 +123,7 @@ def test_the_lookahead_scorer_in_one_chunk_as_long_as_the_prompt_is_the_one_shot
 
 
 def test_the_lookahead_scorer_appends_its_rows_to_every_chunk_and_keeps_the_bound():
-    model = lookahead_model()
+    model = tiny_lookahead_model()
     chunk, length, rows, layers = 16, 96, 4, model.config.num_hidden_layers
     cache = LookaheadCache(**{**SETTINGS, "scorer": "lookahead"})
     seen_inputs = []
@@ -161,13 +150,17 @@ def test_the_lookahead_scorer_appends_its_rows_to_every_chunk_and_keeps_the_boun
     assert output.shape == (1, length + 3)
 
 
-def test_the_lookahead_rows_leave_the_prompt_tokens_as_the_base_model_makes_them():
+@pytest.mark.parametrize("with_question", [False, True])
+def test_the_lookahead_rows_leave_the_prompt_tokens_as_the_base_model_makes_them(with_question):
     """The LoRA runs on the rows only: the first layer's kept keys are the base model's keys of those prompt tokens
-    (its keys depend on the token and its position alone), whichever chunk they came in."""
-    model = lookahead_model()
+    (its keys depend on the token and its position alone), whichever chunk they came in, and the question's rows
+    leave no key behind nor shift the positions of the chunks after them."""
+    model = tiny_lookahead_model()
     prompt = prompt_ids(96)
     cache = LookaheadCache(**{**SETTINGS, "scorer": "lookahead"})
-    generate(model, prompt, cache, new_tokens=1, prefill_chunk_size=16)
+    if with_question:
+        cache.set_question(prompt_ids(QUESTION, seed=7))
+    generate(model, prompt, cache, new_tokens=1, prefill_chunk_size=32 if with_question else 16)
     full = DynamicCache()
     with torch.no_grad(), model.disable_adapter():
         model(prompt, **{CACHE_ARGUMENT: full})
@@ -177,7 +170,7 @@ def test_the_lookahead_rows_leave_the_prompt_tokens_as_the_base_model_makes_them
 
 
 def test_a_session_with_the_lookahead_scorer_stays_within_budget_plus_turn():
-    model = lookahead_model()
+    model = tiny_lookahead_model()
     cache = LookaheadCache(**{**SETTINGS, "scorer": "lookahead"}, evict_every_prefill=True)
     with torch.no_grad():
         for turn in range(3):
@@ -187,7 +180,7 @@ def test_a_session_with_the_lookahead_scorer_stays_within_budget_plus_turn():
 
 
 def test_the_lookahead_scorer_refuses_later_prefills_of_models_with_sliding_window_layers():
-    model = lookahead_model("gemma3")
+    model = tiny_lookahead_model("gemma3")
     cache = LookaheadCache(**{**SETTINGS, "scorer": "lookahead"})
     with pytest.raises(ValueError, match="sliding-window layers would keep the lookahead rows"):
         generate(model, prompt_ids(96), cache, prefill_chunk_size=32)
@@ -223,3 +216,100 @@ def test_a_streaming_budget_equal_to_the_budget_changes_nothing():
 def test_bad_streaming_budgets_are_refused_with_the_fix(settings, message):
     with pytest.raises(ValueError, match=message):
         LookaheadCache(**settings, sink=2, window=4)
+
+
+def _decoder_input_lengths(model, run) -> list[int]:
+    """The lengths of the decoder's inputs (lookahead and question rows included) while `run()` runs."""
+    seen = []
+
+    def record(module, args, kwargs):
+        inputs = kwargs.get("inputs_embeds")
+        seen.append((kwargs["input_ids"] if inputs is None else inputs).shape[1])
+
+    # Registered after the adapter's own hook, so it sees the inputs that hook made.
+    handle = model.get_decoder().register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_a_question_rides_every_chunk_but_the_last_and_leaves_the_cache():
+    model = tiny_lookahead_model()
+    chunk, length, rows, layers = 32, 96, 4, model.config.num_hidden_layers
+    question = prompt_ids(QUESTION, seed=7)
+    cache = LookaheadCache(**{**SETTINGS, "scorer": "lookahead"})
+    cache.set_question(question)
+    seen = _decoder_input_lengths(
+        model, lambda: generate(model, prompt_ids(length), cache, new_tokens=3, prefill_chunk_size=chunk)
+    )
+    # The last chunk ends with the question itself: it carries the lookahead rows alone.
+    assert seen == [chunk + QUESTION + rows] * (length // chunk - 1) + [chunk + rows, 1, 1]
+    kv_heads = model.config.num_key_value_heads
+    assert cache.peak_nbytes <= (layers * BUDGET + chunk + QUESTION + rows) * kv_heads * bytes_per_token(model)
+    assert int(cache.kept_tokens().max()) <= BUDGET + 2
+    assert cache.get_seq_length() == length + 2
+    # The question guided that prompt only.
+    assert cache.question_for_prefill() is None
+
+
+def test_with_a_question_a_chunks_lookahead_rows_vote_as_after_the_question_in_one_forward():
+    """The first chunk's lookahead rows follow the chunk and the question, as in a one-shot prefill of the chunk
+    followed by the question: their queries agree (up to rounding), so each chunk's eviction is question-aware."""
+    model = tiny_lookahead_model()
+    chunk, question = 32, prompt_ids(QUESTION, seed=7)
+    prompt = prompt_ids(96)
+    chunked_queries, one_shot_queries = {}, {}
+    chunked = LookaheadCache(**{**SETTINGS, "scorer": "lookahead"})
+    chunked.set_question(question)
+    chunked.observe_prefill(lambda layer: chunked_queries.setdefault(layer.layer_idx, layer.lookahead_queries))
+    generate(model, prompt, chunked, new_tokens=1, prefill_chunk_size=chunk)
+    one_shot = LookaheadCache(**{**SETTINGS, "scorer": "lookahead"})
+    one_shot.observe_prefill(lambda layer: one_shot_queries.setdefault(layer.layer_idx, layer.lookahead_queries))
+    generate(model, torch.cat([prompt[:, :chunk], question], dim=-1), one_shot, new_tokens=1)
+    assert chunked_queries.keys() == one_shot_queries.keys() == set(range(model.config.num_hidden_layers))
+    for layer_idx, queries in chunked_queries.items():
+        torch.testing.assert_close(queries, one_shot_queries[layer_idx], rtol=1e-4, atol=1e-4)
+    # Without the question, the first chunk's rows see the chunk alone: other queries.
+    unguided_queries = {}
+    unguided = LookaheadCache(**{**SETTINGS, "scorer": "lookahead"})
+    unguided.observe_prefill(lambda layer: unguided_queries.setdefault(layer.layer_idx, layer.lookahead_queries))
+    generate(model, prompt, unguided, new_tokens=1, prefill_chunk_size=chunk)
+    assert not torch.allclose(unguided_queries[1], one_shot_queries[1], rtol=1e-4, atol=1e-4)
+
+
+def test_bad_questions_are_refused_naming_the_fix():
+    question = prompt_ids(QUESTION)
+    with pytest.raises(ValueError, match="guides the lookahead scorer"):
+        LookaheadCache(**SETTINGS).set_question(question)
+    cache = LookaheadCache(**{**SETTINGS, "scorer": "lookahead"})
+    with pytest.raises(ValueError, match="tensor of token ids"):
+        cache.set_question(question.float())
+    with pytest.raises(ValueError, match="m > 0"):
+        cache.set_question(question[:, :0])
+    model = tiny_lookahead_model()
+    two_questions = LookaheadCache(**{**SETTINGS, "scorer": "lookahead"})
+    two_questions.set_question(prompt_ids(QUESTION, batch=2))
+    with pytest.raises(ValueError, match="2 rows for a batch of 3"):
+        generate(model, prompt_ids(96, batch=3), two_questions, prefill_chunk_size=32)
+    read = LookaheadCache(**{**SETTINGS, "scorer": "lookahead"})
+    generate(model, prompt_ids(96), read, new_tokens=1)
+    with pytest.raises(ValueError, match="before the prompt's prefill"):
+        read.set_question(question)
+
+
+def test_a_question_without_a_lookahead_adapter_is_refused():
+    cache = LookaheadCache(budget=BUDGET, sink=2, window=4)  # scorer="auto"
+    cache.set_question(prompt_ids(QUESTION))
+    with pytest.raises(ValueError, match="no lookahead adapter"):
+        generate(tiny_model(), prompt_ids(96), cache, prefill_chunk_size=32)
+
+
+def test_a_question_in_a_loop_of_forwards_is_refused():
+    """Outside generate's chunked prefill no forward says it ends the prompt, so the question could not be placed."""
+    model = tiny_lookahead_model()
+    cache = LookaheadCache(**{**SETTINGS, "scorer": "lookahead"}, evict_every_prefill=True)
+    cache.set_question(prompt_ids(QUESTION))
+    with torch.no_grad(), pytest.raises(ValueError, match="cannot tell which forward ends the prompt"):
+        model(prompt_ids(40), **{CACHE_ARGUMENT: cache})

@@ -4,8 +4,12 @@ turns, each method generating with a fresh cache, reported beside the one-shot m
 import json
 
 import pytest
+import torch
+from conftest import prompt_ids, tiny_lookahead_model
 
+from lookahead_cache import LookaheadCache
 from lookahead_cache.cli import main
+from lookahead_cache.evaluation.live import LiveRun
 from lookahead_cache.evaluation.report import live_mode_comparisons
 
 BUDGET = 64
@@ -107,6 +111,36 @@ def test_one_chunk_covering_the_prompt_gives_the_one_shot_answers(tiny_model_dir
         replayed, live = found[(one_shot, "snapkv")], found[(f"chunked-{one_shot}", "snapkv")]
         assert live["prediction"] == replayed["prediction"]
         assert (live["kept_tokens"], live["kv_bytes"]) == (replayed["kept_tokens"], replayed["kv_bytes"])
+
+
+@pytest.mark.parametrize(("scorer", "first_input"), [("lookahead", 32 + 5 + 4), ("snapkv", 32)])
+def test_a_chunked_question_aware_run_tells_the_question_to_caches_that_take_one(scorer, first_input):
+    """Its chunks before the last carry the question (5 tokens) before the lookahead rows (4); a heuristic scorer's
+    cache reads the chunks alone."""
+    model = tiny_lookahead_model()
+    question = prompt_ids(5, seed=7)
+    run = LiveRun(
+        model=model,
+        turns=[torch.cat([prompt_ids(96), question], dim=-1)],
+        question_ids=question[:, :0],
+        max_new_tokens=2,
+        eos_token_id=None,
+        chunk_size=32,
+        chunked_question=question,
+    )
+    inputs = []
+    record = model.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: inputs.append(
+            (kwargs["input_ids"] if kwargs.get("inputs_embeds") is None else kwargs["inputs_embeds"]).shape[1]
+        ),
+        with_kwargs=True,
+    )
+    try:
+        answer = run.answer(LookaheadCache(budget=24, scorer=scorer, sink=2, window=4))
+    finally:
+        record.remove()
+    assert inputs[0] == first_input
+    assert answer.answer_ids.shape == (1, 2)
 
 
 @pytest.mark.parametrize(

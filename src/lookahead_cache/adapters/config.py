@@ -147,7 +147,9 @@ def check_lora_config(lora: LoraConfig, source: str) -> None:
     """Refuse a PEFT config that would adapt more than the lookahead rows."""
     if getattr(lora, "alora_invocation_tokens", None) != INERT_INVOCATION_TOKENS:
         raise ValueError(
-            f"{source}: its LoRA is not a lookahead LoRA (alora_invocation_tokens={getattr(lora, 'alora_invocation_tokens', None)!r}, "
+            f"{source}: its LoRA is not a lookahead LoRA "
+            f"(alora_invocation_tokens={getattr(lora, 'alora_invocation_tokens', None)!r}, "
             f"expected {INERT_INVOCATION_TOKENS}): loaded as is it would adapt the prompt and the generated tokens, "
-            "not only the lookahead rows. Save lookahead adapters with lookahead_cache (LookaheadAdapter.save_pretrained)."
+            "not only the lookahead rows. Save lookahead adapters with lookahead_cache "
+            "(LookaheadAdapter.save_pretrained)."
         )

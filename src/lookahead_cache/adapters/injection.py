@@ -172,9 +172,9 @@ def attach_lookahead(model: PeftModel, adapter: LookaheadAdapter) -> None:
 
 
 def _register_prefill_hooks(decoder: nn.Module) -> tuple:
-    """Hooks on `decoder` that append the lookahead rows to a prefill whose `LookaheadCache` asks for them, apply
-    the lookahead LoRA to those rows and keep the prompt rows' attention apart from theirs during it, and take the
-    rows off the decoder's output."""
+    """Hooks on `decoder` that append the lookahead rows (after the cache's question, in a streaming chunk that
+    carries one) to a prefill whose `LookaheadCache` asks for them, apply the lookahead LoRA to those rows and keep
+    the prompt rows' attention apart from theirs during it, and take the rows off the decoder's output."""
     running: list[tuple[object, int, ExitStack]] = []
 
     def append_rows(decoder, args, kwargs):
@@ -195,11 +195,13 @@ def _register_prefill_hooks(decoder: nn.Module) -> tuple:
             # The cache keeps such prompts whole without scoring them: the prefill is the plain prompt's.
             cache.receive_lookahead_rows(LookaheadRows(0))
             return None
-        kwargs = adapter.append_to_prefill(decoder, kwargs)
+        question_ids = cache.question_for_prefill()
+        kwargs = adapter.append_to_prefill(decoder, kwargs, question_ids)
         during_prefill = ExitStack()
-        rows = during_prefill.enter_context(adapter.rows_attending(decoder))
+        question = 0 if question_ids is None else question_ids.shape[-1]
+        rows = during_prefill.enter_context(adapter.rows_attending(decoder, question))
         cache.receive_lookahead_rows(rows)
-        running.append((cache, rows.count, during_prefill))
+        running.append((cache, rows.appended, during_prefill))
         return args, kwargs
 
     def remove_rows(decoder, args, kwargs, output):

@@ -140,22 +140,33 @@ class LookaheadAdapter(nn.Module):
             for handle in handles:
                 handle.remove()
 
-    def append_to_prefill(self, decoder: nn.Module, kwargs: dict) -> dict:
-        """The decoder's keyword arguments with the lookahead rows after the prompt: embeddings, padding mask
-        and positions (the row after each prompt's last position)."""
+    def append_to_prefill(self, decoder: nn.Module, kwargs: dict, question_ids: torch.Tensor | None = None) -> dict:
+        """The decoder's keyword arguments with rows after the prompt: the tokens of `question_ids` (`[1 or batch, m]`,
+        if given), then the lookahead rows; embeddings, padding mask and positions (the rows after each prompt's last
+        position)."""
         input_ids, inputs_embeds = kwargs.get("input_ids"), kwargs.get("inputs_embeds")
+        embed_tokens = decoder.get_input_embeddings()
         if inputs_embeds is None:
-            inputs_embeds = decoder.get_input_embeddings()(input_ids)
-        batch, n = inputs_embeds.shape[0], self.config.num_tokens
-        lookahead = self.embeddings.to(inputs_embeds.dtype)[None].expand(batch, -1, -1)
-        kwargs = {**kwargs, "input_ids": None, "inputs_embeds": torch.cat([inputs_embeds, lookahead], dim=1)}
+            inputs_embeds = embed_tokens(input_ids)
+        batch = inputs_embeds.shape[0]
+        appended = [self.embeddings.to(inputs_embeds.dtype)[None].expand(batch, -1, -1)]
+        if question_ids is not None:
+            if question_ids.shape[0] not in (1, batch):
+                raise ValueError(
+                    f"The question (set_question) has {question_ids.shape[0]} rows for a batch of {batch} prompts: "
+                    "pass one question for every prompt (`[m]` or `[1, m]`) or one per prompt (`[batch, m]`)."
+                )
+            question = embed_tokens(question_ids.to(inputs_embeds.device)).to(inputs_embeds.dtype)
+            appended.insert(0, question.expand(batch, -1, -1))
+        n = sum(rows.shape[1] for rows in appended)
+        kwargs = {**kwargs, "input_ids": None, "inputs_embeds": torch.cat([inputs_embeds, *appended], dim=1)}
         attention_mask = kwargs.get("attention_mask")
         if attention_mask is not None:
             if attention_mask.dim() != 2:
                 raise ValueError(
-                    f"The lookahead scorer appends its tokens to a prompt with a 2D padding mask `[batch, prompt_len]`; "
-                    f"got an attention mask of shape {tuple(attention_mask.shape)}. Pass the tokenizer's "
-                    "attention_mask, or use a heuristic scorer (e.g. scorer='snapkv') with custom masks."
+                    "The lookahead scorer appends its tokens to a prompt with a 2D padding mask "
+                    f"`[batch, prompt_len]`; got an attention mask of shape {tuple(attention_mask.shape)}. Pass the "
+                    "tokenizer's attention_mask, or use a heuristic scorer (e.g. scorer='snapkv') with custom masks."
                 )
             kwargs["attention_mask"] = torch.cat([attention_mask, attention_mask.new_ones(batch, n)], dim=-1)
         position_ids = kwargs.get("position_ids")
@@ -165,11 +176,12 @@ class LookaheadAdapter(nn.Module):
         return kwargs
 
     @contextmanager
-    def rows_attending(self, decoder: nn.Module) -> Iterator[LookaheadRows]:
-        """Within the block, a forward of `decoder` whose inputs end with the lookahead rows runs them as the cache
-        and training both need: the lookahead LoRA on those rows only, the other rows attending as the base model
-        does, and the rows' queries recorded per attention module (in the `LookaheadRows` yielded)."""
-        rows = LookaheadRows(self.config.num_tokens)
+    def rows_attending(self, decoder: nn.Module, question: int = 0) -> Iterator[LookaheadRows]:
+        """Within the block, a forward of `decoder` whose inputs end with the lookahead rows (after `question` rows
+        of a question) runs them as the cache and training both need: the lookahead LoRA on those rows only, the
+        prompt rows attending as the base model does, and the rows' queries recorded per attention module (in the
+        `LookaheadRows` yielded)."""
+        rows = LookaheadRows(self.config.num_tokens, question=question)
         with ExitStack() as stack:
             stack.enter_context(self.lora_on_lookahead_rows(decoder))
             stack.enter_context(rows.attending(decoder))

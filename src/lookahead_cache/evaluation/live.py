@@ -6,7 +6,9 @@ every (method, budget) live instead, with the method's fresh cache (`methods.liv
 
 - streaming prefill (`chunked-question-aware`, `chunked-question-agnostic`): `generate(..., prefill_chunk_size=C)`
   reads the prompt (question-agnostic: the context; the question then follows as a later forward, appended whole)
-  in chunks of C tokens and the cache evicts after every chunk;
+  in chunks of C tokens and the cache evicts after every chunk; question-aware, the cache is told the question that
+  ends the prompt (`LookaheadCache.set_question`, for the lookahead scorer: every chunk's rows follow it; the
+  heuristic scorers score each chunk with its own last queries), as a one-shot prefill's eviction sees it;
 - sessions (`session`): a chat of three turns (`Sample.session_ids`), each a forward continuing the same cache;
   only the first evicts by default, every one with a session budget (`<method>@session`, `evict_every_prefill=True`);
 - long answers (`long-output`): the question-aware prompt read in one forward, then the family's long answer; the
@@ -70,6 +72,8 @@ class LiveRun:
         max_new_tokens: Answer length limit.
         eos_token_id: End-of-sequence token id(s).
         chunk_size: `prefill_chunk_size` of the first turn's `generate`; None reads it in one forward.
+        chunked_question: The question that ends a chunked question-aware prompt, told to a cache whose scorer takes
+            one (`LookaheadCache.set_question`) before it reads the prompt; None otherwise.
     """
 
     model: PreTrainedModel
@@ -78,6 +82,7 @@ class LiveRun:
     max_new_tokens: int
     eos_token_id: int | list[int] | None
     chunk_size: int | None = None
+    chunked_question: torch.Tensor | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -92,6 +97,8 @@ class LiveRun:
     def answer(self, cache: Cache) -> LiveAnswer:
         """Read the turns into `cache` (empty), then decode the answer greedily."""
         seen = self.turns[0][:, :0]
+        if self.chunked_question is not None and isinstance(cache, LookaheadCache) and cache.scorer.needs_lookahead:
+            cache.set_question(self.chunked_question)
         start = time.perf_counter()
         for index, turn in enumerate(self.turns):
             chunking = {"prefill_chunk_size": self.chunk_size} if index == 0 and self.chunk_size else {}
@@ -129,7 +136,12 @@ def start_live_run(model: PreTrainedModel, tokenizer, sample: Sample, mode: str,
         prompt_ids = torch.cat([context_ids, question_ids], dim=-1)
         return LiveRun(turns=[prompt_ids], question_ids=question_ids[:, :0], **common)
     if CHUNKED_MODES[mode] == "question-aware":
-        turns, question_ids = [torch.cat([context_ids, question_ids], dim=-1)], question_ids[:, :0]
-    else:
-        turns = [context_ids]
-    return LiveRun(turns=turns, question_ids=question_ids, chunk_size=chunk_size, **common)
+        prompt_ids = torch.cat([context_ids, question_ids], dim=-1)
+        return LiveRun(
+            turns=[prompt_ids],
+            question_ids=question_ids[:, :0],
+            chunk_size=chunk_size,
+            chunked_question=question_ids,
+            **common,
+        )
+    return LiveRun(turns=[context_ids], question_ids=question_ids, chunk_size=chunk_size, **common)
