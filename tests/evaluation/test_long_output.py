@@ -45,12 +45,18 @@ def test_the_family_asks_for_the_60_lines_after_the_context_at_the_asked_length(
         code = sample.context.split("```python\n", 1)[1].removesuffix("\n```")
         path = STDLIB / f"{module}.py"
         lines = path.read_text(encoding="utf-8").splitlines()
-        cut = len(code.splitlines())
+        cut = code.count("\n") + 1  # its lines, a last blank one included
         assert "\n".join(lines[:cut]) == code
         (reference,) = sample.answers
         # The lines as they are in the file, indentation included, mostly code.
         assert reference.split("\n") == lines[cut : cut + REFERENCE_LINES]
         assert sum(code_lines(parse(module, path), lines)[cut : cut + REFERENCE_LINES]) >= REFERENCE_LINES / 2
+
+
+def test_the_samples_of_a_build_continue_distinct_modules(tokenizer):
+    samples = get_task(FAMILY).build(tokenizer, 2048, 6, seed=0)
+    modules = [re.search(r"`(\w+)\.py`", sample.context).group(1) for sample in samples]
+    assert len(set(modules)) == len(modules)
 
 
 def test_only_named_runs_take_the_family():

@@ -43,10 +43,14 @@ class CodeContinuation(TaskFamily):
     question: ClassVar[str] = QUESTION
 
     def _drafts(self, tokenizer: PreTrainedTokenizerBase, slot: Slot) -> Iterator[Draft]:
-        for name in slot.in_turn(modules_filling(slot.context_length)):
+        for name in slot.in_turn(self._modules(tokenizer, slot.context_length)):
             draft = self._draft(name)
             if draft.max_size:  # a module too short for the reference has nowhere to cut
                 yield draft
+
+    def _modules(self, tokenizer: PreTrainedTokenizerBase, context_length: int) -> list[str]:
+        """The modules the samples of a build take in turn."""
+        return modules_filling(context_length)
 
     def _draft(self, name: str) -> Draft:
         parsed = parse(name, STDLIB / f"{name}.py")

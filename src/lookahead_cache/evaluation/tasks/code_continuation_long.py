@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from transformers import PreTrainedTokenizerBase
+
+from .base import MIN_FILL
 from .code_continuation import CodeContinuation
 
 REFERENCE_LINES = 60
@@ -69,6 +72,25 @@ class CodeContinuationLong(CodeContinuation):
     description = "Next 60 lines of code after the beginning of a stdlib source file, a long answer (edit similarity)."
     reference_lines = REFERENCE_LINES
     question = f"Continue the code above: write its next {REFERENCE_LINES} lines, and nothing else."
+
+    def _modules(self, tokenizer: PreTrainedTokenizerBase, context_length: int) -> list[str]:
+        """Only the modules that fill `context_length` tokens from a cut: most have no 60 lines of code after a late
+        enough cut, and samples taking the pool in turn would move past those onto the same next module, so that a
+        build of several samples asked one module's continuation again and again. Found once per build (tokenizer
+        and length)."""
+        found = vars(self).setdefault("_pools", {}).get(context_length)
+        if found is None or found[0] is not tokenizer:
+            modules = super()._modules(tokenizer, context_length)
+            found = (tokenizer, [name for name in modules if self._fills(tokenizer, name, context_length)])
+            self._pools[context_length] = found
+        return found[1]
+
+    def _fills(self, tokenizer: PreTrainedTokenizerBase, name: str, context_length: int) -> bool:
+        draft = self._draft(name)
+        if not draft.max_size:
+            return False
+        length = self._fit(tokenizer, draft, context_length)[1]
+        return MIN_FILL * context_length <= length <= context_length
 
     def score(self, predictions: list[str], references: list[list[str]]) -> list[float]:
         """Per prediction, the edit similarity of its first `reference_lines` lines of code with the best reference,
