@@ -19,6 +19,9 @@ prompt, and decode-evicting at layers * (budget + generation budget) whatever th
 
     python scripts/bench_streaming.py --lengths 4096 8192 16384 32768 --out results/bench_streaming_cpu.jsonl \
         --plot docs/results/bench_streaming_cpu.png
+    # lengths measured in separate runs into one file, then its curve:
+    python scripts/bench_streaming.py --out results/bench_streaming_cpu.jsonl --plot-only \
+        --plot docs/results/bench_streaming_cpu.png
     python scripts/bench_streaming.py --lengths 1024 --new-tokens 4096 --methods full one-shot decode-evicting \
         --out results/bench_long_generation_cpu.jsonl --plot docs/results/bench_long_generation_cpu.png
 
@@ -139,7 +142,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="JSON lines file the rows are appended to.")
-    parser.add_argument("--plot", type=Path, help="PNG of peak KV and peak process memory against prompt length.")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        help="PNG of peak KV and peak process memory against prompt length: of every row in --out (this run's "
+        "appended) when given, else of this run's rows.",
+    )
+    parser.add_argument(
+        "--plot-only", action="store_true", help="Measure nothing: plot the rows --out holds (runs made one by one)."
+    )
     # One measurement in this process, for the subprocesses `run` starts.
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "LENGTH"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -197,11 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print(json.dumps(measure(args, args.one[0], int(args.one[1]))))
         return 0
-    rows = run(args, argv)
+    if args.plot_only and not (args.out and args.plot):
+        raise SystemExit("--plot-only plots the rows of --out into --plot: pass both.")
+    rows = [] if args.plot_only else run(args, argv)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("a") as file:
             file.writelines(json.dumps(row) + "\n" for row in rows)
+        rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
     if args.plot:
         plot(rows, args.plot)
     return 0
