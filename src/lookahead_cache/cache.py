@@ -491,6 +491,11 @@ class LookaheadCache(Cache):
             return torch.zeros(0, 0, 0, dtype=torch.long)
         return torch.stack([layer.kept_tokens() for layer in self.layers])
 
+    def reset_peak(self) -> None:
+        """Start `peak_nbytes` over from the bytes held now, e.g. to measure a session's later turns apart from its
+        first prefill."""
+        self.peak_nbytes = self.nbytes()
+
     def nbytes(self) -> int:
         """Bytes held by the stored keys and values of every layer."""
         return sum(layer.nbytes() for layer in self.layers if layer.is_initialized)

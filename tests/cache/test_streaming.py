@@ -84,6 +84,20 @@ def test_sessions_stay_within_the_budget_plus_the_turn_and_default_sessions_grow
     assert int(unbounded.kept_tokens().max()) == BUDGET + 2 + (3 + 40) * 2
 
 
+def test_a_session_peak_restarts_from_the_bytes_held_and_bounds_the_later_turn():
+    model = tiny_model()
+    cache = LookaheadCache(**SETTINGS, evict_every_prefill=True)
+    with torch.no_grad():
+        model(prompt_ids(40), **{CACHE_ARGUMENT: cache})
+        assert cache.peak_nbytes > cache.nbytes()  # the prefill held a whole layer before its eviction
+        cache.reset_peak()
+        assert cache.peak_nbytes == cache.nbytes()
+        model(prompt_ids(40, seed=1), **{CACHE_ARGUMENT: cache})
+    layers, kv_heads = model.config.num_hidden_layers, model.config.num_key_value_heads
+    # While the turn went through a layer: that layer's budget and turn, every other layer's budget.
+    assert cache.peak_nbytes == (layers * BUDGET + 40) * kv_heads * bytes_per_token(model)
+
+
 def test_a_manual_loop_of_chunks_is_evicted_chunk_by_chunk():
     model = tiny_model()
     cache = LookaheadCache(**SETTINGS, evict_every_prefill=True)

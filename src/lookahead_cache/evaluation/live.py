@@ -106,8 +106,7 @@ class LiveRun:
             (first,) = greedy_answers(self.model, [cache], seen, turn, 1, self.eos_token_id, **chunking)
             seen = torch.cat([seen, turn], dim=-1)
             if index == 0 and len(self.turns) > 1 and isinstance(cache, LookaheadCache):
-                # `peak_nbytes` is the cache's running maximum: from the bytes held now, it is the later turns' peak.
-                cache.peak_nbytes = cache.nbytes()
+                cache.reset_peak()  # the later turns' peak from here
         prefill_s = time.perf_counter() - start
         # A DynamicCache only grows, and a LookaheadCache counts its peak during the prefills that it evicts; turns
         # appended whole grow it after its last eviction.
