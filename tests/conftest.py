@@ -49,10 +49,12 @@ TINY_CONFIGS = {
 ARCHITECTURES = list(TINY_CONFIGS)
 
 
-def tiny_model(architecture: str = "llama", attn_implementation: str = "sdpa", seed: int = 0):
-    """A random-weight model; its weights are scaled up so that attention is peaked, like a trained model's."""
+def tiny_model(architecture: str = "llama", attn_implementation: str = "sdpa", seed: int = 0, **config_changes):
+    """A random-weight model (its config changed by `config_changes`, e.g. more heads); its weights are scaled up so
+    that attention is peaked, like a trained model's."""
     torch.manual_seed(seed)
     config = TINY_CONFIGS[architecture]()
+    config.update(config_changes)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -64,12 +66,12 @@ def tiny_model(architecture: str = "llama", attn_implementation: str = "sdpa", s
     return model.eval()
 
 
-def tiny_lookahead_model(architecture: str = "llama"):
-    """A tiny model with a lookahead adapter of 4 tokens whose LoRA is far from a no-op, so that LoRA outside the
-    lookahead rows would show."""
+def tiny_lookahead_model(architecture: str = "llama", **config_changes):
+    """A tiny model (`tiny_model(architecture, **config_changes)`) with a lookahead adapter of 4 tokens whose LoRA is
+    far from a no-op, so that LoRA outside the lookahead rows would show."""
     from lookahead_cache.adapters import LookaheadConfig, add_lookahead
 
-    model = add_lookahead(tiny_model(architecture), LookaheadConfig(num_tokens=4))
+    model = add_lookahead(tiny_model(architecture, **config_changes), LookaheadConfig(num_tokens=4))
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_B" in name:

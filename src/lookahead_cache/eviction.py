@@ -22,6 +22,7 @@ from .prefill import LayerPrefill
 from .scorers import Scorer
 from .selection import protected_positions, select_tokens
 from .storage import PackedLayer, PaddedLayer, SlidingWindowLayer, StoredLayer
+from .tensor_parallel import kv_head_shard
 
 logger = logging.get_logger(__name__)
 
@@ -100,15 +101,24 @@ def evict_layer(prefill: LayerPrefill, eviction: Eviction) -> StoredLayer:
     row_budgets = torch.tensor([config.row_budget(n) for n in real_lengths], device=scores.device)
     # Allocators share out the selectable tokens: sink, window and padding are not theirs to rank.
     selectable = prefill.valid & ~protected_positions(prefill.valid, sink=config.sink, window=config.window)
+    allocated_scores = scores.masked_fill(~selectable[:, None], float("-inf"))
+    # Under tensor parallelism this process holds some of the layer's KV heads. A per-head allocation shares the
+    # layer's budget among all of them: it decides on every process's scores, as one process holding them all would,
+    # and this process keeps its own heads' counts.
+    head_shard = kv_head_shard(prefill.module, kv_heads) if eviction.allocator.per_head else None
+    if head_shard is not None:
+        allocated_scores = head_shard.gather(allocated_scores, dim=1)
     compressed = eviction.compressed_layers
     counts = eviction.allocator.allocate(
-        scores.masked_fill(~selectable[:, None], float("-inf")),
+        allocated_scores,
         row_budgets,
         prefill.real_lengths,
         config.protected,
         compressed.index(layer_idx),
         len(compressed),
     )
+    if head_shard is not None:
+        counts = head_shard.own(counts, dim=1)
     # A row within its budget is kept whole, as it would be alone, however the allocator shares out the others.
     fits = prefill.real_lengths <= row_budgets
     counts = torch.where(fits[:, None], prefill.real_lengths[:, None].to(counts), counts)

@@ -13,7 +13,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import peft
 import torch
+from packaging import version
 from peft import PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
@@ -29,6 +31,9 @@ from .serialization import resolve_adapter_files
 
 # The attribute under which a decoder holds the hooks of `_register_prefill_hooks` (registered once per decoder).
 PREFILL_HOOKS_ATTRIBUTE = "lookahead_prefill_hooks"
+# The oldest PEFT tested to put a LoRA into a tensor-parallel model: 0.18 sizes the LoRA of a split layer to this
+# process's block of it, then fails to load a saved LoRA's whole weights into it.
+PEFT_FOR_TENSOR_PARALLEL = "0.21"
 
 
 def load_lookahead(
@@ -63,8 +68,10 @@ def load_lookahead(
     Raises:
         FileNotFoundError: No such local folder or Hub repo, a file of the adapter is missing, or (offline mode) the
             repo is not in the local Hugging Face cache.
-        ValueError: A file is corrupted or truncated, the files disagree, or the adapter does not fit `base_model`.
+        ValueError: A file is corrupted or truncated, the files disagree, the adapter does not fit `base_model`, or
+            `base_model` is split by tensor parallelism and the installed PEFT cannot put a LoRA into it.
     """
+    check_peft_fits(base_model)
     folder = resolve_adapter_files(repo_or_dir, revision=revision, token=token)
     source = f"lookahead adapter {str(repo_or_dir)!r}"
     config, lora, embeddings = check_adapter(folder, base_model, tokenizer, source)
@@ -79,6 +86,19 @@ def load_lookahead(
         adapter.source, adapter.source_revision = str(repo_or_dir), revision
         attach_lookahead(peft_model, adapter)
     return peft_model
+
+
+def check_peft_fits(model: nn.Module) -> None:
+    """Refuse a model split by tensor parallelism when the installed PEFT cannot put a LoRA into it."""
+    tp_size = getattr(model, "tp_size", None) or 1
+    if tp_size > 1 and version.parse(peft.__version__) < version.parse(PEFT_FOR_TENSOR_PARALLEL):
+        raise ValueError(
+            f"This model is split over {tp_size} processes by tensor parallelism, and PEFT {peft.__version__} cannot "
+            "put the lookahead LoRA into it: it holds the LoRA of a split layer as a plain tensor of this process's "
+            "block, which a saved LoRA's whole weights do not load into and which no process keeps in step with the "
+            f"others. Install peft>={PEFT_FOR_TENSOR_PARALLEL} (`pip install -U peft`), or load the model in one "
+            "process."
+        )
 
 
 @contextmanager
@@ -136,6 +156,7 @@ def add_lookahead(
     The LoRA starts as a no-op (PEFT initialises its B matrices to zero); the embeddings start random. If wrapping
     fails, `model` is left as it was.
     """
+    check_peft_fits(model)
     config = config or LookaheadConfig()
     if config.base_model is None:
         config.base_model = BaseModelSignature.of(model.config)

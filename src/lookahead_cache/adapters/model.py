@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from ..lookahead_rows import LookaheadRows
 from ..prefill import CACHE_ARGUMENT
+from ..tensor_parallel import ParameterShard, local_part
 from .config import DEFAULT_ADAPTER_NAME, LookaheadConfig
 from .serialization import push_lookahead_to_hub, save_lookahead
 
@@ -119,15 +120,30 @@ class LookaheadAdapter(nn.Module):
                 layer.scaling[name],
             )
             dropout = None if isinstance(dropout, nn.Identity) else dropout
+            # Under tensor parallelism PEFT sizes the LoRA of a split layer to this process's block of the layer (and,
+            # from PEFT 0.21 on, holds it as a DTensor). A layer split by its outputs then adds this process's block
+            # of the update; one split by its inputs reads its block of them, so lora_A's columns give a partial
+            # product, summed over the processes before lora_B.
+            down, down_bias, up, up_bias = (
+                local_part(w) for w in (lora_A.weight, lora_A.bias, lora_B.weight, lora_B.bias)
+            )
+            base_layer = layer.get_base_layer()
+            shard = ParameterShard.of(base_layer.weight, f"{type(base_layer).__name__} weight under the lookahead LoRA")
+            splits_inputs = shard is not None and shard.dim == 1
 
             def add_lora(module, args, output):
-                lookahead_rows = args[0][..., -rows:, :].to(lora_A.weight.dtype)
+                lookahead_rows = args[0][..., -rows:, :].to(down.dtype)
                 if dropout is not None:
                     lookahead_rows = dropout(lookahead_rows)
                 # The LoRA's linear layers called as functions: called as modules, these 2 x 210 calls (SmolLM2)
                 # would each also run every global module hook, such as the one a LookaheadCache watches its prefill
                 # with; that was half of the LoRA's time in a short prefill on a CPU.
-                update = F.linear(F.linear(lookahead_rows, lora_A.weight, lora_A.bias), lora_B.weight, lora_B.bias)
+                low_rank = F.linear(lookahead_rows, down)
+                if splits_inputs:
+                    low_rank = shard.sum(low_rank)
+                if down_bias is not None:
+                    low_rank = low_rank + down_bias
+                update = F.linear(low_rank, up, up_bias)
                 output[..., -rows:, :] += (update * scaling).to(output.dtype)
                 return output
 
