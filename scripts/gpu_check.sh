@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The device checks, for a lent GPU machine, in two commands of under 10 minutes each (the device tool's limit):
 #
-#     bash scripts/gpu_check.sh            # the Triton kernels' tests on CUDA, both kernel benchmarks and the
-#                                          # per-head storage decode benchmark (time limits: 8.5 minutes)
+#     bash scripts/gpu_check.sh            # the Triton kernels' tests on CUDA, a model placed over GPU and CPU
+#                                          # (device_map), both kernel benchmarks and the per-head storage decode
+#                                          # benchmark (time limits: 8.5 minutes)
+#
+# Tensor parallelism needs two GPUs; the machines lent have one, so it is tested on CPU processes (gloo) only
+# (tests/cache/test_tensor_parallel.py).
 #     bash scripts/gpu_check.sh streaming  # memory and decode speed of full, one-shot, streaming and decode-time
 #                                          # eviction at Llama-3.1-8B's head geometry, 4k to 32k (time limits: 8)
 #
@@ -31,7 +35,8 @@ if [[ "${1:-}" == streaming ]]; then
     exit 0
 fi
 TRITON_INTERPRET=0 timeout 180 python -m pytest -q -p no:cacheprovider tests/kernels/test_kernel_attention_scores.py \
-    tests/kernels/test_kernel_varlen_decode.py tests/storage/test_packed.py > "$OUT/tests.txt" 2>&1
+    tests/kernels/test_kernel_varlen_decode.py tests/storage/test_packed.py tests/cache/test_device_map.py \
+    > "$OUT/tests.txt" 2>&1
 timeout 90 python -m lookahead_cache.kernels.benchmark_attention_scores > "$OUT/bench_attention_scores.txt" 2>&1
 timeout 90 python -m lookahead_cache.kernels.benchmark_varlen_decode > "$OUT/bench_varlen_decode.txt" 2>&1
 timeout 150 python scripts/bench_head_storage.py --device cuda --dtype bfloat16 --out "$OUT/bench_head_storage.json" \

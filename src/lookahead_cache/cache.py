@@ -486,10 +486,12 @@ class LookaheadCache(Cache):
         return self._state == _DONE
 
     def kept_tokens(self) -> torch.Tensor:
-        """Stored tokens that attention reads, `[num_layers, batch, kv_heads]` (padding slots excluded)."""
+        """Stored tokens that attention reads, `[num_layers, batch, kv_heads]` (padding slots excluded), on the first
+        layer's device (a model placed with `device_map` keeps each layer's cache on that layer's device)."""
         if not self.layers:
             return torch.zeros(0, 0, 0, dtype=torch.long)
-        return torch.stack([layer.kept_tokens() for layer in self.layers])
+        counts = [layer.kept_tokens() for layer in self.layers]
+        return torch.stack([count.to(counts[0].device) for count in counts])
 
     def reset_peak(self) -> None:
         """Start `peak_nbytes` over from the bytes held now, e.g. to measure a session's later turns apart from its
