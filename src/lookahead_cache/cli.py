@@ -44,6 +44,8 @@ COMMANDS = {
 # `auto` first; future_queries needs the queries of an answer and cannot be picked by name alone.
 SCORER_CHOICES = ["auto", *(name for name in SCORERS if name != "future_queries")]
 ALLOCATION_CHOICES = list(ALLOCATIONS)
+# The dtypes `train` and `profile` load a model in (torch's names).
+DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
 
 
 def positive_int(text: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import SCORER_CHOICES, positive_int
+from ..cli import DTYPE_CHOICES, SCORER_CHOICES, positive_int
 from ..config import DEFAULT_SINK, DEFAULT_WINDOW
 from .eval import DEFAULT_MODEL
 
@@ -16,7 +16,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"'{DEFAULT_MODEL}' (the embedded SmolLM2-135M-Instruct) or a local model folder.",
+        help=f"'{DEFAULT_MODEL}' (the embedded SmolLM2-135M-Instruct), a local model folder or a Hub model id.",
+    )
+    parser.add_argument("--revision", help="Branch, tag or commit of a Hub --model (default: its main branch).")
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES, help="The dtype the model is loaded in.")
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="JSONL files of your own prompts (the format of `train --data`), profiled instead of the calibration "
+        "document; --questions takes the first N of them.",
     )
     parser.add_argument(
         "--adapter",

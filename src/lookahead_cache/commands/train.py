@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import positive_int
+from ..cli import DTYPE_CHOICES, positive_int
 from ..evaluation.tasks import TASKS
 from ..training.config import MAX_VALIDATION_LENGTH, TrainingConfig
 from ..training.forms import FORMS
@@ -19,7 +19,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"'{DEFAULT_MODEL}' (the embedded SmolLM2-135M-Instruct) or a local model folder.",
+        help=f"'{DEFAULT_MODEL}' (the embedded SmolLM2-135M-Instruct), a local model folder or a Hub model id.",
+    )
+    parser.add_argument("--revision", help="Branch, tag or commit of a Hub --model (default: its main branch).")
+    parser.add_argument(
+        "--dtype", default="float32", choices=DTYPE_CHOICES, help="The dtype the frozen model is loaded in."
+    )
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help='JSONL files of your own prompts, one {"prompt": "..."} or {"messages": [...]} a line, optionally with '
+        'a "response" (see docs/training.md). Alone, they are the training data; with --tasks, they join the '
+        "built-in forms.",
+    )
+    parser.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=defaults.validation_fraction,
+        help="Share of the --data prompts held out for validation (the same ones at every run over the same lines).",
     )
     parser.add_argument(
         "--out", type=Path, required=True, help="Run folder: cached responses, checkpoints, the adapter."
@@ -38,10 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tasks",
         nargs="+",
-        default=defaults.tasks,
         choices=[*TASKS, *FORMS],
         metavar="TASK",
-        help="Task forms of the training mix: training forms and evaluation families.",
+        help="Task forms of the training mix: training forms and evaluation families (default: all of "
+        f"{' '.join(defaults.tasks)}; none with --data).",
     )
     parser.add_argument("--lengths", type=positive_int, nargs="+", default=defaults.lengths, help="Prompt lengths.")
     parser.add_argument(

@@ -6,7 +6,7 @@ import argparse
 
 from ..cli import require_extra
 from ..commands.eval import DEFAULT_MODEL
-from ..evaluation.suite import load_model
+from ..model_loading import load_model
 from ..scorers import get_scorer
 from .profiler import profile_model
 
@@ -25,7 +25,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     adapter = args.adapter or (DEFAULT_MODEL if "lookahead" in args.scorers else None)
-    model, tokenizer = load_model(args.model, adapter)
+    model, tokenizer = load_model(args.model, args.dtype, adapter, args.revision)
     profiles = profile_model(
         model,
         tokenizer,
@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         sink=args.sink,
         window=args.window,
         seed=args.seed,
+        data_files=[str(path) for path in args.data],
     )
     for name in profiles:
         print(f"{name}: {args.out}/lukv_profile_{name}.json, .safetensors, .png")

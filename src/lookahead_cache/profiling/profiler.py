@@ -1,4 +1,4 @@
-"""LU-KV's offline profiling of a model and one or more scorers, on the calibration prompts.
+"""LU-KV's offline profiling of a model and one or more scorers, on the calibration prompts or the user's own.
 
 Per calibration prompt: one recorded prefill; an answer sampled from the full cache; the oracle long-horizon
 utility of every prompt token for every (layer, KV head); each scorer's scores; then per scorer the loss curves,
@@ -9,6 +9,7 @@ made, so an interrupted run resumes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import replace
@@ -18,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import get_layer_types_and_kwargs
+from transformers.utils import logging
 
 from ..adapters.config import BaseModelSignature
 from ..adapters.model import get_lookahead
@@ -41,9 +43,12 @@ from ..run_folder import (
 )
 from ..scorers import Scorer, get_scorer, scorer_name, scorer_settings
 from ..selection import protected_positions
+from ..training.user_data import file_digest, model_context_length, read_user_data
 from .calibration import calibration_prompts
 from .profile import HeadProfile
 from .solver import cumulative_losses, hull_marginal_costs, prune_ratios
+
+logger = logging.get_logger(__name__)
 
 # No head may evict more than this share of the prompt (nor its sink and window).
 MIN_KEPT_SHARE = 0.01
@@ -113,6 +118,7 @@ def profile_model(
     sink: int = 4,
     window: int = 32,
     seed: int = 0,
+    data_files: list[str] | None = None,
 ) -> dict[str, HeadProfile]:
     """Profile `model` for each of `scorers`; each profile is saved into `out_dir` (with a heatmap) and returned,
     by scorer name.
@@ -122,7 +128,11 @@ def profile_model(
     Args:
         scorers: Scorer names (default settings) or `Scorer` instances, at most one per scorer name: the profile
             records the settings, and `lukv` only pairs it with a scorer that has them.
-        questions: Use only the first this many calibration questions (default: all, about thirty).
+        questions: Use only the first this many calibration questions (default: all, about thirty), or prompts of
+            `data_files`.
+        data_files: JSONL files of the user's prompts (see `lookahead_cache.training.user_data`), profiled instead
+            of the calibration document (`context_length` then unused); their answers are sampled as the calibration
+            answers are, so a line's "response" is not read.
     """
     built = {scorer_name(scorer): scorer for scorer in map(get_scorer, scorers)}
     if len(built) != len(scorers):
@@ -132,15 +142,19 @@ def profile_model(
     out = Path(out_dir)
     work = out / "calibration"
     work.mkdir(parents=True, exist_ok=True)
-    prompts, digest = calibration_prompts(tokenizer, context_length, questions=questions, seed=seed)
+    if data_files:
+        prompts, digest, source = _data_prompts(data_files, tokenizer, model, questions, answer_tokens)
+    else:
+        prompts, digest = calibration_prompts(tokenizer, context_length, questions=questions, seed=seed)
+        source = "lookahead_cache.profiling.calibration (pydoc_data prose, planted facts, varied questions)"
     settings = {
         "prompts": len(prompts),
-        "context_length": context_length,
+        "context_length": max(prompt.shape[-1] for prompt in prompts) if data_files else context_length,
         "answer_tokens": answer_tokens,
         "temperature": temperature,
         "seed": seed,
         "sha256": digest,
-        "source": "lookahead_cache.profiling.calibration (pydoc_data prose, planted facts, varied questions)",
+        "source": source,
     }
     if any(scorer.needs_lookahead for scorer in built.values()):
         required_lookahead(model)
@@ -198,6 +212,30 @@ def profile_model(
         profile.plot(out / f"lukv_profile_{name}.png")
         profiles[name] = profile
     return profiles
+
+
+def _data_prompts(
+    data_files: list[str],
+    tokenizer: PreTrainedTokenizerBase,
+    model: PreTrainedModel,
+    questions: int | None,
+    answer_tokens: int,
+) -> tuple[list[torch.Tensor], str, str]:
+    """The `[1, n]` prompt ids of the data files (the first `questions` of them if given), a sha256 of them, and
+    what the profile records as their source."""
+    data = read_user_data(data_files, tokenizer, model_context_length(model.config), answer_tokens)
+    summary = data.skipped_summary()
+    if summary:
+        logger.warning(summary)
+    given = sum(prompt.response_ids is not None for prompt in data.prompts)
+    if given:
+        logger.info(f"{given} prompts of the data give a response: profiling samples its own answers instead.")
+    chosen = data.prompts[:questions]
+    digest = hashlib.sha256()
+    for prompt in chosen:
+        digest.update(repr(prompt.input_ids).encode())
+    files = ", ".join(f"{Path(path).name} (sha256 {file_digest(path)})" for path in data_files)
+    return [torch.tensor([prompt.input_ids]) for prompt in chosen], digest.hexdigest(), f"data files: {files}"
 
 
 def _sample_answer(

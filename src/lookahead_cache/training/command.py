@@ -10,7 +10,7 @@ import sys
 from ..cli import require_extra
 from ..commands.eval import DEFAULT_MODEL
 from ..default_model import DEFAULT_MODEL_HUB_ID
-from ..evaluation.suite import load_model
+from ..model_loading import load_model
 from .config import TrainingConfig
 from .data import RESPONSES_NAME
 from .forms import get_task
@@ -19,10 +19,15 @@ from .trainer import ADAPTER_DIR, PLOT_NAME, train
 
 def check_arguments(args: argparse.Namespace) -> None:
     require_extra("train", "matplotlib")
+    defaults = TrainingConfig()
+    if args.tasks is None:
+        # The user's data alone is what `--data` asks to train on; the built-in forms join it when named.
+        args.tasks = [] if args.data else defaults.tasks
     for name in args.tasks:
         get_task(name)
-    defaults = TrainingConfig()
-    if args.samples_per_task is None:
+    if args.samples_per_task is None and not args.tasks:
+        args.samples_per_task = [0]
+    elif args.samples_per_task is None:
         if args.lengths != defaults.lengths:
             raise ValueError(
                 f"--lengths {' '.join(map(str, args.lengths))} are not the default lengths, whose counts the default "
@@ -31,6 +36,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         args.samples_per_task = defaults.samples_per_task
     args.config = TrainingConfig(
         tasks=list(args.tasks),
+        data_files=[str(path) for path in args.data],
+        validation_fraction=args.validation_fraction,
         lengths=list(args.lengths),
         samples_per_task=_one_or_per_length(args.samples_per_task),
         seed=args.seed,
@@ -56,7 +63,7 @@ def _one_or_per_length(counts: list[int]) -> int | list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, args.dtype, revision=args.revision)
     command = "lookahead-cache " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     name = DEFAULT_MODEL_HUB_ID if args.model == DEFAULT_MODEL else args.model
     train(

@@ -24,7 +24,11 @@ class TrainingConfig:
 
     Attributes:
         tasks: Task forms of the training mix: forms of `lookahead_cache.training.forms` and families of the
-            evaluation suite (`lookahead_cache.evaluation.tasks`), all built offline.
+            evaluation suite (`lookahead_cache.evaluation.tasks`), all built offline. May be empty when `data_files`
+            gives the prompts.
+        data_files: JSONL files of the user's own prompts (see `lookahead_cache.training.user_data`), trained on
+            beside the prompts of `tasks`.
+        validation_fraction: Share of the `data_files` prompts held out for validation (see `UserData.split`).
         lengths: Prompt lengths in tokens.
         samples_per_task: Prompts per form at each of `lengths` (one count per length, or one for all).
         seed: Seed of the prompts (evaluation uses 0).
@@ -47,6 +51,8 @@ class TrainingConfig:
     """
 
     tasks: list[str] = field(default_factory=lambda: [*TRAINING_FORMS, *TRAINING_TASKS])
+    data_files: list[str] = field(default_factory=list)
+    validation_fraction: float = 0.1
     lengths: list[int] = field(default_factory=lambda: [512, 1024, 2048, 4096, 8192])
     # Most prompts short, where a CPU makes responses quickly, and some at every length up to 8k.
     samples_per_task: int | list[int] = field(default_factory=lambda: [40, 40, 15, 3, 2])
@@ -70,15 +76,19 @@ class TrainingConfig:
         for name in ("response_tokens", "epochs", "gradient_accumulation", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
-        if not self.tasks or not self.lengths:
-            raise ValueError("tasks and lengths must each name at least one entry.")
+        if not self.tasks and not self.data_files:
+            raise ValueError("Name at least one task form (tasks) or data file (data_files) to train on.")
+        if not self.lengths:
+            raise ValueError("lengths must name at least one prompt length.")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction={self.validation_fraction} must be at least 0 and below 1.")
         if self.validation_samples_per_task is None:
             self.validation_samples_per_task = [int(length <= MAX_VALIDATION_LENGTH) for length in self.lengths]
         self.samples_per_task = self._per_length("samples_per_task")
         self.validation_samples_per_task = self._per_length("validation_samples_per_task")
-        if not any(self.samples_per_task):
+        if self.tasks and not any(self.samples_per_task):
             raise ValueError(f"samples_per_task={self.samples_per_task} must ask for at least one prompt.")
-        if any(self.validation_samples_per_task) and self.validation_seed == self.seed:
+        if self.tasks and any(self.validation_samples_per_task) and self.validation_seed == self.seed:
             raise ValueError(
                 f"validation_seed equals seed ({self.seed}): validation would repeat the training prompts; pick "
                 "another."

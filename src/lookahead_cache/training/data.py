@@ -46,6 +46,7 @@ from ..run_folder import (
 from ..scorers.future_queries import FutureQueriesScorer
 from .config import TrainingConfig
 from .forms import get_task
+from .user_data import UserData, UserPrompt, model_context_length, read_user_data
 
 RESPONSES_NAME = "responses.jsonl"
 # Responses decode in batches of prompts of one length, up to this many prompt tokens in all, gathered from windows
@@ -67,14 +68,21 @@ def prompt_digest(input_ids: list[int]) -> str:
 
 
 def build_prompts(
-    tokenizer: PreTrainedTokenizerBase, config: TrainingConfig, validation: bool = False
-) -> dict[str, Sample]:
+    tokenizer: PreTrainedTokenizerBase,
+    config: TrainingConfig,
+    validation: bool = False,
+    user_data: UserData | None = None,
+) -> dict[str, Sample | UserPrompt]:
     """The training mix by prompt key: `samples_per_task[i]` prompts per form at `lengths[i]`, drawn with the training
-    seed; or, with `validation`, `validation_samples_per_task` of them drawn with the validation seed.
+    seed, then the training share of the user's prompts (`user_data`, read from `config.data_files`); or, with
+    `validation`, `validation_samples_per_task` of them drawn with the validation seed, then the user's held-out
+    prompts (`config.validation_fraction`).
 
     Ordered index first (the first prompt of every form and length, then the second...), so that responses made in
     this order cover every form and length evenly when they are interrupted.
     """
+    if config.data_files and user_data is None:
+        raise ValueError(f"config.data_files is set: pass their prompts, read_user_data({config.data_files}, ...).")
     counts, seed = (
         (config.validation_samples_per_task, config.validation_seed)
         if validation
@@ -91,7 +99,20 @@ def build_prompts(
         for samples in built.values():
             if index < len(samples):
                 prompts[prompt_key(samples[index], seed)] = samples[index]
+    if user_data is not None:
+        training, held_out = user_data.split(config.validation_fraction)
+        prompts.update((prompt.key, prompt) for prompt in (held_out if validation else training))
     return prompts
+
+
+def read_config_data(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: TrainingConfig
+) -> UserData | None:
+    """The prompts of `config.data_files` (None without any), those too long for `model`'s context skipped."""
+    if not config.data_files:
+        return None
+    context = model_context_length(model.config)
+    return read_user_data(config.data_files, tokenizer, context, config.response_tokens)
 
 
 @dataclass
@@ -251,7 +272,7 @@ def prepare_examples(
     tokenizer: PreTrainedTokenizerBase,
     config: TrainingConfig,
     out_dir: Path,
-    prompts: dict[str, Sample] | None = None,
+    prompts: dict[str, Sample | UserPrompt] | None = None,
     responses: Path | None = None,
     disable_progress: bool = False,
     *,
@@ -259,9 +280,9 @@ def prepare_examples(
     make_missing: bool = True,
 ) -> list[TrainingExample]:
     """The training examples of `prompts` (default: the config's training mix): each response made once and appended
-    to `responses` (default `out_dir/responses.jsonl`), reused from there after an interruption or on another machine;
-    with `store` (default `config.store_prompt_kv`), the prompt's keys and values and its target stored under
-    `out_dir`.
+    to `responses` (default `out_dir/responses.jsonl`), reused from there after an interruption or on another machine,
+    unless the prompt's data gives it; with `store` (default `config.store_prompt_kv`), the prompt's keys and values
+    and its target stored under `out_dir`.
 
     Args:
         make_missing: Make the responses not in `responses` yet; without it their examples are returned with empty
@@ -271,7 +292,8 @@ def prepare_examples(
         ValueError: `responses` was made by another model or with another `response_tokens`, or a prompt rebuilt
             here is not the one it answered (the mix's source texts differ: another Python version).
     """
-    prompts = build_prompts(tokenizer, config) if prompts is None else prompts
+    if prompts is None:
+        prompts = build_prompts(tokenizer, config, user_data=read_config_data(model, tokenizer, config))
     responses = out_dir / RESPONSES_NAME if responses is None else Path(responses)
     responses.parent.mkdir(parents=True, exist_ok=True)
     _check_responses_settings(responses, model, config)
@@ -290,10 +312,11 @@ def prepare_examples(
             raise ValueError(
                 f"The prompt {key} built here is not the one {responses} answered (digest "
                 f"{prompt_digest(input_ids)}, recorded {row['prompt_sha256']}): the mix's source texts differ, most "
-                f"likely another Python version (see {responses_settings_path(responses).name}). Use that version, "
-                "or make responses anew in another file."
+                f"likely another Python version (see {responses_settings_path(responses).name}); for a prompt of a "
+                "data file, another tokenizer or chat template. Use the same, or make responses anew in another file."
             )
-        examples[key] = TrainingExample(key, input_ids, [] if row is None else row["response_ids"])
+        given = sample.response_ids if isinstance(sample, UserPrompt) else None
+        examples[key] = TrainingExample(key, input_ids, given or ([] if row is None else row["response_ids"]))
         if stored:
             name = key.replace("/", "_").replace("@", "_") + ".safetensors"
             examples[key].target_path = stored[TARGETS_DIR] / name

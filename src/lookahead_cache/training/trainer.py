@@ -43,14 +43,18 @@ from .data import (
     build_prompts,
     make_responses,
     prepare_examples,
+    read_config_data,
     response_target,
 )
+from .user_data import file_digest
 
 logger = logging.get_logger(__name__)
 
 CONFIG_NAME = "training_config.json"
 # Which model the run trains for: its name and its weights' fingerprint.
 BASE_MODEL_NAME = "base_model.json"
+# The digest of each data file the run trains on: a resumed run must read the same prompts.
+DATA_FILES_NAME = "data_files.json"
 CHECKPOINT_DIR = "checkpoint"
 ADAPTER_DIR = "adapter"
 # The checkpoint of lowest validation KL, as an adapter: the run's choice when it validates.
@@ -167,21 +171,28 @@ def train(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator()
-    config_path, base_model_path = out / CONFIG_NAME, out / BASE_MODEL_NAME
+    # Read before anything is written: a mistake in the data stops the run with its folder as it was.
+    user_data = read_config_data(model, tokenizer, config)
+    config_path, base_model_path, data_files_path = out / CONFIG_NAME, out / BASE_MODEL_NAME, out / DATA_FILES_NAME
     base_model = {
         "model": base_model_name_or_path or model.name_or_path,
         "model_sha256": model_fingerprint(model),
     }
+    data_files = {"data_files_sha256": {path: file_digest(path) for path in config.data_files}}
     if config_path.exists():
         recorded = asdict(TrainingConfig.from_json_file(config_path))
         if base_model_path.exists():
             recorded.update(read_json(base_model_path))
-        check_same_run(out, recorded, {**asdict(config), **base_model})
+        if data_files_path.exists():
+            recorded.update(read_json(data_files_path))
+        check_same_run(out, recorded, {**asdict(config), **base_model, **(data_files if config.data_files else {})})
     # Every process has read the files before one rewrites them: a read racing the write saw an empty file.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         config.to_json_file(config_path)
         write_text(base_model_path, json.dumps(base_model, indent=2) + "\n")
+        if config.data_files:
+            write_text(data_files_path, json.dumps(data_files, indent=2) + "\n")
     model = model.to(accelerator.device).eval()
     model.requires_grad_(False)
 
@@ -189,20 +200,22 @@ def train(
     # One process that reruns every prompt anyway makes the missing responses in its steps, from the same prefill:
     # the first epoch then costs what making the responses alone would.
     in_steps = not (config.store_prompt_kv or responses_only or accelerator.num_processes > 1)
+    prompts = build_prompts(tokenizer, config, user_data=user_data)
     validation = []
     if accelerator.is_main_process:
         # Validation first, and stored whatever the run stores: its few prompts are scored at every checkpoint.
-        if any(config.validation_samples_per_task):
-            validation_prompts = build_prompts(tokenizer, config, validation=True)
+        validation_prompts = build_prompts(tokenizer, config, validation=True, user_data=user_data)
+        if validation_prompts:
             validation = prepare_examples(
                 model, tokenizer, config, out / VALIDATION_DIR, validation_prompts, responses, store=True
             )
-        examples = prepare_examples(model, tokenizer, config, out, responses=responses, make_missing=not in_steps)
+        examples = prepare_examples(model, tokenizer, config, out, prompts, responses, make_missing=not in_steps)
     accelerator.wait_for_everyone()
     if responses_only:
+        _log_skipped(user_data)
         return None
     if not accelerator.is_main_process:
-        examples = prepare_examples(model, tokenizer, config, out, responses=responses, disable_progress=True)
+        examples = prepare_examples(model, tokenizer, config, out, prompts, responses, disable_progress=True)
     modules = attention_modules(model)
 
     checkpoint = out / CHECKPOINT_DIR
@@ -308,8 +321,16 @@ def train(
                 f"The lowest validation KL ({state['best_validation_loss']:.4f}) was at step {state['best_step']}: "
                 f"that checkpoint is the adapter in {out / BEST_ADAPTER_DIR}."
             )
+        _log_skipped(user_data)
     accelerator.wait_for_everyone()
     return peft_model
+
+
+def _log_skipped(user_data) -> None:
+    # Repeated at the end, where it is seen: the warnings of each skipped line scrolled away long before.
+    summary = user_data and user_data.skipped_summary()
+    if summary:
+        logger.warning(summary)
 
 
 def _save_checkpoint(adapter, optimizer, scheduler, state: dict, checkpoint: Path) -> None:
@@ -339,12 +360,22 @@ def _recipe(
     config: TrainingConfig, examples: list[TrainingExample], validation: list[TrainingExample], losses, state, command
 ) -> dict:
     tail = losses[-max(1, len(losses) // 10) :]
+    sources = []
+    if config.tasks:
+        sources.append(
+            f"offline prompts of {len(config.tasks)} task forms ({', '.join(config.tasks)}), "
+            f"{config.samples_per_task} per form at {config.lengths} tokens, seed {config.seed}"
+        )
+    if config.data_files:
+        sources.append(
+            f"the prompts of {', '.join(Path(path).name for path in config.data_files)} less a "
+            f"{config.validation_fraction:.0%} validation share"
+        )
     recipe = {
         "command": command or "lookahead_cache.training.train(...)",
         "data": (
-            f"{len(examples)} offline prompts of {len(config.tasks)} task forms ({', '.join(config.tasks)}), "
-            f"{config.samples_per_task} per form at {config.lengths} tokens, seed {config.seed}; targets from the "
-            f"model's own greedy responses of up to {config.response_tokens} tokens"
+            f"{len(examples)} prompts: {'; '.join(sources)}; targets from the responses the data gives, else the "
+            f"model's own greedy responses, of up to {config.response_tokens} tokens"
         ),
         "tasks": list(config.tasks),
         "steps": f"{state['step']} optimizer steps of {config.gradient_accumulation} prompts, {config.epochs} epochs",
@@ -358,11 +389,13 @@ def _recipe(
     }
     validated = [r for r in losses if "validation_loss" in r]
     if validated:
+        held_apart = [f"of the same forms, seed {config.validation_seed}"] if config.tasks else []
+        held_apart += ["held out of the data files"] if config.data_files else []
         first, last = validated[0], validated[-1]
         recipe["validation_loss"] = (
             f"{last['validation_loss']:.4f} at step {last['step']} ({first['validation_loss']:.4f} at step "
             f"{first['step']}; lowest {state['best_validation_loss']:.4f} at step {state['best_step']}) on "
-            f"{len(validation)} prompts of the same forms, seed {config.validation_seed}"
+            f"{len(validation)} prompts {' and '.join(held_apart)}"
         )
     return recipe
 

@@ -1,0 +1,182 @@
+"""`train --data` and `profile --data`: the user's JSONL prompts, read, refused or skipped, trained on and resumed."""
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+from transformers.testing_utils import CaptureLogger
+from transformers.utils import logging
+
+from lookahead_cache.cli import main
+from lookahead_cache.training import trainer as trainer_module
+from lookahead_cache.training.user_data import read_user_data
+
+PROMPTS = [
+    {"prompt": "The red door's code is 4412. The blue door's code is 9031. What is the red door's code?"},
+    {"messages": [{"role": "user", "content": "List three prime numbers and say which is largest."}]},
+    {
+        "messages": [
+            {"role": "system", "content": "You answer briefly."},
+            {"role": "user", "content": "Name the capital of France."},
+        ],
+        "response": "Paris is the capital of France.",
+    },
+    {"prompt": "Summarise: the cat sat on the mat, then it slept in the sun all afternoon."},
+]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_prompts_and_chats_are_read_with_stable_keys_and_a_deterministic_split(tokenizer, tmp_path):
+    path = write_jsonl(tmp_path / "mine.jsonl", [PROMPTS[0], "", PROMPTS[1], PROMPTS[2]])
+    data = read_user_data([path], tokenizer, context_length=4096, response_tokens=4)
+    assert [prompt.key.rsplit("@", 1)[0] for prompt in data.prompts] == [
+        "data/mine.jsonl/1",
+        "data/mine.jsonl/3",
+        "data/mine.jsonl/4",
+    ]
+    plain, chat, answered = data.prompts
+    assert plain.input_ids == tokenizer.encode(PROMPTS[0]["prompt"])
+    rendered = tokenizer.apply_chat_template(PROMPTS[1]["messages"], add_generation_prompt=True, tokenize=False)
+    assert chat.input_ids == tokenizer.encode(rendered, add_special_tokens=False)
+    assert plain.response_ids is None and chat.response_ids is None
+    assert answered.response_ids == tokenizer.encode(PROMPTS[2]["response"], add_special_tokens=False)[:4]
+    # The same lines elsewhere and in another file order keep their keys; the split depends on the keys alone.
+    moved = write_jsonl(tmp_path / "elsewhere.jsonl", [PROMPTS[2], PROMPTS[1]])
+    again = read_user_data([moved], tokenizer, context_length=4096, response_tokens=4)
+    assert again.prompts[1].key.rsplit("@", 1)[1] == chat.key.rsplit("@", 1)[1]
+    training, validation = data.split(0.34)
+    assert len(validation) == 1 and len(training) == 2
+    assert data.split(0.34) == (training, validation)
+    assert data.split(0.0) == (data.prompts, [])
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"prompt": "unterminated', "is not valid JSON .*write one JSON object per line"),
+        ('["a list"]', "is a JSON list, not an object"),
+        ('{"prompt": "hi", "answer": "x"}', r"has unknown keys \['answer'\].*rename or remove them"),
+        ('{"prompt": "hi", "messages": []}', 'must hold exactly one of "prompt"'),
+        ('{"messages": [{"role": "narrator", "content": "hi"}]}', "unknown role 'narrator': use one of system"),
+        ('{"messages": [{"role": "user", "text": "hi"}]}', 'exactly the keys "role" and "content"'),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}',
+            'the last message is the assistant\'s: move its content to "response"',
+        ),
+        ('{"prompt": "hi", "response": ""}', '"response" that is not a non-empty string'),
+    ],
+)
+def test_lines_that_can_only_be_mistakes_stop_the_run_naming_file_line_and_fix(tokenizer, tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(PROMPTS[0]) + "\n" + line + "\n")
+    with pytest.raises(ValueError, match=f"bad.jsonl, line 2.*{message}"):
+        read_user_data([path], tokenizer, context_length=4096, response_tokens=4)
+
+
+def test_empty_and_too_long_prompts_are_skipped_logged_and_counted(tokenizer, tmp_path):
+    long_prompt = {"prompt": "word " * 80}
+    path = write_jsonl(tmp_path / "mixed.jsonl", [PROMPTS[0], {"prompt": "  "}, long_prompt, PROMPTS[3]])
+    logger = logging.get_logger("lookahead_cache.training.user_data")
+    with CaptureLogger(logger) as logged:
+        data = read_user_data([path], tokenizer, context_length=64, response_tokens=4)
+    assert len(data.prompts) == 2
+    assert "Skipping " + str(path) + ", line 2: its prompt is empty." in logged.out
+    assert f"line 3: its {len(tokenizer.encode(long_prompt['prompt']))} prompt tokens and 4 response" in logged.out
+    assert data.skipped_summary() == (
+        "Skipped 2 lines of the data files (1 empty prompts, 1 prompts longer than the model's context); each is "
+        "logged above."
+    )
+    with pytest.raises(ValueError, match="hold no usable prompt"):
+        read_user_data([write_jsonl(tmp_path / "empty.jsonl", [{"prompt": ""}])], tokenizer, 64, 4)
+    with pytest.raises(ValueError, match="is passed twice"):
+        read_user_data([path, path], tokenizer, 4096, 4)
+
+
+def train_argv(model, data, out, *extra):
+    argv = ["train", "--model", str(model), "--data", *map(str, data), "--out", str(out)]
+    argv += ["--response-tokens", "3", "--epochs", "2", "--grad-accum", "1", "--warmup-steps", "0"]
+    return argv + ["--save-every", "1", "--num-tokens", "2", *extra]
+
+
+def rows_of(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_training_on_your_data_alone_validates_on_held_out_lines_and_resumes(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    data = write_jsonl(tmp_path / "mine.jsonl", [*PROMPTS, {"prompt": ""}])
+    argv = train_argv(tiny_model_dir, [data], tmp_path / "run", "--validation-fraction", "0.25")
+    real_loss, calls = trainer_module.example_loss, []
+
+    def interrupted(model, example, modules, recording=None):
+        calls.append(example.sample_id)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_loss(model, example, modules, recording)
+
+    monkeypatch.setattr(trainer_module, "example_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)
+    monkeypatch.setattr(trainer_module, "example_loss", real_loss)
+    logger = logging.get_logger("lookahead_cache")
+    with CaptureLogger(logger) as logged:
+        assert main(argv) == 0
+    assert "Resuming from step" in logged.out
+    assert logged.out.rstrip().endswith("Skipped 1 lines of the data files (1 empty prompts); each is logged above.")
+    # Three training prompts (one held out of four), two epochs; no built-in form joined them.
+    losses = rows_of(tmp_path / "run" / "loss.jsonl")
+    assert [row["step"] for row in losses] == [1, 2, 3, 4, 5, 6] and all("validation_loss" in row for row in losses)
+    responses = {row["key"] for row in rows_of(tmp_path / "run" / "responses.jsonl")}
+    assert all(key.startswith("data/mine.jsonl/") for key in responses)
+    # The line with a response is trained on that response: the model made none for it.
+    assert not any(key.startswith("data/mine.jsonl/3@") for key in responses) and len(responses) == 3
+    recipe = json.loads((tmp_path / "run" / "adapter" / "lookahead_config.json").read_text())["training"]
+    assert "3 prompts: the prompts of mine.jsonl less a 25% validation share" in recipe["data"]
+    assert recipe["validation_loss"].endswith("on 1 prompts held out of the data files")
+    assert "Adapter:" in capsys.readouterr().out
+
+    # Another file's content under the same name is refused on resume.
+    write_jsonl(data, PROMPTS[:2])
+    with pytest.raises(ValueError, match="data_files_sha256"):
+        main(argv)
+
+
+def test_data_mixes_with_named_forms(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "mine.jsonl", PROMPTS[:2])
+    argv = train_argv(tiny_model_dir, [data], tmp_path / "run", "--tasks", "niah_single_noise", "--lengths", "256")
+    argv += ["--samples-per-task", "1", "--validation-samples-per-task", "0", "--responses-only"]
+    assert main(argv) == 0
+    keys = [row["key"] for row in rows_of(tmp_path / "run" / "responses.jsonl")]
+    assert sorted(key.split("/")[0] for key in keys) == ["data", "data", "niah_single_noise"]
+
+
+def test_train_loads_a_hub_model_in_bfloat16(tiny_model_dir, local_hub, tmp_path):
+    # Pinned to the commit: olah answers a file missing at a branch (an optional tokenizer file) as a missing repo.
+    commit = local_hub.publish("someone/tiny-llama-for-data", tiny_model_dir)
+    data = write_jsonl(tmp_path / "mine.jsonl", PROMPTS[:2])
+    argv = train_argv("someone/tiny-llama-for-data", [data], tmp_path / "run", "--validation-fraction", "0")
+    assert main([*argv, "--revision", commit, "--dtype", "bfloat16", "--epochs", "1"]) == 0
+    base_model = json.loads((tmp_path / "run" / "base_model.json").read_text())
+    assert base_model["model"] == "someone/tiny-llama-for-data"
+    assert len(rows_of(tmp_path / "run" / "loss.jsonl")) == 2
+    with pytest.raises(ValueError, match="neither 'default', a local model folder nor a Hub model id that loads"):
+        main(train_argv("someone/not-published", [data], tmp_path / "other"))
+
+
+def test_profile_reads_your_prompts_instead_of_the_calibration_document(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "mine.jsonl", PROMPTS)
+    argv = ["profile", "--model", str(tiny_model_dir), "--data", str(data), "--questions", "3", "--dtype", "bfloat16"]
+    assert main([*argv, "--answer-tokens", "4", "--sink", "1", "--window", "2", "--out", str(tmp_path / "out")]) == 0
+    metadata = json.loads((tmp_path / "out" / "lukv_profile_snapkv.json").read_text())
+    assert metadata["calibration"]["prompts"] == 3
+    assert metadata["calibration"]["source"].startswith("data files: mine.jsonl (sha256 ")
