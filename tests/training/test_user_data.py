@@ -1,6 +1,10 @@
 """`train --data` and `profile --data`: the user's JSONL prompts, read, refused or skipped, trained on and resumed."""
 
 import json
+import re
+import shlex
+import shutil
+from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
@@ -11,6 +15,7 @@ from lookahead_cache.cli import main
 from lookahead_cache.training import trainer as trainer_module
 from lookahead_cache.training.user_data import read_user_data
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = [
     {"prompt": "The red door's code is 4412. The blue door's code is 9031. What is the red door's code?"},
     {"messages": [{"role": "user", "content": "List three prime numbers and say which is largest."}]},
@@ -180,3 +185,17 @@ def test_profile_reads_your_prompts_instead_of_the_calibration_document(tiny_mod
     metadata = json.loads((tmp_path / "out" / "lukv_profile_snapkv.json").read_text())
     assert metadata["calibration"]["prompts"] == 3
     assert metadata["calibration"]["source"].startswith("data files: mine.jsonl (sha256 ")
+
+
+@pytest.mark.slow
+def test_the_documented_command_trains_on_the_example_data_as_written(tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    docs = (REPO_ROOT / "docs" / "training.md").read_text().split("## Train on your data", 1)[1]
+    command = re.findall(r"^```bash\n(.*?)^```", docs, flags=re.S | re.M)[0].strip()
+    assert command.startswith("lookahead-cache train --data examples/my_prompts.jsonl")
+    # Run where its relative paths mean what they do in a clone, its run folder kept out of the clone.
+    shutil.copytree(REPO_ROOT / "examples", tmp_path / "examples")
+    monkeypatch.chdir(tmp_path)
+    assert main(shlex.split(command)[1:]) == 0
+    recipe = json.loads((tmp_path / "runs" / "my-data" / "adapter" / "lookahead_config.json").read_text())["training"]
+    assert recipe["data"].startswith("7 prompts: the prompts of my_prompts.jsonl")
