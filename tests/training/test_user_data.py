@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import AutoTokenizer
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
@@ -170,7 +172,17 @@ def test_train_loads_a_hub_model_in_bfloat16(tiny_model_dir, local_hub, tmp_path
     commit = local_hub.publish("someone/tiny-llama-for-data", tiny_model_dir)
     data = write_jsonl(tmp_path / "mine.jsonl", PROMPTS[:2])
     argv = train_argv("someone/tiny-llama-for-data", [data], tmp_path / "run", "--validation-fraction", "0")
-    assert main([*argv, "--revision", commit, "--dtype", "bfloat16", "--epochs", "1"]) == 0
+    argv += ["--revision", commit, "--dtype", "bfloat16", "--epochs", "1", "--store-prompt-kv"]
+    assert main(argv) == 0
+    stored = load_file(str(next((tmp_path / "run" / "prompt_kv").glob("data_mine.jsonl_1_*.safetensors"))))
+    assert stored["keys.0"].dtype == torch.bfloat16
+    # The trained embeddings stay float32, like PEFT's LoRA weights on a half-precision model.
+    trained = load_file(str(tmp_path / "run" / "adapter" / "lookahead_embeddings.safetensors"))
+    assert trained["embeddings"].dtype == torch.float32
+    # Rerun, the finished run resumes from its checkpoint's float32 embeddings, not from their bfloat16 rounding.
+    assert main(argv) == 0
+    again = load_file(str(tmp_path / "run" / "adapter" / "lookahead_embeddings.safetensors"))
+    assert torch.equal(again["embeddings"], trained["embeddings"])
     base_model = json.loads((tmp_path / "run" / "base_model.json").read_text())
     assert base_model["model"] == "someone/tiny-llama-for-data"
     assert len(rows_of(tmp_path / "run" / "loss.jsonl")) == 2

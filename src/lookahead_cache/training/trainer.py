@@ -25,11 +25,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from ..adapters import BaseModelSignature, LookaheadConfig, add_lookahead, get_lookahead, load_lookahead
+from ..adapters.config import LOOKAHEAD_WEIGHTS_NAME
 from ..evaluation.replay import PrefillRecording, lookahead_queries, record_prefill
 from ..kernels.attention_scores import attention_scores_reference
 from ..run_folder import (
     append_jsonl,
     check_same_run,
+    load_safetensors,
     model_fingerprint,
     read_json,
     read_jsonl,
@@ -237,6 +239,13 @@ def train(
         )
         peft_model = add_lookahead(model, lookahead_config)
     adapter = get_lookahead(peft_model)
+    if adapter.embeddings.dtype != torch.float32:
+        # Trained in float32, as PEFT keeps a LoRA on a half-precision model: Adam's small steps would round away in
+        # bfloat16. A resumed run reads them from the checkpoint, which loading into this model rounded.
+        embeddings = adapter.embeddings.detach().float()
+        if state["step"]:
+            embeddings = load_safetensors(checkpoint / LOOKAHEAD_WEIGHTS_NAME)["embeddings"].to(embeddings.device)
+        adapter.embeddings = torch.nn.Parameter(embeddings)
     adapter.embeddings.requires_grad_(True)
     parameters = [p for p in peft_model.parameters() if p.requires_grad] + [adapter.embeddings]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
