@@ -64,6 +64,8 @@ def test_prompts_and_chats_are_read_with_stable_keys_and_a_deterministic_split(t
     assert len(validation) == 1 and len(training) == 2
     assert data.split(0.34) == (training, validation)
     assert data.split(0.0) == (data.prompts, [])
+    with pytest.raises(ValueError, match="holds out all 3 prompts of the data files, leaving none to train on"):
+        data.split(0.9)
 
 
 @pytest.mark.parametrize(
@@ -197,6 +199,8 @@ def test_profile_reads_your_prompts_instead_of_the_calibration_document(tiny_mod
     metadata = json.loads((tmp_path / "out" / "lukv_profile_snapkv.json").read_text())
     assert metadata["calibration"]["prompts"] == 3
     assert metadata["calibration"]["source"].startswith("data files: mine.jsonl (sha256 ")
+    with pytest.raises(ValueError, match="--questions 5 asks for more prompts than the 4 the data files give"):
+        main([*argv, "--questions", "5", "--out", str(tmp_path / "other")])
 
 
 @pytest.mark.slow

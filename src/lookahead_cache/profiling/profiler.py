@@ -230,6 +230,11 @@ def _data_prompts(
     given = sum(prompt.response_ids is not None for prompt in data.prompts)
     if given:
         logger.info(f"{given} prompts of the data give a response: profiling samples its own answers instead.")
+    if questions is not None and questions > len(data.prompts):
+        raise ValueError(
+            f"--questions {questions} asks for more prompts than the {len(data.prompts)} the data files give: pass "
+            "at most that many, or leave --questions out to profile them all."
+        )
     chosen = data.prompts[:questions]
     digest = hashlib.sha256()
     for prompt in chosen:

@@ -82,6 +82,11 @@ class UserData:
         """`(training, validation)`: `round(validation_fraction * n)` prompts held out, those whose keys hash lowest,
         so that the split depends on the prompts alone (not on their order or on a seed)."""
         held_out = round(validation_fraction * len(self.prompts))
+        if held_out and held_out == len(self.prompts):
+            raise ValueError(
+                f"A validation fraction of {validation_fraction} holds out all {held_out} prompts of the data files, "
+                "leaving none to train on: lower --validation-fraction, or add prompts."
+            )
         ranked = sorted(self.prompts, key=lambda prompt: hashlib.sha256(prompt.key.encode()).hexdigest())
         validation_keys = {prompt.key for prompt in ranked[:held_out]}
         return (
