@@ -48,7 +48,7 @@ from .data import (
     read_config_data,
     response_target,
 )
-from .user_data import file_digest
+from .user_data import UserData, file_digest
 
 logger = logging.get_logger(__name__)
 
@@ -214,7 +214,8 @@ def train(
         examples = prepare_examples(model, tokenizer, config, out, prompts, responses, make_missing=not in_steps)
     accelerator.wait_for_everyone()
     if responses_only:
-        _log_skipped(user_data)
+        if accelerator.is_main_process:
+            _log_skipped(user_data)
         return None
     if not accelerator.is_main_process:
         examples = prepare_examples(model, tokenizer, config, out, prompts, responses, disable_progress=True)
@@ -335,7 +336,7 @@ def train(
     return peft_model
 
 
-def _log_skipped(user_data) -> None:
+def _log_skipped(user_data: UserData | None) -> None:
     # Repeated at the end, where it is seen: the warnings of each skipped line scrolled away long before.
     summary = user_data and user_data.skipped_summary()
     if summary:
