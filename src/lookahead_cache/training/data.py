@@ -82,7 +82,10 @@ def build_prompts(
     this order cover every form and length evenly when they are interrupted.
     """
     if config.data_files and user_data is None:
-        raise ValueError(f"config.data_files is set: pass their prompts, read_user_data({config.data_files}, ...).")
+        raise ValueError(
+            f"config.data_files names {config.data_files}: pass their prompts, user_data=read_config_data(model, "
+            "tokenizer, config)."
+        )
     counts, seed = (
         (config.validation_samples_per_task, config.validation_seed)
         if validation
