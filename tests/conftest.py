@@ -1,4 +1,5 @@
 import os
+from collections.abc import Callable
 
 # Before anything imports triton (transformers does): triton.jit picks the interpreter when a kernel is defined,
 # and the kernel tests run the Triton kernels on CPU through it.
@@ -77,6 +78,23 @@ def tiny_lookahead_model(architecture: str = "llama", **config_changes):
             if "lora_B" in name:
                 parameter.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
     return model.eval()
+
+
+def interrupt_training(monkeypatch) -> Callable[[], None]:
+    """Make training raise KeyboardInterrupt in its third example's loss, as a run killed mid-step; returns the function
+    that gives training back its real loss, for the resumed run."""
+    from lookahead_cache.training import trainer
+
+    real_loss, calls = trainer.example_loss, []
+
+    def interrupted(model, example, modules, recording=None):
+        calls.append(example.sample_id)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_loss(model, example, modules, recording)
+
+    monkeypatch.setattr(trainer, "example_loss", interrupted)
+    return lambda: monkeypatch.setattr(trainer, "example_loss", real_loss)
 
 
 def prompt_ids(length: int, batch: int = 1, seed: int = 0) -> torch.Tensor:

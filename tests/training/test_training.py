@@ -8,12 +8,12 @@ import sys
 
 import pytest
 import torch
+from conftest import interrupt_training
 from safetensors.torch import load_file
 
 from lookahead_cache.adapters import get_lookahead, load_lookahead
 from lookahead_cache.evaluation.replay import record_prefill
 from lookahead_cache.training import TrainingConfig, train
-from lookahead_cache.training import trainer as trainer_module
 from lookahead_cache.training.data import prepare_examples
 
 pytestmark = pytest.mark.slow
@@ -107,22 +107,14 @@ def test_training_from_stored_prompts_matches_training_that_reruns_them(default_
 def test_training_resumes_after_an_interruption_and_saves_a_loadable_adapter(default_model, tmp_path, monkeypatch):
     base, tokenizer = default_model
     config = small_config()
-    real_loss, calls = trainer_module.example_loss, []
-
-    def interrupted(model, example, modules, recording=None):
-        calls.append(example.sample_id)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_loss(model, example, modules, recording)
-
-    monkeypatch.setattr(trainer_module, "example_loss", interrupted)
+    resume = interrupt_training(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train(copy.deepcopy(base), tokenizer, config, tmp_path)
     logged = [json.loads(line) for line in (tmp_path / "loss.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [1, 2]
     assert json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())["step"] == 2
 
-    monkeypatch.setattr(trainer_module, "example_loss", real_loss)
+    resume()
     model = train(copy.deepcopy(base), tokenizer, config, tmp_path)
     logged = [json.loads(line) for line in (tmp_path / "loss.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [1, 2, 3, 4]

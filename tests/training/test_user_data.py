@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import interrupt_training
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
 from lookahead_cache.cli import main
-from lookahead_cache.training import trainer as trainer_module
 from lookahead_cache.training.user_data import read_user_data
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -125,18 +125,10 @@ def test_training_on_your_data_alone_validates_on_held_out_lines_and_resumes(
 ):
     data = write_jsonl(tmp_path / "mine.jsonl", [*PROMPTS, {"prompt": ""}])
     argv = train_argv(tiny_model_dir, [data], tmp_path / "run", "--validation-fraction", "0.25")
-    real_loss, calls = trainer_module.example_loss, []
-
-    def interrupted(model, example, modules, recording=None):
-        calls.append(example.sample_id)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_loss(model, example, modules, recording)
-
-    monkeypatch.setattr(trainer_module, "example_loss", interrupted)
+    resume = interrupt_training(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         main(argv)
-    monkeypatch.setattr(trainer_module, "example_loss", real_loss)
+    resume()
     logger = logging.get_logger("lookahead_cache")
     with CaptureLogger(logger) as logged:
         assert main(argv) == 0
