@@ -27,14 +27,15 @@ def load_model(
     else:
         try:
             tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+            # safetensors only: a pickled checkpoint from a Hub repo could run code when loaded.
             model = AutoModelForCausalLM.from_pretrained(
-                name, revision=revision, dtype=torch_dtype, attn_implementation="sdpa"
+                name, revision=revision, dtype=torch_dtype, attn_implementation="sdpa", use_safetensors=True
             ).eval()
         except (OSError, HFValidationError) as error:
             raise ValueError(
                 f"--model {name!r} is neither '{DEFAULT_MODEL}', a local model folder nor a Hub model id that loads "
-                f"({type(error).__name__}: {error}). Pass a folder holding config.json, or a Hub id (`org/name`; "
-                "log in with `hf auth login` for a gated or private one)."
+                f"({type(error).__name__}: {error}). Pass a folder holding config.json and safetensors weights, or a "
+                "Hub id (`org/name`; log in with `hf auth login` for a gated or private one)."
             ) from error
     if adapter is not None:
         model = load_lookahead(model, DEFAULT_ADAPTER_DIR if adapter == DEFAULT_MODEL else adapter, tokenizer=tokenizer)

@@ -207,3 +207,19 @@ def test_the_documented_command_trains_on_the_example_data_as_written(tmp_path, 
     assert main(shlex.split(command)[1:]) == 0
     recipe = json.loads((tmp_path / "runs" / "my-data" / "adapter" / "lookahead_config.json").read_text())["training"]
     assert recipe["data"].startswith("7 prompts: the prompts of my_prompts.jsonl")
+
+
+def test_a_model_with_pickled_weights_only_is_refused(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from lookahead_cache.model_loading import load_model
+
+    pickled = tmp_path / "pickled"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.save_pretrained(pickled)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(pickled)
+    # transformers writes safetensors only: the pickled checkpoint of an older or foreign repo is made by hand.
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="safetensors weights"):
+        load_model(str(pickled))
