@@ -256,7 +256,9 @@ def train(
     total_steps = math.ceil(len(order) / per_step)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total_steps))
     if state["step"] and (checkpoint / OPTIMIZER_NAME).is_file():
-        saved = torch.load(checkpoint / OPTIMIZER_NAME, map_location=accelerator.device, weights_only=True)
+        # Read to the CPU, not to accelerate's device: with several CPU processes that is `cpu:0`, a location torch.load
+        # cannot restore to. load_state_dict moves the optimizer's state to its parameters' devices.
+        saved = torch.load(checkpoint / OPTIMIZER_NAME, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
 
