@@ -23,7 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lookahead_cache.evaluation.replay import lookahead_queries
-from lookahead_cache.evaluation.suite import DEFAULT_MODEL, build_samples, load_model
+from lookahead_cache.evaluation.suite import DEFAULT_MODEL, build_samples
+from lookahead_cache.model_loading import load_model
 from lookahead_cache.scorers import get_scorer
 from lookahead_cache.scorers.lookahead import LookaheadScorer
 from lookahead_cache.training import HELD_OUT_TASKS, TRAINING_TASKS
@@ -53,7 +54,7 @@ def main() -> None:
     parser.add_argument("--response-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    model, tokenizer = load_model(DEFAULT_MODEL, args.adapter)
+    model, tokenizer = load_model(DEFAULT_MODEL, adapter=args.adapter)
     tasks = [*HELD_OUT_TASKS, *TRAINING_TASKS]
     samples = build_samples(tokenizer, tasks, (args.length,), args.samples, args.seed)
     rows = []

@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 
 from lookahead_cache import LookaheadCache
 from lookahead_cache.evaluation.methods import CacheMethod, get_method
-from lookahead_cache.evaluation.suite import DEFAULT_MODEL, build_samples, load_model, start_run
+from lookahead_cache.evaluation.suite import DEFAULT_MODEL, build_samples, start_run
+from lookahead_cache.model_loading import load_model
 from lookahead_cache.prefill import LayerPrefill
 from lookahead_cache.storage import PackedLayer, StoredLayer
 

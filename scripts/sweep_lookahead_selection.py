@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from lookahead_cache import LookaheadCache
 from lookahead_cache.config import DEFAULT_SINK
 from lookahead_cache.evaluation.metrics import score
-from lookahead_cache.evaluation.suite import DEFAULT_MODEL, build_samples, load_model, start_run
+from lookahead_cache.evaluation.suite import DEFAULT_MODEL, build_samples, start_run
+from lookahead_cache.model_loading import load_model
 from lookahead_cache.scorers.lookahead import LookaheadScorer
 from lookahead_cache.training import TRAINING_TASKS
 
@@ -74,7 +75,7 @@ def main() -> None:
     path = args.out / "sweep.jsonl"
     done = {_key(row) for row in _rows(path)}
     settings = list(itertools.product(args.kernel_sizes, args.shifts, args.windows, args.allocations))
-    model, tokenizer = load_model(DEFAULT_MODEL, args.adapter)
+    model, tokenizer = load_model(DEFAULT_MODEL, adapter=args.adapter)
     samples = build_samples(tokenizer, TRAINING_TASKS, (args.length,), args.samples, args.seed)
     with path.open("a") as file, torch.no_grad():
         for sample in tqdm(samples, desc="sweep", unit="sample"):

@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help="'default' (the embedded SmolLM2-135M-Instruct) or a local model directory.",
+        help="'default' (the embedded SmolLM2-135M-Instruct), a local model folder or a Hub model id (safetensors "
+        "weights).",
     )
     parser.add_argument(
         "--size",

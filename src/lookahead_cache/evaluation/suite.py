@@ -29,15 +29,16 @@ from pathlib import Path
 import torch
 import transformers
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from ..adapters import get_lookahead, load_lookahead
+from ..adapters import get_lookahead
 from ..allocation.lukv import adapter_profile
 from ..cache import LookaheadCache
 from ..cli import require_extra
 from ..commands.eval import CHUNKED_MODES, DEFAULT_MODEL, LONG_OUTPUT_MODE, SESSION_MODE, SIZES
-from ..default_model import DEFAULT_ADAPTER_DIR, DEFAULT_MODEL_FILE, load_default_model
+from ..default_model import DEFAULT_MODEL_FILE
+from ..model_loading import load_model
 from ..run_folder import append_jsonl, check_same_run, model_fingerprint, read_json, read_jsonl, write_text
 from ..training.forms import get_task
 from . import report
@@ -136,24 +137,10 @@ def check_live_modes(
                 )
 
 
-def load_model(name: str, adapter: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model to evaluate, with its lookahead adapter when `adapter` is given ("default": the shipped one)."""
-    if name == DEFAULT_MODEL:
-        model, tokenizer = load_default_model()
-    elif not Path(name).is_dir():
-        raise ValueError(f"--model {name!r} is neither '{DEFAULT_MODEL}' nor a local model directory.")
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="sdpa").eval()
-    if adapter is not None:
-        model = load_lookahead(model, DEFAULT_ADAPTER_DIR if adapter == DEFAULT_MODEL else adapter, tokenizer=tokenizer)
-    return model, tokenizer
-
-
 def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     adapter = args.adapter or (DEFAULT_MODEL if any(needs_adapter(name) for name in args.methods) else None)
-    model, tokenizer = load_model(args.model, adapter)
+    model, tokenizer = load_model(args.model, adapter=adapter)
     for name in args.methods:
         method = get_method(name)
         if isinstance(method, CacheMethod):
