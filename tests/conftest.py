@@ -97,6 +97,24 @@ def interrupt_training(monkeypatch) -> Callable[[], None]:
     return lambda: monkeypatch.setattr(trainer, "example_loss", real_loss)
 
 
+def decoder_input_lengths(model, run: Callable[[], object]) -> tuple[list[int], object]:
+    """The lengths of the decoder's inputs (lookahead and question rows included) while `run()` runs, and what it
+    returned."""
+    seen = []
+
+    def record(module, args, kwargs):
+        inputs = kwargs.get("inputs_embeds")
+        seen.append((kwargs["input_ids"] if inputs is None else inputs).shape[1])
+
+    # Registered after a lookahead adapter's own hook, so it sees the inputs that hook made.
+    handle = model.get_decoder().register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        result = run()
+    finally:
+        handle.remove()
+    return seen, result
+
+
 def prompt_ids(length: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(3, 128, (batch, length), generator=generator)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, kept_positions, prompt_ids, tiny_lookahead_model, tiny_model
+from conftest import ARCHITECTURES, decoder_input_lengths, kept_positions, prompt_ids, tiny_lookahead_model, tiny_model
 from transformers import DynamicCache
 
 from lookahead_cache import LookaheadCache
@@ -140,20 +140,9 @@ def test_the_lookahead_scorer_appends_its_rows_to_every_chunk_and_keeps_the_boun
     model = tiny_lookahead_model()
     chunk, length, rows, layers = 16, 96, 4, model.config.num_hidden_layers
     cache = LookaheadCache(**{**SETTINGS, "scorer": "lookahead"})
-    seen_inputs = []
-    decoder = model.get_decoder()
-    handle = decoder.register_forward_pre_hook(
-        lambda module, args, kwargs: (
-            seen_inputs.append(kwargs["inputs_embeds"].shape[1])
-            if kwargs.get("inputs_embeds") is not None
-            else seen_inputs.append(kwargs["input_ids"].shape[1])
-        ),
-        with_kwargs=True,
+    seen_inputs, output = decoder_input_lengths(
+        model, lambda: generate(model, prompt_ids(length), cache, new_tokens=3, prefill_chunk_size=chunk)
     )
-    try:
-        output = generate(model, prompt_ids(length), cache, new_tokens=3, prefill_chunk_size=chunk)
-    finally:
-        handle.remove()
     # The adapter's hook runs first (registered first): every chunk that the cache evicts carries the rows, from the
     # second chunk on (the first fits the budget, kept whole without scoring); decoding steps do not.
     assert seen_inputs == [chunk] + [chunk + rows] * (length // chunk - 1) + [1, 1]
@@ -232,30 +221,13 @@ def test_bad_streaming_budgets_are_refused_with_the_fix(settings, message):
         LookaheadCache(**settings, sink=2, window=4)
 
 
-def _decoder_input_lengths(model, run) -> list[int]:
-    """The lengths of the decoder's inputs (lookahead and question rows included) while `run()` runs."""
-    seen = []
-
-    def record(module, args, kwargs):
-        inputs = kwargs.get("inputs_embeds")
-        seen.append((kwargs["input_ids"] if inputs is None else inputs).shape[1])
-
-    # Registered after the adapter's own hook, so it sees the inputs that hook made.
-    handle = model.get_decoder().register_forward_pre_hook(record, with_kwargs=True)
-    try:
-        run()
-    finally:
-        handle.remove()
-    return seen
-
-
 def test_a_question_rides_every_chunk_but_the_last_and_leaves_the_cache():
     model = tiny_lookahead_model()
     chunk, length, rows, layers = 32, 96, 4, model.config.num_hidden_layers
     question = prompt_ids(QUESTION, seed=7)
     cache = LookaheadCache(**{**SETTINGS, "scorer": "lookahead"})
     cache.set_question(question)
-    seen = _decoder_input_lengths(
+    seen, _ = decoder_input_lengths(
         model, lambda: generate(model, prompt_ids(length), cache, new_tokens=3, prefill_chunk_size=chunk)
     )
     # The last chunk ends with the question itself: it carries the lookahead rows alone.

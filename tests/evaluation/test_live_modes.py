@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import prompt_ids, tiny_lookahead_model
+from conftest import decoder_input_lengths, prompt_ids, tiny_lookahead_model
 
 from lookahead_cache import LookaheadCache
 from lookahead_cache.cli import main
@@ -128,17 +128,9 @@ def test_a_chunked_question_aware_run_tells_the_question_to_caches_that_take_one
         chunk_size=32,
         chunked_question=question,
     )
-    inputs = []
-    record = model.get_decoder().register_forward_pre_hook(
-        lambda module, args, kwargs: inputs.append(
-            (kwargs["input_ids"] if kwargs.get("inputs_embeds") is None else kwargs["inputs_embeds"]).shape[1]
-        ),
-        with_kwargs=True,
+    inputs, answer = decoder_input_lengths(
+        model, lambda: run.answer(LookaheadCache(budget=24, scorer=scorer, sink=2, window=4))
     )
-    try:
-        answer = run.answer(LookaheadCache(budget=24, scorer=scorer, sink=2, window=4))
-    finally:
-        record.remove()
     assert inputs[0] == first_input
     assert answer.answer_ids.shape == (1, 2)
 
