@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch.distributed as dist
+
 from ..cli import require_extra
 from ..commands.eval import DEFAULT_MODEL
 from ..model_loading import load_model
@@ -40,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         data_files=[str(path) for path in args.data],
     )
-    for name in profiles:
-        print(f"{name}: {args.out}/lukv_profile_{name}.json, .safetensors, .png")
+    # Under torchrun every process returns the profiles; the main one says where it saved them.
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        for name in profiles:
+            print(f"{name}: {args.out}/lukv_profile_{name}.json, .safetensors, .png")
     return 0

@@ -4,7 +4,7 @@ Per calibration prompt: one recorded prefill; an answer sampled from the full ca
 utility of every prompt token for every (layer, KV head); each scorer's scores; then per scorer the loss curves,
 their hulls and the global greedy (`solver`), giving a `[99, layers, kv_heads]` table of prune ratios. The
 profile is the mean of those tables over the prompts. Each prompt's answer and tables are saved as they are
-made, so an interrupted run resumes.
+made, so an interrupted run resumes. Under `torchrun` or `accelerate launch` the processes share the prompts.
 """
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import get_layer_types_and_kwargs
@@ -125,6 +128,11 @@ def profile_model(
 
     Work files (per-prompt tables) go to `out_dir/calibration/`; rerunning resumes from them.
 
+    Under `torchrun` or `accelerate launch` (each process with its model on the device it should profile on: the
+    model is not moved), process `rank` of `world` profiles the prompts `rank, rank + world, ...` into the shared
+    `out_dir`; every process returns the profiles, which the main process alone saves. An answer's sampling seed
+    is its prompt's, so the profiles do not depend on the number of processes.
+
     Args:
         scorers: Scorer names (default settings) or `Scorer` instances, at most one per scorer name: the profile
             records the settings, and `lukv` only pairs it with a scorer that has them.
@@ -134,6 +142,7 @@ def profile_model(
             of the calibration document (`context_length` then unused); their answers are sampled as the calibration
             answers are, so a line's "response" is not read.
     """
+    rank, world = _processes()
     built = {scorer_name(scorer): scorer for scorer in map(get_scorer, scorers)}
     if len(built) != len(scorers):
         raise ValueError(f"Profile each scorer once per output folder (its files are named after it); got {scorers}.")
@@ -171,17 +180,21 @@ def profile_model(
         "window": window,
     }
     settings_path = work / "settings.json"
+    # Every process checks, so a refused resume stops them all; the write is atomic, so a read racing it is safe.
     if settings_path.exists():
         check_same_run(work, read_json(settings_path), run_settings, what="a profiling run")
-    write_text(settings_path, json.dumps(run_settings, indent=2) + "\n")
+    if rank == 0:
+        write_text(settings_path, json.dumps(run_settings, indent=2) + "\n")
+    # No table is written before the settings it was made with.
+    _wait_for_everyone(world)
     layer_types, _ = get_layer_types_and_kwargs(model.config.get_text_config())
     layers = [i for i, kind in enumerate(layer_types) if kind == "full_attention"]
 
-    for index, input_ids in enumerate(tqdm(prompts, desc="profile", unit="prompt")):
+    for index in tqdm(range(rank, len(prompts), world), desc="profile", unit="prompt", disable=rank != 0):
         path = work / f"prompt_{index:02d}.safetensors"
         if path.exists() and safetensors_metadata(path).items() >= table_settings.items():
             continue
-        input_ids = input_ids.to(model.device)
+        input_ids = prompts[index].to(model.device)
         recording = record_prefill(model, input_ids)
         prefills = [recording.prefills[i] for i in layers]
         answer = _sample_answer(model, input_ids, recording, answer_tokens, temperature, seed * 1000 + index)
@@ -193,6 +206,7 @@ def profile_model(
         save_safetensors(
             {name: table.float().contiguous() for name, table in tables.items()}, path, metadata=table_settings
         )
+    _wait_for_everyone(world)
 
     signature = BaseModelSignature.of(model.config, tokenizer)
     profiles = {}
@@ -208,10 +222,31 @@ def profile_model(
             calibration=settings,
             scorer_settings=scorer_settings(scorer),
         )
-        profile.save_pretrained(out)
-        profile.plot(out / f"lukv_profile_{name}.png")
+        if rank == 0:
+            profile.save_pretrained(out)
+            profile.plot(out / f"lukv_profile_{name}.png")
         profiles[name] = profile
+    # Every process returns once the profiles are on disk.
+    _wait_for_everyone(world)
     return profiles
+
+
+def _processes() -> tuple[int, int]:
+    """This process's rank and the number of processes profiling together: those `torchrun` or `accelerate launch`
+    started, joined over gloo unless the caller set up a process group, else this one alone."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        # Gloo: the barriers need no device, wherever the model is. The one after the prompts waits out the slowest
+        # process's share, which on a CPU (or resuming a run one process had nearly finished) can outlast the
+        # default 30 minutes.
+        dist.init_process_group("gloo", timeout=timedelta(days=7))
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _wait_for_everyone(world: int) -> None:
+    if world > 1:
+        dist.barrier()
 
 
 def _data_prompts(
