@@ -4,6 +4,7 @@ import json
 import re
 import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
 from lookahead_cache.cli import main
-from lookahead_cache.training.user_data import read_user_data
+from lookahead_cache.training.user_data import file_digest, read_user_data
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = [
@@ -223,3 +224,96 @@ def test_a_model_with_pickled_weights_only_is_refused(tiny_model_dir, tmp_path):
     (pickled / "model.safetensors").unlink()
     with pytest.raises(ValueError, match="safetensors weights"):
         load_model(str(pickled))
+
+
+def saved_dataset(path, rows_file, splits=None):
+    """`rows_file` (JSONL) as a folder written by `datasets`' save_to_disk: a Dataset, or a DatasetDict of `splits`."""
+    datasets = pytest.importorskip("datasets")
+    dataset = datasets.Dataset.from_json(str(rows_file))
+    if splits:
+        dataset = datasets.DatasetDict({split: dataset for split in splits})
+    dataset.save_to_disk(str(path))
+    return path
+
+
+def test_a_datasets_folder_and_a_folder_of_jsonl_give_the_prompts_of_the_jsonl(tokenizer, tmp_path):
+    (tmp_path / "files").mkdir()
+    jsonl = write_jsonl(tmp_path / "files" / "mine.jsonl", PROMPTS)
+    expected = read_user_data([jsonl], tokenizer, context_length=4096, response_tokens=4).prompts
+    # A folder of .jsonl files reads as its files, with the same keys.
+    folder = read_user_data([tmp_path / "files"], tokenizer, context_length=4096, response_tokens=4).prompts
+    assert folder == expected
+    # A saved Dataset whose rows mix "prompt" and "messages" (Arrow gives every row both, None where a line left one
+    # out) gives the same prompts and responses; keys name the folder and the row.
+    dataset = saved_dataset(tmp_path / "mine-ds", jsonl)
+    rows = read_user_data([str(dataset)], tokenizer, context_length=4096, response_tokens=4).prompts
+    assert [(row.input_ids, row.response_ids) for row in rows] == [(p.input_ids, p.response_ids) for p in expected]
+    assert [row.key.rsplit("@", 1)[0] for row in rows] == [f"data/mine-ds/{index}" for index in range(4)]
+    # A DatasetDict's split, named after a colon, reads the same rows under keys that name the split.
+    splits = saved_dataset(tmp_path / "mine-dd", jsonl, splits=["train", "test"])
+    in_split = read_user_data([f"{splits}:test"], tokenizer, context_length=4096, response_tokens=4).prompts
+    assert [row.input_ids for row in in_split] == [row.input_ids for row in rows]
+    assert in_split[0].key.startswith("data/mine-dd:test/0@")
+    assert in_split[0].key.rsplit("@", 1)[1] == rows[0].key.rsplit("@", 1)[1]
+
+
+def test_a_datasets_folder_has_a_content_digest_that_a_changed_folder_changes(tokenizer, tmp_path):
+    jsonl = write_jsonl(tmp_path / "mine.jsonl", PROMPTS)
+    first = saved_dataset(tmp_path / "first", jsonl)
+    again = saved_dataset(tmp_path / "again", jsonl)
+    splits = saved_dataset(tmp_path / "splits", jsonl, splits=["train"])
+    assert file_digest(first) == file_digest(again) == file_digest(f"{splits}:train")
+    changed = saved_dataset(tmp_path / "changed", write_jsonl(tmp_path / "changed.jsonl", PROMPTS[:3]))
+    assert file_digest(changed) != file_digest(first)
+    (tmp_path / "files").mkdir()
+    shutil.copy(jsonl, tmp_path / "files" / "mine.jsonl")
+    before = file_digest(tmp_path / "files")
+    write_jsonl(tmp_path / "files" / "more.jsonl", PROMPTS[:1])
+    assert file_digest(tmp_path / "files") != before
+
+
+def test_a_datasets_folder_that_cannot_be_read_as_prompts_is_refused_with_the_fix(tokenizer, tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    jsonl = write_jsonl(tmp_path / "mine.jsonl", PROMPTS)
+    splits = saved_dataset(tmp_path / "dd", jsonl, splits=["train", "test"])
+    no_split = rf"DatasetDict folder \(splits: train, test\) and names no split.*--data {splits}:train"
+    with pytest.raises(ValueError, match=no_split):
+        read_user_data([splits], tokenizer, 4096, 4)
+    with pytest.raises(ValueError, match="names the split 'dev', which it lacks"):
+        read_user_data([f"{splits}:dev"], tokenizer, 4096, 4)
+    single = saved_dataset(tmp_path / "single", jsonl)
+    with pytest.raises(ValueError, match="is not a DatasetDict folder.*without ':train'"):
+        read_user_data([f"{single}:train"], tokenizer, 4096, 4)
+    datasets.Dataset.from_list([{"text": "hi", "label": 1}]).save_to_disk(str(tmp_path / "texts"))
+    with pytest.raises(ValueError, match=r"columns \['label', 'text'\].*rename_column\(\"text\", \"prompt\"\)"):
+        read_user_data([tmp_path / "texts"], tokenizer, 4096, 4)
+    with pytest.raises(ValueError, match=r"dd \(split 'train'\), row 1: message 0 has the unknown role 'narrator'"):
+        bad = datasets.Dataset.from_list(
+            [{"messages": [{"role": "user", "content": "hi"}]}, {"messages": [{"role": "narrator", "content": "x"}]}]
+        )
+        datasets.DatasetDict(train=bad).save_to_disk(str(tmp_path / "bad" / "dd"))
+        read_user_data([f"{tmp_path / 'bad' / 'dd'}:train"], tokenizer, 4096, 4)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no .jsonl file and is not a folder saved by datasets"):
+        read_user_data([tmp_path / "empty"], tokenizer, 4096, 4)
+    with pytest.raises(ValueError, match="is passed twice"):
+        read_user_data([tmp_path / "mine.jsonl", tmp_path], tokenizer, 4096, 4)
+    # Without the optional `datasets` package, the install command is named.
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(ValueError, match=r"saved by the `datasets` library.*pip install 'lookahead-cache\[train\]'"):
+        read_user_data([single], tokenizer, 4096, 4)
+
+
+def test_train_reads_a_datasetdict_split_and_refuses_a_changed_one_on_resume(tiny_model_dir, tmp_path):
+    jsonl = write_jsonl(tmp_path / "mine.jsonl", PROMPTS)
+    splits = saved_dataset(tmp_path / "dd", jsonl, splits=["train"])
+    argv = train_argv(tiny_model_dir, [f"{splits}:train"], tmp_path / "run", "--responses-only")
+    assert main(argv) == 0
+    keys = [row["key"] for row in rows_of(tmp_path / "run" / "responses.jsonl")]
+    assert keys and all(key.startswith("data/dd:train/") for key in keys)
+    recorded = json.loads((tmp_path / "run" / "data_files.json").read_text())["data_files_sha256"]
+    assert recorded == {f"{splits}:train": file_digest(f"{splits}:train")}
+    shutil.rmtree(splits)
+    saved_dataset(splits, write_jsonl(tmp_path / "fewer.jsonl", PROMPTS[:3]), splits=["train"])
+    with pytest.raises(ValueError, match="data_files_sha256"):
+        main(argv)

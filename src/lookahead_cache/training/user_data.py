@@ -1,4 +1,5 @@
-"""The user's own prompts, from JSONL files, for `lookahead-cache train --data` and `profile --data`.
+"""The user's own prompts, from JSONL files or a `datasets` folder, for `lookahead-cache train --data` and
+`profile --data`.
 
 One JSON object per line, in the two forms TRL's datasets use:
 
@@ -19,6 +20,18 @@ model's context (`max_position_embeddings`) with their response.
 A prompt's key is `data/<file name>/<line>@<12 hex digits of the line's sha256>`: stable while the line is
 unchanged, wherever the file lives, so that a responses file made once serves every later run over the same lines
 (and a changed line gets a new key, and a new response).
+
+A `--data` entry may also be a folder:
+
+- a folder of `.jsonl` files: its files, in name order, as if each were passed (the same keys);
+- a folder written by `datasets`' `Dataset.save_to_disk`, whose rows are read as the lines above (columns `prompt`
+  or `messages`, optionally `response`; a None value, which a column that only some rows fill gives the others,
+  counts as the key left out). A `DatasetDict` folder needs its split named: `folder:train`. Reading one needs the
+  optional `datasets` package (`pip install 'lookahead-cache[train]'`). A row's key is
+  `data/<folder name>[:<split>]/<row index>@<12 hex digits of the sha256 of the row as sorted JSON>`.
+
+A resumed run checks `file_digest` of each entry: a file's bytes, or those of a folder's data files (its `.jsonl`
+files, or a dataset's `.arrow` files), so that a changed folder is refused as a changed file is.
 """
 
 from __future__ import annotations
@@ -102,9 +115,112 @@ class UserData:
         return f"Skipped {self.skipped.total()} lines of the data files ({reasons}); each is logged above."
 
 
+DATASET_DICT_NAME = "dataset_dict.json"
+DATASET_FILES = ("state.json", "dataset_info.json")
+DATASETS_INSTALL = "pip install 'lookahead-cache[train]' (or pip install datasets)"
+_DATA_KINDS = (
+    "JSONL files of prompts, folders of them, or folders saved by datasets' save_to_disk (folder:split for a "
+    "DatasetDict)"
+)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One `--data` entry: a JSONL file, a folder of them, or a `datasets` folder (with the split of a DatasetDict).
+
+    Attributes:
+        path: The file or folder.
+        split: The split named after a DatasetDict folder (`folder:train`), else None.
+        kind: "jsonl", "jsonl_folder", "dataset" or "dataset_dict".
+    """
+
+    path: Path
+    split: str | None
+    kind: str
+
+    @classmethod
+    def of(cls, entry: str | Path) -> DataSource:
+        """The source an entry names; raises a ValueError with the fix where it names none."""
+        path, split = Path(entry), None
+        if not path.exists() and isinstance(entry, str) and ":" in entry:
+            folder, _, name = entry.rpartition(":")
+            if name and Path(folder).is_dir():
+                path, split = Path(folder), name
+        if not path.exists():
+            raise ValueError(f"The data {entry} does not exist: pass {_DATA_KINDS} to --data.")
+        if path.is_file():
+            kind = "jsonl"
+        elif (path / DATASET_DICT_NAME).is_file():
+            kind = "dataset_dict"
+        elif all((path / name).is_file() for name in DATASET_FILES):
+            kind = "dataset"
+        elif any(path.glob("*.jsonl")):
+            kind = "jsonl_folder"
+        else:
+            raise ValueError(
+                f"The data folder {path} holds no .jsonl file and is not a folder saved by datasets' save_to_disk "
+                f"(no {DATASET_DICT_NAME}, state.json or dataset_info.json): pass {_DATA_KINDS} to --data."
+            )
+        if split is not None and kind != "dataset_dict":
+            raise ValueError(
+                f"The data {entry} names a split ({split!r}), but {path} is not a DatasetDict folder (no "
+                f"{DATASET_DICT_NAME}): pass {path} without ':{split}'."
+            )
+        if kind == "dataset_dict":
+            splits = _dataset_dict_splits(path)
+            if split is None or split not in splits:
+                named = "names no split" if split is None else f"names the split {split!r}, which it lacks"
+                raise ValueError(
+                    f"The data {entry} is a DatasetDict folder (splits: {', '.join(splits)}) and {named}: name one "
+                    f"after a colon, e.g. --data {path}:{splits[0] if splits else 'train'}."
+                )
+        return cls(path, split, kind)
+
+    @property
+    def name(self) -> str:
+        """How prompt keys name a dataset: its folder's name, and its split."""
+        return self.path.name if self.split is None else f"{self.path.name}:{self.split}"
+
+    def files(self) -> list[Path]:
+        """The files whose bytes are its content: the JSONL file(s), or the dataset's arrow files."""
+        if self.kind == "jsonl":
+            return [self.path]
+        if self.kind == "jsonl_folder":
+            return sorted(self.path.glob("*.jsonl"))
+        folder = self.path if self.split is None else self.path / self.split
+        return sorted(folder.glob("*.arrow"))
+
+
+def _dataset_dict_splits(path: Path) -> list[str]:
+    try:
+        return list(json.loads((path / DATASET_DICT_NAME).read_text())["splits"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{path / DATASET_DICT_NAME} does not read as a DatasetDict's ({error}): save the dataset again."
+        ) from None
+
+
 def file_digest(path: str | Path) -> str:
-    """16 hex digits of the sha256 of a data file's bytes: what a resumed run checks its data against."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    """16 hex digits of the sha256 of a data file's bytes: what a resumed run checks its data against.
+
+    For a folder (see `DataSource`), the sha256 of its data files' names and bytes: a `.jsonl` folder's files, or a
+    dataset's `.arrow` files (those of the split named with `folder:split`), which change with its rows.
+    """
+    source = DataSource.of(path)
+    if source.kind == "jsonl":
+        return _sha256_of(source.path).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for file in source.files():
+        digest.update(f"{file.name}\0{_sha256_of(file).hexdigest()}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+def _sha256_of(path: Path):
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest
 
 
 def read_user_data(
@@ -113,7 +229,8 @@ def read_user_data(
     context_length: int | None,
     response_tokens: int,
 ) -> UserData:
-    """The prompts of the JSONL `paths` (see the module's docstring for the format and what is refused or skipped).
+    """The prompts of the JSONL `paths`, folders of them, or `datasets` folders (see the module's docstring for the
+    format and what is refused or skipped).
 
     Args:
         context_length: The model's context; a prompt that does not fit it with its response (the given one, or
@@ -122,25 +239,85 @@ def read_user_data(
 
     Raises:
         ValueError: A file is missing or passed twice, or a line can only be a mistake; the message names the file,
-            the line and the fix.
+            the line and the fix. A datasets folder without the `datasets` package, or with columns that are not
+            the format's, is refused with the fix.
     """
     data = UserData(prompts=[])
     seen = set()
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise ValueError(f"The data file {path} does not exist: pass JSONL files of prompts to --data.")
-        if path.resolve() in seen:
-            raise ValueError(f"The data file {path} is passed twice: its prompts would count twice; pass it once.")
-        seen.add(path.resolve())
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if line.strip():
-                    _read_line(data, path, number, line, tokenizer, context_length, response_tokens)
+    for entry in paths:
+        source = DataSource.of(entry)
+        parts = (
+            [(file.resolve(), None) for file in source.files()]
+            if source.kind in ("jsonl", "jsonl_folder")
+            else [(source.path.resolve(), source.split)]
+        )
+        twice = [part for part in parts if part in seen]
+        if twice:
+            raise ValueError(
+                f"The data {entry} is passed twice ({twice[0][0]} also comes with another entry): its prompts would "
+                "count twice; pass it once."
+            )
+        seen.update(parts)
+        if source.kind in ("dataset", "dataset_dict"):
+            _read_dataset(data, source, tokenizer, context_length, response_tokens)
+            continue
+        for path in source.files():
+            with path.open(encoding="utf-8") as lines:
+                for number, line in enumerate(lines, start=1):
+                    if line.strip():
+                        _read_line(data, path, number, line, tokenizer, context_length, response_tokens)
     if not data.prompts:
         raise ValueError(
-            f"The data files {', '.join(map(str, paths))} hold no usable prompt ({data.skipped_summary() or 'empty'})."
+            f"The data {', '.join(map(str, paths))} hold no usable prompt ({data.skipped_summary() or 'empty'})."
         )
     return data
+
+
+def _read_dataset(
+    data: UserData,
+    source: DataSource,
+    tokenizer: PreTrainedTokenizerBase,
+    context_length: int | None,
+    response_tokens: int,
+) -> None:
+    where = str(source.path) if source.split is None else f"{source.path} (split {source.split!r})"
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(
+            f"The data {where} is a folder saved by the `datasets` library, which reading it needs: {DATASETS_INSTALL}."
+        ) from None
+    dataset = datasets.load_from_disk(str(source.path))
+    if source.split is not None:
+        dataset = dataset[source.split]
+    columns = set(dataset.column_names)
+    unknown = sorted(columns - PROMPT_KEYS - OPTIONAL_KEYS)
+    if unknown or not columns & PROMPT_KEYS:
+        found = f"has the columns {unknown}, which are not the format's" if unknown else "has no prompt column"
+        raise ValueError(
+            f'The dataset {where} {found}: its rows must hold "prompt" (text) or "messages" (a chat), and '
+            'optionally "response". Rename a column (dataset = dataset.rename_column("text", "prompt")) or drop '
+            "it (dataset.remove_columns([...])), then save_to_disk again."
+        )
+    for index, row in enumerate(dataset.with_format(None)):
+        row = _without_none(row)
+        digest = hashlib.sha256(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())
+        key = f"data/{source.name}/{index}@{digest.hexdigest()[:12]}"
+        _read_row(data, f"{where}, row {index}", key, row, tokenizer, context_length, response_tokens)
+
+
+def _without_none(row: dict) -> dict:
+    """A dataset row as the JSON line it stands for: a None value is a key that line leaves out (in a message too:
+    Arrow gives every message the keys any has)."""
+    row = {key: value for key, value in row.items() if value is not None}
+    if isinstance(row.get("messages"), list):
+        row["messages"] = [
+            {key: value for key, value in message.items() if value is not None}
+            if isinstance(message, dict)
+            else message
+            for message in row["messages"]
+        ]
+    return row
 
 
 def _read_line(
@@ -159,6 +336,19 @@ def _read_line(
         raise ValueError(f"{where} is not valid JSON ({error}): write one JSON object per line.") from None
     if not isinstance(row, dict):
         raise ValueError(f'{where} is a JSON {type(row).__name__}, not an object: write {{"prompt": "..."}}.')
+    digest = hashlib.sha256(line.strip().encode()).hexdigest()[:12]
+    _read_row(data, where, f"data/{path.name}/{number}@{digest}", row, tokenizer, context_length, response_tokens)
+
+
+def _read_row(
+    data: UserData,
+    where: str,
+    key: str,
+    row: dict,
+    tokenizer: PreTrainedTokenizerBase,
+    context_length: int | None,
+    response_tokens: int,
+) -> None:
     unknown = sorted(set(row) - PROMPT_KEYS - OPTIONAL_KEYS)
     if unknown:
         raise ValueError(
@@ -196,8 +386,7 @@ def _read_line(
             f"context of {context_length} tokens (max_position_embeddings)",
         )
         return
-    digest = hashlib.sha256(line.strip().encode()).hexdigest()[:12]
-    data.prompts.append(UserPrompt(f"data/{path.name}/{number}@{digest}", input_ids, response_ids))
+    data.prompts.append(UserPrompt(key, input_ids, response_ids))
 
 
 def _chat_text(messages, where: str, tokenizer: PreTrainedTokenizerBase) -> str:
