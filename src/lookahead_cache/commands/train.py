@@ -105,8 +105,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--store-prompt-kv",
-        action=argparse.BooleanOptionalAction,
+        nargs="?",
+        const=True,
+        choices=["auto"],
         default=defaults.store_prompt_kv,
+        metavar="auto",
         help="Store each prompt's keys and values and its target in the run folder, so that training steps skip the "
-        "prompt's forward (about 5x faster steps; about 45 KiB per SmolLM2 prompt token on disk).",
+        "prompt's forward (about 5x faster steps; about 45 KiB per SmolLM2 prompt token on disk). The run prints "
+        "the estimate and the free disk first, and refuses a store that does not fit. 'auto': store when it fits "
+        "within half the free disk and --epochs reread the prompts (default: off).",
+    )
+    parser.add_argument(
+        "--no-store-prompt-kv",
+        dest="store_prompt_kv",
+        action="store_false",
+        help="Rerun each prompt's forward at every step instead (the default).",
     )

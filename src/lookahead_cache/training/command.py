@@ -6,15 +6,18 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 from ..cli import require_extra
 from ..commands.eval import DEFAULT_MODEL
 from ..default_model import DEFAULT_MODEL_HUB_ID
 from ..model_loading import load_model
 from .config import TrainingConfig
-from .data import RESPONSES_NAME
+from .data import RESPONSES_NAME, read_config_data
+from .disk_estimate import choose_store_prompt_kv, describe_path, estimate_disk
 from .forms import get_task
-from .trainer import ADAPTER_DIR, PLOT_NAME, train
+from .trainer import ADAPTER_DIR, CONFIG_NAME, PLOT_NAME, train
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -54,7 +57,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             None if args.validation_samples_per_task is None else _one_or_per_length(args.validation_samples_per_task)
         ),
         validation_seed=args.validation_seed,
-        store_prompt_kv=args.store_prompt_kv,
+        # "auto" is resolved in `run` from the disk estimate, before this config goes to training (and is recorded).
+        store_prompt_kv=args.store_prompt_kv is True,
     )
 
 
@@ -64,6 +68,7 @@ def _one_or_per_length(counts: list[int]) -> int | list[int]:
 
 def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, args.dtype, revision=args.revision)
+    args.config = choose_storage(model, tokenizer, args.config, args.out, args.store_prompt_kv)
     command = "lookahead-cache " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     name = DEFAULT_MODEL_HUB_ID if args.model == DEFAULT_MODEL else args.model
     train(
@@ -81,3 +86,23 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"Adapter: {args.out / ADAPTER_DIR}\nLoss curve: {args.out / PLOT_NAME}")
     return 0
+
+
+def choose_storage(model, tokenizer, config: TrainingConfig, out: Path, requested: bool | str) -> TrainingConfig:
+    """`config` with the storage path taken: the disk estimate printed (by the main process) before anything heavy,
+    a store that does not fit the free disk refused, and `--store-prompt-kv auto` resolved (see
+    `lookahead_cache.training.disk_estimate`). Every process of a distributed run takes the main process's choice."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    state = PartialState()
+    recorded = None
+    if requested == "auto" and (Path(out) / CONFIG_NAME).is_file():
+        recorded = TrainingConfig.from_json_file(Path(out) / CONFIG_NAME).store_prompt_kv
+    estimate = estimate_disk(model, config, out, read_config_data(model, tokenizer, config))
+    store, why = choose_store_prompt_kv(requested, estimate, config.epochs, recorded)
+    if state.num_processes > 1:
+        store = broadcast_object_list([store])[0]
+    if state.is_main_process:
+        print(f"{estimate.describe()}\n{describe_path(store, why)}", flush=True)
+    return replace(config, store_prompt_kv=store)
