@@ -78,7 +78,9 @@ class LookaheadAdapter(nn.Module):
         return save_lookahead(self, save_directory, evaluation=evaluation)
 
     def push_to_hub(self, repo_id: str, **kwargs) -> str:
-        """Save to a temporary folder and upload it to Hub repo `repo_id`; see `push_lookahead_to_hub`."""
+        """Save to a temporary folder and upload it to Hub repo `repo_id`, with the LU-KV profiles shipped with the
+        adapter (those of the folder or repo it was loaded from), or those of `profiles_from=<folder>`
+        (`profiles_from=False`: none); see `push_lookahead_to_hub`."""
         return push_lookahead_to_hub(self, repo_id, **kwargs)
 
     def fingerprint(self) -> str:

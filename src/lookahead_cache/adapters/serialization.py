@@ -3,6 +3,7 @@ in a local folder or downloaded from the Hub (`resolve_adapter_files`; `load_loo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -163,11 +164,117 @@ def push_lookahead_to_hub(
     revision: str | None = None,
     commit_message: str = "Upload lookahead adapter",
     evaluation: str | None = None,
+    profiles_from: str | Path | bool | None = None,
 ) -> str:
-    """Save the adapter and upload it to Hub repo `repo_id` (created if needed); returns the commit URL."""
+    """Save the adapter and upload it to Hub repo `repo_id` (created if needed), with its LU-KV profiles; returns
+    the commit URL.
+
+    The profiles (`lukv_profile_<scorer>.json` and `.safetensors`, and the `.png` heatmap where there is one) go
+    beside the adapter files, where `load_lookahead(model, repo_id)` followed by
+    `LookaheadCache(allocation="lukv", ...)` finds them. Which ones:
+
+    - by default (`profiles_from=None`), those shipped with the adapter: every profile in the folder or Hub repo it
+      was loaded from (`adapter.source`), and the profiles read from there so far (`adapter.profiles`); none for an
+      adapter made by `add_lookahead` that no profile was given;
+    - `profiles_from=<folder>`: the profiles in that local folder (e.g. the `--out` of `lookahead-cache profile`),
+      instead; a folder without any is refused;
+    - `profiles_from=False`: none (the adapter and its card alone).
+
+    A profile whose calibration records another adapter's fingerprint (the adapter changed since it was profiled)
+    is uploaded with a warning: profile the adapter again for a profile that matches it.
+    """
     api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        save_lookahead(adapter, tmp, evaluation=evaluation)
+        folder = Path(tmp)
+        # Gathered before the repo is created: a refused `profiles_from` leaves the Hub untouched.
+        scorers = _gather_profiles(adapter, folder, profiles_from, token)
+        save_lookahead(adapter, folder, evaluation=evaluation)
+        _warn_about_other_adapters(adapter, folder, scorers)
+        api.create_repo(repo_id, private=private, exist_ok=True)
         commit = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message)
     return str(commit)
+
+
+PROFILE_PREFIX = "lukv_profile_"
+PROFILE_SUFFIXES = (".json", ".safetensors", ".png")
+
+
+def profile_files(names) -> list[str]:
+    """The LU-KV profile files among file `names` (`lukv_profile_<scorer>.json`, `.safetensors`, `.png`)."""
+    return sorted(
+        name
+        for name in names
+        if "/" not in name and name.startswith(PROFILE_PREFIX) and name.endswith(PROFILE_SUFFIXES)
+    )
+
+
+def _gather_profiles(
+    adapter: LookaheadAdapter, out: Path, profiles_from: str | Path | bool | None, token: str | bool | None
+) -> list[str]:
+    """Copy the profiles `push_lookahead_to_hub` uploads into `out`; returns their scorers."""
+    if profiles_from is False:
+        return []
+    if profiles_from is not None and profiles_from is not True:
+        local = Path(profiles_from).expanduser()
+        names = profile_files(path.name for path in local.iterdir()) if local.is_dir() else []
+        if not any(name.endswith(".safetensors") for name in names):
+            raise ValueError(
+                f"profiles_from={str(profiles_from)!r} is not a local folder holding a LU-KV profile "
+                "(lukv_profile_<scorer>.json and .safetensors): pass the --out folder of `lookahead-cache profile`, "
+                "or leave profiles_from out to upload the profiles shipped with the adapter."
+            )
+        for name in names:
+            shutil.copy(local / name, out / name)
+        return _scorers_in(out)
+    source = adapter.source
+    if source is not None and Path(source).expanduser().is_dir():
+        local = Path(source).expanduser()
+        for name in profile_files(path.name for path in local.iterdir()):
+            shutil.copy(local / name, out / name)
+    elif source is not None:
+        try:
+            names = profile_files(HfApi(token=token).list_repo_files(source, revision=adapter.source_revision))
+            for name in names:
+                shutil.copy(hf_hub_download(source, name, revision=adapter.source_revision, token=token), out / name)
+        except (HfHubHTTPError, OSError, ValueError) as error:
+            # The profiles read from there so far are still uploaded, below.
+            logger.warning(
+                f"The LU-KV profiles of the adapter's Hub repo {source!r} could not be listed or downloaded "
+                f"({error}): only those read from it so far ({', '.join(sorted(adapter.profiles)) or 'none'}) are "
+                "uploaded. Pass profiles_from=<folder> to upload others."
+            )
+    copied = _scorers_in(out)
+    for scorer, profile in adapter.profiles.items():
+        if scorer not in copied:
+            profile.save_pretrained(out)
+    return _scorers_in(out)
+
+
+def _scorers_in(folder: Path) -> list[str]:
+    names = {path.name for path in folder.iterdir()}
+    return sorted(
+        name[len(PROFILE_PREFIX) : -len(".json")]
+        for name in names
+        if name.startswith(PROFILE_PREFIX)
+        and name.endswith(".json")
+        and name[: -len(".json")] + ".safetensors" in names
+    )
+
+
+def _warn_about_other_adapters(adapter: LookaheadAdapter, folder: Path, scorers: list[str]) -> None:
+    fingerprint = None
+    for scorer in scorers:
+        try:
+            recorded = json.loads((folder / f"{PROFILE_PREFIX}{scorer}.json").read_text())["calibration"]
+            recorded = recorded.get("lookahead_adapter_sha256")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if recorded is None:
+            continue
+        fingerprint = fingerprint or adapter.fingerprint()
+        if recorded != fingerprint:
+            logger.warning(
+                f"The LU-KV profile for {scorer!r} was made with another lookahead adapter (fingerprint "
+                f"{recorded[:12]}, this one {fingerprint[:12]}): it is uploaded, but profile this adapter again "
+                "(lookahead-cache profile --adapter ...) for a profile that matches it."
+            )
