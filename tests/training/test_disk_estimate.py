@@ -56,7 +56,7 @@ def test_the_estimate_matches_what_a_stored_run_writes(tiny_model_dir, tmp_path,
     assert main(train_argv(tiny_model_dir, data, run, "--store-prompt-kv", "--responses-only")) == 0
     printed = capsys.readouterr().out
     assert "Disk: storing the training prompts' keys, values and targets (--store-prompt-kv) takes about" in printed
-    assert "Path: store each prompt's keys, values and target" in printed
+    assert "Path (--store-prompt-kv): store each prompt's keys, values and target" in printed
     config = TrainingConfig.from_json_file(run / "training_config.json")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)

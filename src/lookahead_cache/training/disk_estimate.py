@@ -82,7 +82,7 @@ class DiskEstimate:
         """One paragraph: what each store takes, what is stored already, and the free disk."""
         training = (
             f"Disk: storing the training prompts' keys, values and targets (--store-prompt-kv) takes about "
-            f"{size(self.training_bytes)} ({self.training_prompts} prompts, {self.training_tokens} tokens at "
+            f"{size(self.training_bytes)} ({self.training_prompts} prompts, {self.training_tokens:,} tokens at "
             f"{size(self.token_bytes)} a token)"
         )
         if self.stored_training_bytes:
@@ -211,7 +211,7 @@ def choose_store_prompt_kv(
             )
             why += " read each prompt again"
     elif requested in (True, False):
-        store, why = bool(requested), "as asked"
+        store, why = bool(requested), "--store-prompt-kv" if requested else "--no-store-prompt-kv, the default"
     else:
         raise ValueError(f"store_prompt_kv={requested!r} must be True, False or 'auto'.")
     needed = estimate.validation_needed + (estimate.training_needed if store else 0)
@@ -237,4 +237,4 @@ def describe_path(store: bool, why: str) -> str:
         if store
         else "rerun each prompt's prefill at every step (nothing stored for the training prompts)"
     )
-    return f"Path: {path} ({why})."
+    return f"Path ({why}): {path}."
