@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cli import budget_value, positive_int
+from ..cli import DTYPE_CHOICES, budget_value, positive_int
 from ..evaluation.tasks import EXTRA_TASKS, TASKS
 from ..training.config import VALIDATION_SEED
 from ..training.forms import FORMS
@@ -26,6 +28,57 @@ MODES = (*ONE_SHOT_MODES, *CHUNKED_MODES, SESSION_MODE, LONG_OUTPUT_MODE)
 DEFAULT_CHUNK_SIZE = 512
 DEFAULT_GENERATION_BUDGET = 256
 DEFAULT_STREAMING_FACTOR = 1.0
+# What `from_pretrained(device_map=...)` takes besides a device or a map: accelerate's placement strategies.
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+_DEVICE = re.compile(r"(cpu|cuda|mps|xpu|npu|hpu|mlu|musa)(:\d+)?|\d+")
+
+
+def device_map_value(text: str) -> str | int | dict[str, str | int]:
+    """argparse type of `--device-map` (train, profile, eval): a strategy, one device, or a JSON file of module name to
+    device, as `from_pretrained(device_map=...)` takes them; whether the devices exist is checked when the model
+    loads (`model_loading.check_device_map`)."""
+    if text in DEVICE_MAP_STRATEGIES:
+        return text
+    if _DEVICE.fullmatch(text):
+        return int(text) if text.isdigit() else text
+    if text.endswith(".json"):
+        try:
+            placement = json.loads(Path(text).read_text())
+        except (OSError, ValueError) as error:
+            raise argparse.ArgumentTypeError(f"{text} does not read as a JSON device map: {error}") from error
+        if not (
+            isinstance(placement, dict)
+            and placement
+            and all(
+                isinstance(place, int) or (isinstance(place, str) and (place == "disk" or _DEVICE.fullmatch(place)))
+                for place in placement.values()
+            )
+        ):
+            raise argparse.ArgumentTypeError(
+                f"{text} is not a device map: write one JSON object of module name to device, e.g. "
+                '{"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "model.norm": 1, "lm_head": 1}, '
+                'devices being an index, "cpu", "cuda:1" or "disk".'
+            )
+        return placement
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is neither a placement strategy ({', '.join(DEVICE_MAP_STRATEGIES)}), a device (cpu, cuda, cuda:1, "
+        "mps, an index) nor a JSON file (.json) of module name to device"
+    )
+
+
+def add_placement_arguments(parser: argparse.ArgumentParser, dtype_help: str, device_map_note: str = "") -> None:
+    """`--dtype` and `--device-map`, as train, profile and eval take them."""
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES, help=dtype_help)
+    parser.add_argument(
+        "--device-map",
+        type=device_map_value,
+        metavar="PLACEMENT",
+        help="Where the model loads (from_pretrained's device_map; default: the CPU): one device (cpu, cuda:0), "
+        "a strategy spreading a model too large for one device over the GPUs there are "
+        f"({', '.join(DEVICE_MAP_STRATEGIES)}), "
+        "or a JSON file of module name to device. See docs/bring-your-own-model.md#a-model-larger-than-one-device."
+        + device_map_note,
+    )
 
 
 @dataclass(frozen=True)
@@ -47,7 +100,7 @@ SIZES = {
 # What runs unless told otherwise: one row per scorer, with the allocation it is known by (the rest of
 # lookahead_cache.evaluation.methods.METHODS: adakv, lukv, lookahead-adakv, lookahead-lukv).
 DEFAULT_METHODS = ("full", "streaming", "knorm", "random", "snapkv", "pyramidkv", "oracle", "laq", "lookahead")
-EXTRA_METHODS = ("adakv", "lukv", "lookahead-adakv", "lookahead-lukv")
+EXTRA_METHODS = ("adakv", "lukv", "lookahead-adakv", "lookahead-lukv", "lookahead-window")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="'default' (the embedded SmolLM2-135M-Instruct), a local model folder or a Hub model id (safetensors "
         "weights).",
     )
+    add_placement_arguments(parser, "The dtype the model is loaded in.")
     parser.add_argument(
         "--size",
         choices=list(SIZES),

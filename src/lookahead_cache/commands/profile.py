@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import DTYPE_CHOICES, SCORER_CHOICES, positive_int
+from ..cli import SCORER_CHOICES, positive_int
 from ..config import DEFAULT_SINK, DEFAULT_WINDOW
-from .eval import DEFAULT_MODEL
+from .eval import DEFAULT_MODEL, add_placement_arguments
 
 RUNNER = "lookahead_cache.profiling.command"
 
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"'{DEFAULT_MODEL}' (the embedded SmolLM2-135M-Instruct), a local model folder or a Hub model id.",
     )
     parser.add_argument("--revision", help="Branch, tag or commit of a Hub --model (default: its main branch).")
-    parser.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES, help="The dtype the model is loaded in.")
+    add_placement_arguments(parser, "The dtype the model is loaded in.")
     parser.add_argument(
         "--data",
         nargs="+",

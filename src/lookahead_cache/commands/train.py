@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import DTYPE_CHOICES, positive_int
+from ..cli import positive_int
 from ..evaluation.tasks import TASKS
 from ..training.config import MAX_VALIDATION_LENGTH, TrainingConfig
 from ..training.forms import FORMS
-from .eval import DEFAULT_MODEL
+from .eval import DEFAULT_MODEL, add_placement_arguments
 
 RUNNER = "lookahead_cache.training.command"
 
@@ -22,8 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"'{DEFAULT_MODEL}' (the embedded SmolLM2-135M-Instruct), a local model folder or a Hub model id.",
     )
     parser.add_argument("--revision", help="Branch, tag or commit of a Hub --model (default: its main branch).")
-    parser.add_argument(
-        "--dtype", default="float32", choices=DTYPE_CHOICES, help="The dtype the frozen model is loaded in."
+    add_placement_arguments(
+        parser,
+        "The dtype the frozen model is loaded in.",
+        " Training takes one process with it, and no offloaded layer ('disk', or 'cpu' beside a GPU).",
     )
     parser.add_argument(
         "--data",

@@ -140,7 +140,7 @@ def check_live_modes(
 def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     adapter = args.adapter or (DEFAULT_MODEL if any(needs_adapter(name) for name in args.methods) else None)
-    model, tokenizer = load_model(args.model, adapter=adapter)
+    model, tokenizer = load_model(args.model, args.dtype, adapter=adapter, device_map=args.device_map)
     for name in args.methods:
         method = get_method(name)
         if isinstance(method, CacheMethod):

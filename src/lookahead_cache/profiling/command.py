@@ -27,7 +27,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     adapter = args.adapter or (DEFAULT_MODEL if "lookahead" in args.scorers else None)
-    model, tokenizer = load_model(args.model, args.dtype, adapter, args.revision)
+    model, tokenizer = load_model(args.model, args.dtype, adapter, args.revision, device_map=args.device_map)
     profiles = profile_model(
         model,
         tokenizer,

@@ -67,7 +67,7 @@ def _one_or_per_length(counts: list[int]) -> int | list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    model, tokenizer = load_model(args.model, args.dtype, revision=args.revision)
+    model, tokenizer = load_model(args.model, args.dtype, revision=args.revision, device_map=args.device_map)
     args.config = choose_storage(model, tokenizer, args.config, args.out, args.store_prompt_kv)
     command = "lookahead-cache " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     name = DEFAULT_MODEL_HUB_ID if args.model == DEFAULT_MODEL else args.model

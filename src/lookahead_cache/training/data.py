@@ -12,6 +12,12 @@ safetensors file each), sparing every training step its prompt forward, which is
 `layers x kv_heads x head_dim x 2` values per prompt token on disk (90 MiB for a 2048-token SmolLM2-135M prompt in
 float32). Without it, every step reruns the prompt and recomputes the target. A stored file that does not read back
 stops the run, naming it (deleting it has it made again).
+
+Under several processes each makes the responses of its share of the missing prompts (every process's batches are
+the batches one process would make, dealt out in turn) into a file of its own beside the responses file
+(`responses.process<rank>.jsonl`); the main process then appends their rows to the responses file in the order one
+process would have written them, and deletes those files. A file that an interrupted run left is merged in when the
+run resumes, its rows after the ones already there.
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from operator import itemgetter
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging
 
 from ..evaluation.replay import PrefillRecording, future_queries, record_prefill
 from ..evaluation.tasks import Sample
@@ -47,6 +55,8 @@ from ..scorers.future_queries import FutureQueriesScorer
 from .config import TrainingConfig
 from .forms import get_task
 from .user_data import UserData, UserPrompt, model_context_length, read_user_data
+
+logger = logging.get_logger(__name__)
 
 RESPONSES_NAME = "responses.jsonl"
 # Responses decode in batches of prompts of one length, up to this many prompt tokens in all, gathered from windows
@@ -281,6 +291,7 @@ def prepare_examples(
     *,
     store: bool | None = None,
     make_missing: bool = True,
+    processes: Processes | None = None,
 ) -> list[TrainingExample]:
     """The training examples of `prompts` (default: the config's training mix): each response made once and appended
     to `responses` (default `out_dir/responses.jsonl`), reused from there after an interruption or on another machine,
@@ -290,6 +301,8 @@ def prepare_examples(
     Args:
         make_missing: Make the responses not in `responses` yet; without it their examples are returned with empty
             `response_ids`, for `make_responses` to fill when they are needed.
+        processes: The processes of a distributed run (an `accelerate.Accelerator`), which all call this together:
+            each makes its share of the missing responses (and stored files), and every one returns every example.
 
     Raises:
         ValueError: `responses` was made by another model or with another `response_tokens`, or a prompt rebuilt
@@ -298,8 +311,14 @@ def prepare_examples(
     if prompts is None:
         prompts = build_prompts(tokenizer, config, user_data=read_config_data(model, tokenizer, config))
     responses = out_dir / RESPONSES_NAME if responses is None else Path(responses)
-    responses.parent.mkdir(parents=True, exist_ok=True)
-    _check_responses_settings(responses, model, config)
+    rank, world = (0, 1) if processes is None else (processes.process_index, processes.num_processes)
+    if rank == 0:
+        responses.parent.mkdir(parents=True, exist_ok=True)
+        _check_responses_settings(responses, model, config)
+        merge_process_responses(responses)
+    if world > 1:
+        # Every process reads the responses file as the main process left it, so all count the same missing ones.
+        processes.wait_for_everyone()
     answered = {row["key"]: row for row in read_jsonl(responses)}
     stored = {}
     if config.store_prompt_kv if store is None else store:
@@ -326,20 +345,38 @@ def prepare_examples(
             examples[key].prompt_kv_path = stored[PROMPT_KV_DIR] / name
 
     def store_files(example: TrainingExample, recording: PrefillRecording) -> None:
-        response = torch.tensor([example.response_ids], device=model.device)
+        response = torch.tensor([example.response_ids], device=input_device(model))
         _store_prompt_kv(recording, example.prompt_kv_path)
         save_safetensors({"target": response_target(model, recording, response).cpu()}, example.target_path)
 
     pending = [example for example in examples.values() if not example.response_ids] if make_missing else []
+    batches = _same_length_batches(pending, [prompts[example.sample_id].context_length for example in pending])
+    # One process makes every batch; several deal them out in turn, each into its own file.
+    mine = batches[rank::world]
     with (
-        append_jsonl(responses) as append,
-        tqdm(total=len(pending), desc="responses", unit="prompt", disable=disable_progress) as progress,
+        append_jsonl(process_responses_path(responses, rank) if world > 1 else responses) as append,
+        tqdm(total=sum(map(len, mine)), desc="responses", unit="prompt", disable=disable_progress) as progress,
     ):
-        for batch in _same_length_batches(pending, [prompts[example.sample_id].context_length for example in pending]):
+        for batch in mine:
             # Stored before the responses are listed, so that a listed response has its files.
             before_listing = store_files if stored else None
             make_responses(model, batch, config.response_tokens, append, before_listing=before_listing)
             progress.update(len(batch))
+    if world > 1:
+        if pending:
+            logger.info(
+                f"Process {rank} of {world} made {sum(map(len, mine))} of the {len(pending)} missing responses "
+                f"({len(mine)} of {len(batches)} batches)."
+            )
+        processes.wait_for_everyone()
+        if rank == 0:
+            merge_process_responses(responses, order=[example.sample_id for batch in batches for example in batch])
+        processes.wait_for_everyone()
+        if pending:
+            made = {row["key"]: row["response_ids"] for row in read_jsonl(responses)}
+            for example in pending:
+                example.response_ids = made[example.sample_id]
+    unstored = []
     for example in examples.values():
         if not stored or not example.response_ids:
             continue
@@ -348,8 +385,60 @@ def prepare_examples(
             safetensors_metadata(example.target_path)
             safetensors_metadata(example.prompt_kv_path)
         else:
-            store_files(example, _record_keys_and_values(model, example.input_ids))
+            unstored.append(example)
+    # Every process lists the same ones (the barrier above), and stores its share.
+    for example in unstored[rank::world]:
+        store_files(example, _record_keys_and_values(model, example.input_ids))
+    if world > 1 and unstored:
+        processes.wait_for_everyone()
     return list(examples.values())
+
+
+class Processes(Protocol):
+    """What `prepare_examples` needs of a distributed run: `accelerate.Accelerator` has it."""
+
+    process_index: int
+    num_processes: int
+
+    def wait_for_everyone(self) -> None: ...
+
+
+def process_responses_path(responses: Path, rank: int) -> Path:
+    """The file where process `rank` of a distributed run writes the responses it makes, beside `responses`."""
+    return responses.with_name(f"{responses.stem}.process{rank}.jsonl")
+
+
+def merge_process_responses(responses: Path, order: list[str] | None = None) -> int:
+    """Append to `responses` the rows of the per-process files beside it (`process_responses_path`) that it lacks,
+    in `order` of their keys (the order one process makes them in), else file by file; then delete those files.
+    Returns how many rows were appended.
+
+    A row whose key `responses` holds already is dropped: an interruption between the append and the deletion
+    leaves the files to be merged again.
+    """
+    prefix = f"{responses.stem}.process"
+    found = {}
+    for path in responses.parent.glob(f"{prefix}*.jsonl"):
+        rank = path.name[len(prefix) : -len(".jsonl")]
+        if rank.isdigit():
+            found[int(rank)] = path
+    paths = [found[rank] for rank in sorted(found)]
+    if not paths:
+        return 0
+    rows = {}
+    for path in paths:
+        for row in read_jsonl(path):
+            rows.setdefault(row["key"], row)
+    present = {row["key"] for row in read_jsonl(responses)}
+    ordered = [key for key in order or [] if key in rows]
+    keys = ordered + [key for key in rows if key not in set(ordered)]
+    new = [rows[key] for key in keys if key not in present]
+    with append_jsonl(responses) as append:
+        for row in new:
+            append(row)
+    for path in paths:
+        path.unlink()
+    return len(new)
 
 
 def make_responses(
@@ -384,9 +473,18 @@ def make_responses(
 def _record_keys_and_values(model: PreTrainedModel, input_ids: list[int]) -> PrefillRecording:
     """The prompt's recorded prefill without the attention inputs, which responses and targets do not read (a
     batch of 8k-token recordings would hold gigabytes of them)."""
-    recording = record_prefill(model, torch.tensor([input_ids], device=model.device))
+    recording = record_prefill(model, torch.tensor([input_ids], device=input_device(model)))
     recording.prefills = [replace(prefill, hidden_states=None) for prefill in recording.prefills]
     return recording
+
+
+def input_device(model: PreTrainedModel) -> torch.device:
+    """Where `model`'s input ids go: its input embedding's device, which a model placed by `device_map` (layers on
+    several devices) has first; for an embedding that accelerate offloads, the device its hook runs it on."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    embeddings = base.get_input_embeddings()
+    device = getattr(getattr(embeddings, "_hf_hook", None), "execution_device", None)
+    return embeddings.weight.device if device is None else torch.device(device)
 
 
 def _same_length_batches(examples: list[TrainingExample], lengths: list[int]) -> list[list[TrainingExample]]:

@@ -4,6 +4,12 @@ The prompt's keys and values and the target do not depend on the lookahead modul
 gradients at every step, or from disk with `store_prompt_kv`. Only the lookahead rows run with gradients, and their
 attention over the prompt is compared with the attention the model's own response paid it. `accelerate launch`
 spreads the prompts over processes and averages the gradients.
+
+A frozen model too large for one device trains in one process, placed by `device_map` (`from_pretrained(...,
+device_map="auto")`, `lookahead-cache train --device-map auto`): its layers on several devices, each step's inputs on
+its embedding's device, the model left where it is. Layers that accelerate offloads (to disk, or to the CPU beside a
+GPU) are refused: their weights exist for their forward only, and the backward of the lookahead queries runs through
+them. FSDP is not supported.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, has_offloaded_params, set_seed
 from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -43,6 +49,7 @@ from .data import (
     RESPONSES_NAME,
     TrainingExample,
     build_prompts,
+    input_device,
     make_responses,
     prepare_examples,
     read_config_data,
@@ -84,14 +91,14 @@ def kl_loss(queries: list[torch.Tensor], prefills, target: torch.Tensor) -> torc
         layer_target = layer_target.to(predicted.device)
         kl = layer_target * (torch.log(layer_target + _EPS) - torch.log(predicted + _EPS))
         losses.append(kl.sum(-1).mean())
-    return torch.stack(losses).mean()
+    # A model placed by device_map has its layers, and so their losses, on several devices.
+    return torch.stack([loss.to(losses[0].device) for loss in losses]).mean()
 
 
 def attention_modules(model: PreTrainedModel) -> dict[int, torch.nn.Module]:
     """The attention module of each layer of `model` by its cache layer index, found the way a LookaheadCache finds
     them: by a forward."""
-    device = next(model.parameters()).device
-    recording = record_prefill(model, torch.zeros(1, 1, dtype=torch.long, device=device))
+    recording = record_prefill(model, torch.zeros(1, 1, dtype=torch.long, device=input_device(model)))
     return {prefill.layer_idx: prefill.module for prefill in recording.prefills}
 
 
@@ -108,9 +115,10 @@ def example_loss(
         target = example.stored_target()
     else:
         base = model.get_base_model()
-        recording = recording or record_prefill(base, torch.tensor([example.input_ids], device=model.device))
+        device = input_device(base)
+        recording = recording or record_prefill(base, torch.tensor([example.input_ids], device=device))
         prefills = recording.prefills
-        target = response_target(base, recording, torch.tensor([example.response_ids], device=model.device))
+        target = response_target(base, recording, torch.tensor([example.response_ids], device=device))
     if target.shape[-1] != len(example.input_ids):
         raise ValueError(
             f"The target of {example.sample_id} covers {target.shape[-1]} tokens, its prompt {len(example.input_ids)}."
@@ -122,6 +130,55 @@ def example_loss(
 def validation_loss(model: PeftModel, examples: list[TrainingExample], modules: dict[int, torch.nn.Module]) -> float:
     """Mean KL loss over held-apart prompts of the training families."""
     return sum(float(example_loss(model, example, modules)) for example in examples) / len(examples)
+
+
+def check_placement(model: PreTrainedModel, accelerator: Accelerator) -> bool:
+    """Whether `model` is placed by a `device_map` (its `hf_device_map`), which training leaves where it is; a model
+    without one goes to `accelerator.device`.
+
+    Raises:
+        ValueError: The model is under FSDP, or placed by a device map under several processes, or has layers that
+            accelerate offloads; each message names the fix.
+    """
+    fsdp_types = []
+    if torch.distributed.is_available():
+        from torch.distributed import fsdp
+
+        fsdp_types = [fsdp.FullyShardedDataParallel, *([fsdp.FSDPModule] if hasattr(fsdp, "FSDPModule") else [])]
+    if accelerator.distributed_type == DistributedType.FSDP or isinstance(model, tuple(fsdp_types)):
+        raise ValueError(
+            "Lookahead training does not run under FSDP (the frozen model sharded over the processes): train in one "
+            "process with the model placed over the devices by device_map, `lookahead-cache train --device-map auto "
+            "...` (docs/bring-your-own-model.md#a-model-larger-than-one-device), or data parallel without FSDP where "
+            "the model fits one device."
+        )
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map is None:
+        return False
+    places = sorted({str(place) for place in device_map.values()})
+    if accelerator.num_processes > 1:
+        raise ValueError(
+            f"The model is placed by a device_map (over {', '.join(places)}) and {accelerator.num_processes} processes "
+            "run: each process would load and place a whole model of its own. Train a placed model in one process "
+            "(`lookahead-cache train --device-map auto ...`, without torchrun or accelerate launch), or leave "
+            "--device-map out to train data parallel, each process with the whole model on its own device."
+        )
+    offloaded = [name for name, module in model.named_modules() if has_offloaded_params(module)]
+    if offloaded:
+        entries = [
+            f"{key or 'the model'}: {place}"
+            for key, place in device_map.items()
+            if any(key == "" or name == key or name.startswith(key + ".") for name in offloaded)
+        ]
+        shown = "; ".join(entries[:4]) + ("; ..." if len(entries) > 4 else "")
+        raise ValueError(
+            f"The device_map offloads layers of the model ({shown}): accelerate loads an offloaded layer's weights "
+            "for its forward only and puts them back on the meta device after it, and the backward of the lookahead "
+            "queries runs through every layer (autograd then fails: 'expected device meta'). Give every layer a "
+            "device it stays on: no 'disk' (nor 'cpu' beside a GPU) in the map, enough max_memory on the GPUs, "
+            "more GPUs, or --dtype bfloat16 (half of float32)."
+        )
+    return True
 
 
 def _schedule(config: TrainingConfig, total_steps: int):
@@ -170,9 +227,11 @@ def train(
     Returns:
         The PeftModel carrying the trained adapter (None with `responses_only`).
     """
+    accelerator = Accelerator()
+    # Before anything is written: a placement training cannot take stops the run with its folder as it was.
+    placed = check_placement(model, accelerator)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator()
     # Read before anything is written: a mistake in the data stops the run with its folder as it was.
     user_data = read_config_data(model, tokenizer, config)
     config_path, base_model_path, data_files_path = out / CONFIG_NAME, out / BASE_MODEL_NAME, out / DATA_FILES_NAME
@@ -195,30 +254,44 @@ def train(
         write_text(base_model_path, json.dumps(base_model, indent=2) + "\n")
         if config.data_files:
             write_text(data_files_path, json.dumps(data_files, indent=2) + "\n")
-    model = model.to(accelerator.device).eval()
+    if not placed:
+        model = model.to(accelerator.device)
+    model = model.eval()
     model.requires_grad_(False)
+    device = input_device(model)
 
     responses = out / RESPONSES_NAME if responses is None else Path(responses)
     # One process that reruns every prompt anyway makes the missing responses in its steps, from the same prefill:
-    # the first epoch then costs what making the responses alone would.
+    # the first epoch then costs what making the responses alone would. Several processes share them out first,
+    # each making the responses of its share of the missing prompts (see `prepare_examples`).
     in_steps = not (config.store_prompt_kv or responses_only or accelerator.num_processes > 1)
+    processes = accelerator if accelerator.num_processes > 1 else None
+    quiet = not accelerator.is_local_main_process
     prompts = build_prompts(tokenizer, config, user_data=user_data)
+    # Validation first, and stored whatever the run stores: its few prompts are scored at every checkpoint (by the
+    # main process).
+    validation_prompts = build_prompts(tokenizer, config, validation=True, user_data=user_data)
     validation = []
-    if accelerator.is_main_process:
-        # Validation first, and stored whatever the run stores: its few prompts are scored at every checkpoint.
-        validation_prompts = build_prompts(tokenizer, config, validation=True, user_data=user_data)
-        if validation_prompts:
-            validation = prepare_examples(
-                model, tokenizer, config, out / VALIDATION_DIR, validation_prompts, responses, store=True
-            )
-        examples = prepare_examples(model, tokenizer, config, out, prompts, responses, make_missing=not in_steps)
+    if validation_prompts:
+        validation = prepare_examples(
+            model,
+            tokenizer,
+            config,
+            out / VALIDATION_DIR,
+            validation_prompts,
+            responses,
+            quiet,
+            store=True,
+            processes=processes,
+        )
+    examples = prepare_examples(
+        model, tokenizer, config, out, prompts, responses, quiet, make_missing=not in_steps, processes=processes
+    )
     accelerator.wait_for_everyone()
     if responses_only:
         if accelerator.is_main_process:
             _log_skipped(user_data)
         return None
-    if not accelerator.is_main_process:
-        examples = prepare_examples(model, tokenizer, config, out, prompts, responses, disable_progress=True)
     modules = attention_modules(model)
 
     checkpoint = out / CHECKPOINT_DIR
@@ -277,7 +350,7 @@ def train(
         started = time.perf_counter()
         batch = order[step * per_step : (step + 1) * per_step]
         mine = batch[accelerator.process_index :: world]
-        step_loss = torch.zeros((), device=accelerator.device)
+        step_loss = torch.zeros((), device=device)
         recordings = {}
         unanswered = [examples[index] for index in mine if not examples[index].response_ids]
         if unanswered:
@@ -287,7 +360,7 @@ def train(
         for index in mine:
             loss = example_loss(peft_model, examples[index], modules, recordings.get(examples[index].sample_id))
             (loss / len(batch)).backward()
-            step_loss += loss.detach() / len(batch)
+            step_loss += loss.detach().to(device) / len(batch)
         if world > 1:
             for parameter in parameters:
                 if parameter.grad is None:
