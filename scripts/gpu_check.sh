@@ -2,8 +2,8 @@
 # The device checks, for a lent GPU machine, in two commands of under 10 minutes each (the device tool's limit):
 #
 #     bash scripts/gpu_check.sh            # the Triton kernels' tests on CUDA, a model placed over GPU and CPU
-#                                          # (device_map), both kernel benchmarks and the per-head storage decode
-#                                          # benchmark (time limits: 8.5 minutes)
+#                                          # (device_map) in the cache and in training, both kernel benchmarks and
+#                                          # the per-head storage decode benchmark (time limits: 9.5 minutes)
 #
 # Tensor parallelism needs two GPUs; the machines lent have one, so it is tested on CPU processes (gloo) only
 # (tests/cache/test_tensor_parallel.py).
@@ -37,6 +37,9 @@ fi
 TRITON_INTERPRET=0 timeout 180 python -m pytest -q -p no:cacheprovider tests/kernels/test_kernel_attention_scores.py \
     tests/kernels/test_kernel_varlen_decode.py tests/storage/test_packed.py tests/cache/test_device_map.py \
     > "$OUT/tests.txt" 2>&1
+# Training a frozen model split over the GPU and the CPU by device_map, against the model in place on the GPU.
+timeout 60 python -m pytest -q -p no:cacheprovider -m "not slow" tests/training/test_device_map_training.py \
+    > "$OUT/tests_device_map_training.txt" 2>&1
 timeout 90 python -m lookahead_cache.kernels.benchmark_attention_scores > "$OUT/bench_attention_scores.txt" 2>&1
 timeout 90 python -m lookahead_cache.kernels.benchmark_varlen_decode > "$OUT/bench_varlen_decode.txt" 2>&1
 timeout 150 python scripts/bench_head_storage.py --device cuda --dtype bfloat16 --out "$OUT/bench_head_storage.json" \
