@@ -45,6 +45,21 @@ def test_two_processes_share_the_responses_and_write_the_file_one_process_writes
     assert len(rows.splitlines()) == 6
     assert (two / "responses.jsonl").read_text() == rows
     assert not list(two.glob("responses.process*.jsonl"))
+    # The validation prompts' stored keys, values and targets, each stored by the process that made its response.
+    stored = sorted(path.relative_to(one) for path in (one / "validation").rglob("*.safetensors"))
+    assert len(stored) == 6
+    assert sorted(path.relative_to(two) for path in (two / "validation").rglob("*.safetensors")) == stored
+    for path in stored:
+        assert (two / path).read_bytes() == (one / path).read_bytes(), path
+
+    # Resumed with the responses made and the stored files gone: the processes store them again, a share each.
+    for path in stored:
+        (two / path).unlink()
+    log = torchrun(2, responses_argv(tiny_model_dir, two))
+    assert "missing responses" not in log
+    assert (two / "responses.jsonl").read_text() == rows
+    for path in stored:
+        assert (two / path).read_bytes() == (one / path).read_bytes(), path
 
 
 def test_rows_an_interrupted_run_left_in_process_files_are_merged_once(tmp_path):

@@ -386,10 +386,12 @@ def prepare_examples(
             safetensors_metadata(example.prompt_kv_path)
         else:
             unstored.append(example)
-    # Every process lists the same ones (the barrier above), and stores its share.
+    if world > 1 and stored:
+        # Every process has listed the same ones before any stores its share of them.
+        processes.wait_for_everyone()
     for example in unstored[rank::world]:
         store_files(example, _record_keys_and_values(model, example.input_ids))
-    if world > 1 and unstored:
+    if world > 1 and stored:
         processes.wait_for_everyone()
     return list(examples.values())
 
