@@ -92,10 +92,12 @@ def choose_storage(model, tokenizer, config: TrainingConfig, out: Path, requeste
     """`config` with the storage path taken: the disk estimate printed (by the main process) before anything heavy,
     a store that does not fit the free disk refused, and `--store-prompt-kv auto` resolved (see
     `lookahead_cache.training.disk_estimate`). Every process of a distributed run takes the main process's choice."""
-    from accelerate import PartialState
+    from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list
 
-    state = PartialState()
+    # The state `train` builds next: a bare PartialState would ignore ACCELERATE_USE_CPU and see one process under
+    # a multi-CPU launch, and accelerate keeps the first state built.
+    state = Accelerator()
     recorded = None
     if requested == "auto" and (Path(out) / CONFIG_NAME).is_file():
         recorded = TrainingConfig.from_json_file(Path(out) / CONFIG_NAME).store_prompt_kv
