@@ -34,6 +34,7 @@ def test_method_names_and_configurations_agree_where_they_name_the_same_cache():
         "lookahead",
         "lookahead-adakv",
         "lookahead-lukv",
+        "lookahead-window",
     ]
     with pytest.raises(ValueError, match="Unknown evaluation method 'snapkv\\+adakv'"):
         needs_adapter("snapkv+adakv")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -177,11 +178,15 @@ class CacheMethod:
 
     scorer: str
     allocation: str = "uniform"
+    # The scorer's arguments other than its defaults, as (name, value) pairs.
+    scorer_kwargs: tuple[tuple[str, Any], ...] = ()
 
     @torch.no_grad()
     def __call__(self, run: SampleRun, budget: int | float) -> Cache:
         prefills = run.lookahead_prefills() if self.needs_lookahead else run.recording.prefills
-        return LookaheadCache.from_prefill(prefills, budget=budget, scorer=self.scorer, allocation=self.allocation)
+        return LookaheadCache.from_prefill(
+            prefills, budget=budget, scorer=self.scorer, allocation=self.allocation, **self._scorer_kwargs()
+        )
 
     def live_cache(
         self,
@@ -200,7 +205,11 @@ class CacheMethod:
             evict_every_prefill=evict_every_prefill,
             generation_budget=generation_budget,
             streaming_budget=streaming_budget,
+            **self._scorer_kwargs(),
         )
+
+    def _scorer_kwargs(self) -> dict[str, Any]:
+        return {"scorer_kwargs": dict(self.scorer_kwargs)} if self.scorer_kwargs else {}
 
     @property
     def needs_lookahead(self) -> bool:
@@ -249,6 +258,7 @@ METHODS: dict[str, Callable[[SampleRun, int | float | None], Cache]] = {
     "lookahead": CacheMethod("lookahead"),
     "lookahead-adakv": CacheMethod("lookahead", allocation="adakv"),
     "lookahead-lukv": CacheMethod("lookahead", allocation="lukv"),
+    "lookahead-window": CacheMethod("lookahead", scorer_kwargs=(("window", 32),)),
 }
 
 
