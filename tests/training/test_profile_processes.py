@@ -87,3 +87,17 @@ if __name__ == "__main__":
 
     log_table_writes(Path(os.environ["PROFILE_WRITES"]))
     sys.exit(main(sys.argv[1:]))
+
+
+def test_each_process_places_its_own_model_and_a_shared_device_map_is_refused(monkeypatch, capsys):
+    from lookahead_cache.cli import main
+    from lookahead_cache.profiling.command import process_device_map
+
+    assert process_device_map("cuda:1") == "cuda:1"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    expected = "cuda:1" if torch.cuda.is_available() else None
+    assert process_device_map(None) == expected
+    with pytest.raises(SystemExit):
+        main(["profile", "--device-map", "auto", "--out", "unused"])
+    assert "each process profiles on its own device" in capsys.readouterr().err

@@ -24,9 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         nargs="+",
         default=[],
-        metavar="FILE",
-        help="JSONL files of your own prompts (the format of `train --data`), profiled instead of the calibration "
-        "document; --questions takes the first N of them.",
+        metavar="PATH",
+        help="Your own prompts (JSONL files, folders of them or a datasets folder, as `train --data` reads), "
+        "profiled instead of the calibration document; --questions takes the first N of them.",
     )
     parser.add_argument(
         "--adapter",

@@ -31,10 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         nargs="+",
         default=[],
-        metavar="FILE",
-        help='JSONL files of your own prompts, one {"prompt": "..."} or {"messages": [...]} a line, optionally with '
-        'a "response" (see docs/training.md). Alone, they are the training data; with --tasks, they join the '
-        "built-in forms.",
+        metavar="PATH",
+        help='Your own prompts: JSONL files, one {"prompt": "..."} or {"messages": [...]} a line, optionally with '
+        'a "response", folders of them, or a folder saved by datasets (FOLDER:SPLIT for a DatasetDict; see '
+        "docs/training.md). Alone, they are the training data; with --tasks, they join the built-in forms.",
     )
     parser.add_argument(
         "--validation-fraction",

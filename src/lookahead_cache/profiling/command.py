@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 
+import torch
 import torch.distributed as dist
 
 from ..cli import require_extra
@@ -23,11 +25,27 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError("--sink and --window must be non-negative.")
     if "lookahead" in args.scorers and args.adapter is None and args.model != DEFAULT_MODEL:
         raise ValueError("--scorers lookahead with a --model of your own needs --adapter (its lookahead adapter).")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.device_map is not None:
+        raise ValueError(
+            f"--device-map {args.device_map} would place every process's model alike; under torchrun or accelerate "
+            "launch each process profiles on its own device (cuda:LOCAL_RANK where CUDA is, else the CPU): leave "
+            "--device-map out."
+        )
+
+
+def process_device_map(device_map):
+    """Where this process's model goes: `device_map` as given in one process; under several processes the process's
+    own GPU (`cuda:LOCAL_RANK`), or the CPU without CUDA."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return device_map
 
 
 def run(args: argparse.Namespace) -> int:
     adapter = args.adapter or (DEFAULT_MODEL if "lookahead" in args.scorers else None)
-    model, tokenizer = load_model(args.model, args.dtype, adapter, args.revision, device_map=args.device_map)
+    model, tokenizer = load_model(
+        args.model, args.dtype, adapter, args.revision, device_map=process_device_map(args.device_map)
+    )
     profiles = profile_model(
         model,
         tokenizer,
