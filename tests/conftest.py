@@ -149,7 +149,11 @@ def tiny_model_dir(tmp_path_factory):
     pytest.importorskip("gguf")
     from lookahead_cache.default_model import load_default_tokenizer
 
-    tokenizer = load_default_tokenizer()
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), load_default_tokenizer(), context_length=4096)
+
+
+def save_tiny_llama(directory, tokenizer, context_length: int):
+    """Save a random-weight 2-layer Llama (seed 0) for `tokenizer`, with the tokenizer, to `directory`."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -157,11 +161,10 @@ def tiny_model_dir(tmp_path_factory):
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=4096,
+        max_position_embeddings=context_length,
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("tiny-llama")
     AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

@@ -18,9 +18,9 @@ import pytest
 import torch
 from accelerate import dispatch_model
 from accelerate.utils import DistributedType
-from conftest import tiny_model
+from conftest import save_tiny_llama, tiny_model
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from lookahead_cache.cli import main
 from lookahead_cache.commands.eval import DEFAULT_MODEL, device_map_value
@@ -60,22 +60,7 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture(scope="module")
 def byte_model_dir(tmp_path_factory):
     """A random-weight 2-layer Llama with `byte_tokenizer`, saved like any local checkpoint."""
-    tokenizer = byte_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("byte-llama")
-    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_llama(tmp_path_factory.mktemp("byte-llama"), byte_tokenizer(), context_length=2048)
 
 
 def small_config(**changes) -> TrainingConfig:
