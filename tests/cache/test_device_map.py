@@ -1,6 +1,8 @@
-"""A model placed over several devices (`device_map`): each layer's cache lives on that layer's device.
+"""A model placed over several devices (`device_map`): each layer's cache lives on the device its layer runs on.
 
-It needs a CUDA device beside the CPU, so it is skipped elsewhere; `scripts/gpu_check.sh` runs it on a lent GPU.
+It needs a CUDA device, so it is skipped elsewhere; `scripts/gpu_check.sh` runs it on a lent GPU. With two GPUs the
+layers run on both; with one, accelerate runs the layers the map puts on the CPU on the GPU (their weights stay on
+the CPU and come over for each forward), so the caches follow the GPU there.
 """
 
 import pytest
@@ -20,12 +22,23 @@ def placed_tensors(layer) -> list[torch.Tensor]:
     return [value for value in vars(layer).values() if isinstance(value, torch.Tensor)]
 
 
+def execution_device(module) -> torch.device:
+    """Where accelerate runs `module`: the execution device of its hook (one of a SequentialHook's), else where its
+    weights are."""
+    hook = getattr(module, "_hf_hook", None)
+    for part in getattr(hook, "hooks", [hook]):
+        device = getattr(part, "execution_device", None)
+        if device is not None:
+            return torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+    return next(module.parameters()).device
+
+
 @pytest.mark.parametrize("allocation", ["uniform", "adakv"])  # padded and packed storage
 def test_each_layer_keeps_its_cache_on_its_layers_device(tmp_path, allocation):
     torch.backends.cuda.matmul.allow_tf32 = False
     tiny_model().save_pretrained(tmp_path)
-    layer_placement = [0, "cpu", "cpu"]  # the first layer on the GPU, the others on the CPU
-    layer_devices = [torch.device(f"cuda:{where}" if isinstance(where, int) else where) for where in layer_placement]
+    # The first layer on the first GPU, the others on the second GPU, or mapped to the CPU beside one GPU.
+    layer_placement = [0, 1, 1] if torch.cuda.device_count() > 1 else [0, "cpu", "cpu"]
     device_map = {
         "model.embed_tokens": 0,
         "model.rotary_emb": 0,
@@ -34,6 +47,7 @@ def test_each_layer_keeps_its_cache_on_its_layers_device(tmp_path, allocation):
         "lm_head": "cpu",
     }
     placed = AutoModelForCausalLM.from_pretrained(tmp_path, device_map=device_map, attn_implementation="sdpa").eval()
+    layer_devices = [execution_device(layer) for layer in placed.model.layers]
     whole = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
     outputs, caches = [], []
     for model, device in ((placed, layer_devices[0]), (whole, torch.device("cpu"))):
