@@ -25,7 +25,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError("--sink and --window must be non-negative.")
     if "lookahead" in args.scorers and args.adapter is None and args.model != DEFAULT_MODEL:
         raise ValueError("--scorers lookahead with a --model of your own needs --adapter (its lookahead adapter).")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.device_map is not None:
+    if launched_processes() > 1 and args.device_map is not None:
         raise ValueError(
             f"--device-map {args.device_map} would place every process's model alike; under torchrun or accelerate "
             "launch each process profiles on its own device (cuda:LOCAL_RANK where CUDA is, else the CPU): leave "
@@ -33,10 +33,15 @@ def check_arguments(args: argparse.Namespace) -> None:
         )
 
 
+def launched_processes() -> int:
+    """How many processes torchrun or accelerate launch started (1 outside them)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def process_device_map(device_map):
     """Where this process's model goes: `device_map` as given in one process; under several processes the process's
     own GPU (`cuda:LOCAL_RANK`), or the CPU without CUDA."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
+    if launched_processes() > 1 and torch.cuda.is_available():
         return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     return device_map
 

@@ -8,6 +8,7 @@ import torch
 from ..kernels.attention_scores import attention_scores
 from ..prefill import LayerPrefill
 from .base import Scorer, check_pooling, pool_scores
+from .snapkv import SnapKVScorer
 
 
 @dataclass
@@ -58,17 +59,10 @@ class LookaheadScorer(Scorer):
             )
         queries = prefill.lookahead_queries.to(prefill.keys.dtype)
         scores = attention_scores(queries, prefill.keys, scaling=prefill.scaling, key_valid=prefill.valid)
-        length = prefill.prompt_length
-        start = max(prefill.query_start, length - self.window)
-        if start < length:
-            window_scores = attention_scores(
-                prefill.queries(start),
-                prefill.keys,
-                scaling=prefill.scaling,
-                query_positions=torch.arange(start, length, device=queries.device),
-                key_valid=prefill.valid,
-                query_valid=prefill.valid[:, start:],
-            )
-            lookahead_count, window_count = queries.shape[-2], length - start
+        window_count = min(self.window, prefill.prompt_length - prefill.query_start)
+        if window_count > 0:
+            # SnapKV's window scores, unpooled: one pooling runs over the mix.
+            window_scores = SnapKVScorer(window=self.window, kernel_size=1).score(prefill)
+            lookahead_count = queries.shape[-2]
             scores = (lookahead_count * scores + window_count * window_scores) / (lookahead_count + window_count)
         return pool_scores(scores, self.kernel_size, self.pooling, self.shift)
